@@ -122,9 +122,13 @@ def _equal_count_edges(ages: np.ndarray, min_count: int = 20, max_bins: int = 10
 
 
 def _assign_bins(ages: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each age for bins [e_k, e_{k+1}) (last closed); -1 outside or NaN."""
+    """Bin index of each age for bins [e_k, e_{k+1}) (last closed); -1 outside or NaN.
+
+    A single degenerate bin [v, v] is allowed: a cohort whose members all have one age.
+    """
     edges = np.asarray(edges, dtype=float)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+    single_age = edges.shape == (2,) and edges[0] == edges[1]
+    if edges.ndim != 1 or edges.size < 2 or (np.any(np.diff(edges) <= 0) and not single_age):
         raise ValueError("age bin edges must be a strictly increasing sequence of >= 2 values")
     idx = np.searchsorted(edges, ages, side="right") - 1
     idx[ages == edges[-1]] = edges.size - 2
@@ -139,7 +143,8 @@ def _bin_edges(ages: np.ndarray, bins: int | Sequence[float] | None, min_count: 
         return _equal_count_edges(ages, min_count=min_count)
     if isinstance(bins, (int, np.integer)):
         finite = ages[np.isfinite(ages)]
-        return np.unique(np.quantile(finite, np.linspace(0.0, 1.0, int(bins) + 1)))
+        edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, int(bins) + 1)))
+        return edges if edges.size > 1 else np.repeat(edges, 2)
     return np.asarray(bins, dtype=float)
 
 

@@ -71,6 +71,13 @@ def test_ace_default_bins_do_not_split_tied_ages_and_merge_short_tail():
     assert list(table["age_low"]) == [30.0, 40.0]
 
 
+def test_ace_cohort_of_one_age_is_one_bin():
+    table = metrics.ace(grid_pit(30), np.full(30, 40.0), quantiles=[0.5])
+    assert list(table["n"]) == [30] and table["error"].iloc[0] == pytest.approx(0.0)
+    table = metrics.ace(grid_pit(30), np.full(30, 40.0), quantiles=[0.5], age_bins=3)
+    assert list(table["n"]) == [30]
+
+
 def test_ace_explicit_edges_leave_out_people_outside():
     ages = np.array([10.0] * 5 + [25.0] * 30)
     table = metrics.ace(grid_pit(35), ages, quantiles=[0.5], age_bins=[20, 30])
