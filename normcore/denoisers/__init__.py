@@ -1,0 +1,23 @@
+"""Denoising networks: `forward(x_t, t, age, codes) -> eps_hat`, all IDPs at once."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from normcore.denoisers.conditioning import Conditioning
+from normcore.denoisers.film_mlp import FiLMMLP
+from normcore.denoisers.saint import SAINT
+
+BACKBONES = ("film", "saint")
+
+
+def build_denoiser(backbone: str, n_idps: int, n_levels: list[int], steps: int, **size: int) -> nn.Module:
+    """Construct a denoiser by name; `size` overrides its width/depth defaults."""
+    if backbone == "film":
+        return FiLMMLP(n_idps, n_levels, steps, **size)
+    if backbone == "saint":
+        return SAINT(n_idps, n_levels, steps, **size)
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+__all__ = ["BACKBONES", "Conditioning", "FiLMMLP", "SAINT", "build_denoiser"]

@@ -1,0 +1,46 @@
+"""Shared embedding of (timestep, age, categorical covariates) into one vector.
+
+Both backbones condition on the same vector, so the comparison between them is about how
+they model the IDPs, not how they read covariates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal(t: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
+    """Transformer-style sinusoidal features of the timestep scaled to [0, 1000)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angle = (t.float() * (1000.0 / steps)).unsqueeze(-1) * freqs
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+class Conditioning(nn.Module):
+    """Embed timestep, standardised age and category codes (0 = unknown) into `dim`.
+
+    Age enters through a small MLP on (age, age^2, age^3) so that non-linear age curves
+    need not be rebuilt by every layer; each categorical covariate has its own embedding
+    table whose row 0 is the learned "unknown" level.
+    """
+
+    def __init__(self, n_levels: list[int], steps: int, dim: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.time_dim = dim
+        self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.age = nn.Sequential(nn.Linear(3, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.categories = nn.ModuleList(nn.Embedding(k, dim) for k in n_levels)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        age = age.reshape(-1, 1)
+        h = self.time(sinusoidal(t, self.time_dim, self.steps))
+        h = h + self.age(torch.cat([age, age**2 / 2, age**3 / 6], dim=-1))
+        for k, table in enumerate(self.categories):
+            h = h + table(codes[:, k])
+        return self.out(h)

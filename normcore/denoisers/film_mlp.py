@@ -1,0 +1,53 @@
+"""Residual MLP whose every block is modulated by the conditioning vector (FiLM).
+
+Compared with the paper's 8 x 384 BatchNorm MLP, this uses LayerNorm (no dependence on
+the batch, so sampling one person equals sampling a thousand), residual blocks and a
+sinusoidal time embedding; it is about 4x smaller, which is what makes the reference
+table cheap to build on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normcore.denoisers.conditioning import Conditioning
+
+
+class FiLMBlock(nn.Module):
+    """LayerNorm -> Linear -> FiLM(scale, shift from cond) -> SiLU -> Linear, residual."""
+
+    def __init__(self, width: int, cond_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.film = nn.Linear(cond_dim, 2 * width)
+        self.fc2 = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(cond).chunk(2, dim=-1)
+        u = self.fc1(self.norm(h)) * (1 + scale) + shift
+        return h + self.fc2(self.drop(nn.functional.silu(u)))
+
+
+class FiLMMLP(nn.Module):
+    """FiLM-conditioned residual MLP denoiser over the whole IDP vector."""
+
+    def __init__(
+        self, n_idps: int, n_levels: list[int], steps: int, width: int = 256, depth: int = 4, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.cond = Conditioning(n_levels, steps, width)
+        self.inp = nn.Linear(n_idps, width)
+        self.blocks = nn.ModuleList(FiLMBlock(width, width, dropout) for _ in range(depth))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_idps))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        c = self.cond(t, age, codes)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.head(h)

@@ -1,0 +1,411 @@
+"""NormativeModel: one conditional diffusion model over all IDPs, with centiles and z.
+
+The estimator follows scikit-learn's contract: `__init__` stores settings only; `fit`
+validates, learns and returns self; learned attributes end in `_`; every other method
+checks that the model is fitted. Nothing here writes files or prints, except `save`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from normcore import bundle
+from normcore.denoisers import build_denoiser
+from normcore.diffusion import Schedule, ddim_timesteps, generate
+from normcore.errors import BundleError, DataError, NotFittedError
+from normcore.preprocessing import CovariateEncoder, IDPTransform
+from normcore.reference import ReferenceTable, build_reference, mahalanobis_centile, normal_scores, values_at
+from normcore.schema import Schema, ValidationReport, coerce_categories, validate_scoring, validate_training
+from normcore.train import TrainConfig, train_denoiser
+
+__version__ = "0.1.0"
+
+DEFAULT_QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines how a model is built, trained and sampled (saved as JSON)."""
+
+    backbone: str = "film"
+    schedule: str = "cosine"
+    diffusion_steps: int = 1000
+    sampling_steps: int = 50
+    eta: float = 1.0
+    """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM; ancestral was better calibrated."""
+    network: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reference_samples: int = 20_000
+    grid_points: int = 41
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Bound torch's intra-op threads for the duration of a call, then restore them."""
+    before = torch.get_num_threads()
+    n = n or int(os.environ.get("NORMCORE_THREADS", 0)) or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class NormativeModel:
+    """Conditional DDPM p(IDPs | age, sex, site, ...) with a precomputed centile table.
+
+    Parameters mirror `ModelConfig`; `max_epochs` and `max_seconds` bound training,
+    `threads` bounds CPU threads (default: NORMCORE_THREADS or 2).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "film",
+        max_epochs: int | None = None,
+        seed: int = 0,
+        *,
+        schedule: str = "cosine",
+        diffusion_steps: int = 1000,
+        sampling_steps: int = 50,
+        eta: float = 1.0,
+        reference_samples: int = 20_000,
+        grid_points: int = 41,
+        max_seconds: float | None = None,
+        network: dict | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.config = ModelConfig(
+            backbone=backbone,
+            schedule=schedule,
+            diffusion_steps=diffusion_steps,
+            sampling_steps=sampling_steps,
+            eta=eta,
+            network=dict(network or {}),
+            train=TrainConfig(max_epochs=max_epochs, max_seconds=max_seconds),
+            reference_samples=reference_samples,
+            grid_points=grid_points,
+            seed=seed,
+        )
+        self.threads = threads
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        df: pd.DataFrame,
+        schema: Schema | None = None,
+        progress: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> NormativeModel:
+        """Validate `df`, train the denoiser, and build the reference table."""
+        schema = schema or Schema.infer(df)
+        validate_training(df, schema).raise_for_errors()
+        cfg = self.config
+        start = time.perf_counter()
+        with torch_threads(self.threads):
+            torch.manual_seed(cfg.seed)
+            values = df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+            self.schema_ = schema
+            self.transform_ = IDPTransform.fit(values)
+            self.encoder_ = CovariateEncoder.fit(df, schema)
+            self.training_ = _training_summary(df, schema)
+            self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
+            codes, _ = self.encoder_.encode_categories(df)
+            net = build_denoiser(cfg.backbone, len(schema.idps), self.encoder_.n_levels, cfg.diffusion_steps, **cfg.network)
+            self.net_, self.history_ = train_denoiser(
+                net,
+                self.schedule_,
+                self.transform_.transform(values),
+                self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64)),
+                codes,
+                cfg.train,
+                seed=cfg.seed,
+                progress=progress,
+                should_stop=should_stop,
+            )
+            self.train_seconds_ = time.perf_counter() - start
+            self._build_reference(progress)
+        self.fit_seconds_ = time.perf_counter() - start
+        self.created_ = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.adaptations_: list[dict] = []
+        return self
+
+    def _build_reference(self, progress: Callable[[dict], None] | None) -> None:
+        def report(fraction: float) -> None:
+            if progress is not None:
+                progress({"phase": "reference", "fraction": fraction})
+
+        self.reference_ = build_reference(
+            self._sample_user_units,
+            tuple(self.training_["age_range"]),
+            self.encoder_.n_levels,
+            samples_per_combination=self.config.reference_samples,
+            grid_points=self.config.grid_points,
+            seed=self.config.seed,
+            progress=report,
+        )
+
+    # ----------------------------------------------------------------- sampling
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "reference_"):
+            raise NotFittedError("This model is not fitted yet: call fit() or NormativeModel.load() first.")
+
+    def _sample_user_units(self, ages: np.ndarray, codes: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Draw one sample per row at the given ages (years) and category codes."""
+        cfg = self.config
+        g = torch.Generator().manual_seed(cfg.seed + 1 if seed is None else seed)
+        steps = ddim_timesteps(self.schedule_, cfg.sampling_steps)
+        age_z = torch.as_tensor(self.encoder_.encode_age(ages))
+        codes_t = torch.as_tensor(codes, dtype=torch.long)
+        out = np.empty((len(ages), len(self.schema_.idps)))
+        self.net_.eval()
+        for s in range(0, len(ages), _CHUNK):
+            a, c = age_z[s : s + _CHUNK], codes_t[s : s + _CHUNK]
+            x = generate(
+                lambda xt, t, a=a, c=c: self.net_(xt, t, a, c),
+                len(a),
+                out.shape[1],
+                self.schedule_,
+                steps,
+                eta=cfg.eta,
+                generator=g,
+            )
+            out[s : s + _CHUNK] = self.transform_.inverse(x.numpy())
+        return out
+
+    def _covariates(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ages (years), category codes and unseen-level mask of a covariate table."""
+        if self.schema_.age not in df.columns:
+            raise DataError(f"The table has no '{self.schema_.age}' column, which this model needs.")
+        ages = pd.to_numeric(df[self.schema_.age], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(ages))
+        if len(bad):
+            raise DataError(
+                f"Column '{self.schema_.age}' has missing or non-numeric values in rows "
+                f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}."
+            )
+        codes, unseen = self.encoder_.encode_categories(df)
+        return ages, codes, unseen
+
+    def sample(self, covariates: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+        """Draw `n` IDP vectors from the model at each row's exact covariates (wide table)."""
+        self._check_fitted()
+        ages, codes, _ = self._covariates(covariates)
+        rows = np.repeat(np.arange(len(covariates)), n)
+        with torch_threads(self.threads):
+            y = self._sample_user_units(ages[rows], codes[rows], seed=seed)
+        cov_cols = [c for c in self.schema_.covariates if c in covariates.columns]
+        out = covariates[cov_cols].iloc[rows].reset_index(drop=True)
+        out.insert(0, "grid_row", rows)
+        return pd.concat([out, pd.DataFrame(y, columns=list(self.schema_.idps))], axis=1)
+
+    # ---------------------------------------------------------------- centiles
+    def centiles(self, covariates: pd.DataFrame, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
+        """Model quantiles of every IDP at each covariate row (long table).
+
+        Columns: the covariate columns given, `idp`, `quantile` (0-1), `value`.
+        """
+        self._check_fitted()
+        probs = np.asarray(quantiles, dtype=np.float64)
+        if probs.size == 0 or np.any((probs <= 0) | (probs >= 1)):
+            raise ValueError("quantiles must lie strictly between 0 and 1, e.g. 0.02,0.5,0.98")
+        ages, codes, _ = self._covariates(covariates)
+        q, _ = self.reference_.lookup(codes, ages)
+        vals = values_at(q, probs)  # (n, P, D)
+        n, p, d = vals.shape
+        cov_cols = [c for c in self.schema_.covariates if c in covariates.columns]
+        base = covariates[cov_cols].reset_index(drop=True)
+        long = base.iloc[np.repeat(np.arange(n), d * p)].reset_index(drop=True)
+        long["idp"] = np.tile(np.repeat(np.array(self.schema_.idps, dtype=object), p), n)
+        long["quantile"] = np.tile(probs, n * d)
+        long["value"] = vals.transpose(0, 2, 1).reshape(-1)
+        return long
+
+    # ----------------------------------------------------------------- scoring
+    def check(self, df: pd.DataFrame) -> ValidationReport:
+        """Validate a table for scoring: errors block it, warnings are flagged per row."""
+        self._check_fitted()
+        return validate_scoring(df, self.schema_, tuple(self.training_["age_range"]), self.encoder_.levels)
+
+    def _normal_scores(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        self.check(df).raise_for_errors()
+        ages, codes, unseen = self._covariates(df)
+        y = df[list(self.schema_.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+        z = np.empty_like(y)
+        n_eff = np.empty(len(y))
+        for s in range(0, len(y), _CHUNK):
+            q, ne = self.reference_.lookup(codes[s : s + _CHUNK], ages[s : s + _CHUNK])
+            z[s : s + _CHUNK] = normal_scores(q, y[s : s + _CHUNK])
+            n_eff[s : s + _CHUNK] = ne
+        lo, hi = self.training_["age_range"]
+        names = np.array(list(self.encoder_.levels), dtype=object)
+        unseen_txt = np.array([",".join(names[m]) for m in unseen], dtype=object) if len(names) else np.full(len(y), "")
+        return {"y": y, "z": z, "n_eff": n_eff, "codes": codes, "ages": ages,
+                "out_of_age_range": (ages < lo) | (ages > hi), "unseen": unseen_txt}
+
+    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
+
+        Long table: `row` (0-based input row), the id column if any, `idp`, `value`,
+        `centile`, `z`, `centile_se`, and flags `out_of_age_range`, `unseen_levels`
+        (categorical covariates scored with the 'unknown' level), `beyond_reference`
+        (|z| > 3: an extrapolated tail). z is clipped to +-6.
+        """
+        self._check_fitted()
+        r = self._normal_scores(df)
+        n, d = r["z"].shape
+        p = stats.norm.cdf(r["z"])
+        out = pd.DataFrame({"row": np.repeat(np.arange(n), d)})
+        if self.schema_.id and self.schema_.id in df.columns:
+            out[self.schema_.id] = np.repeat(df[self.schema_.id].astype(str).to_numpy(), d)
+        out["idp"] = np.tile(np.array(self.schema_.idps, dtype=object), n)
+        out["value"] = r["y"].reshape(-1)
+        out["centile"] = 100.0 * p.reshape(-1)
+        out["z"] = r["z"].reshape(-1)
+        out["centile_se"] = (100.0 * np.sqrt(p * (1 - p) / r["n_eff"][:, None])).reshape(-1)
+        out["out_of_age_range"] = np.repeat(r["out_of_age_range"], d)
+        out["unseen_levels"] = np.repeat(r["unseen"], d)
+        out["beyond_reference"] = (np.abs(r["z"]) > 3.0).reshape(-1)
+        return out
+
+    def deviation(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One multivariate deviation per person: how unusual the whole IDP profile is.
+
+        `mahalanobis` is the squared Mahalanobis distance of the person's normal scores
+        under the model's IDP correlation; `deviation_centile` ranks it among model samples
+        with the same categorical covariates (100 = more unusual than every sample).
+        """
+        self._check_fitted()
+        r = self._normal_scores(df)
+        d2, centile = mahalanobis_centile(self.reference_, r["codes"], r["z"])
+        out = pd.DataFrame({"row": np.arange(len(d2))})
+        if self.schema_.id and self.schema_.id in df.columns:
+            out[self.schema_.id] = df[self.schema_.id].astype(str).to_numpy()
+        out["n_idps"] = r["z"].shape[1]
+        out["mahalanobis"] = d2
+        out["deviation_centile"] = centile
+        out["out_of_age_range"] = r["out_of_age_range"]
+        out["unseen_levels"] = r["unseen"]
+        return out
+
+    # ------------------------------------------------------------- persistence
+    def to_bytes(self) -> bytes:
+        """The model as one bundle (weights + reference table + JSON metadata)."""
+        self._check_fitted()
+        tensors = {f"net.{k}": v.detach().clone() for k, v in self.net_.state_dict().items()}
+        tensors.update(self.reference_.to_arrays())
+        meta = {
+            "normcore_version": __version__,
+            "created": self.created_,
+            "config": self.config.to_dict(),
+            "schema": self.schema_.to_dict(),
+            "transform": self.transform_.to_dict(),
+            "encoder": self.encoder_.to_dict(),
+            "training": self.training_,
+            "history": self.history_,
+            "train_seconds": self.train_seconds_,
+            "fit_seconds": self.fit_seconds_,
+            "reference_bandwidth": self.reference_.bandwidth,
+            "adaptations": self.adaptations_,
+        }
+        return bundle.to_bytes(tensors, meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model bundle to `path` (a single file)."""
+        bundle.write(path, self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NormativeModel:
+        """Rebuild a model from bundle bytes; never unpickles anything."""
+        tensors, meta = bundle.from_bytes(data)
+        try:
+            cfg = ModelConfig.from_dict(meta["config"])
+            model = cls.__new__(cls)
+            model.config = cfg
+            model.threads = None
+            model.schema_ = Schema.from_dict(meta["schema"])
+            model.transform_ = IDPTransform.from_dict(meta["transform"])
+            model.encoder_ = CovariateEncoder.from_dict(meta["encoder"])
+            model.training_ = meta["training"]
+            model.history_ = meta["history"]
+            model.train_seconds_ = float(meta["train_seconds"])
+            model.fit_seconds_ = float(meta["fit_seconds"])
+            model.created_ = meta["created"]
+            model.adaptations_ = list(meta.get("adaptations", []))
+            model.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
+            net = build_denoiser(
+                cfg.backbone, len(model.schema_.idps), model.encoder_.n_levels, cfg.diffusion_steps, **cfg.network
+            )
+            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+            model.net_ = net.eval()
+            arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("reference.")}
+            model.reference_ = ReferenceTable.from_arrays(arrays, model.encoder_.n_levels, meta["reference_bandwidth"])
+            _check_shapes(model)
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise BundleError(f"This model file is inconsistent and cannot be used: {err}") from err
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NormativeModel:
+        """Load a model saved with `save`."""
+        return cls.from_bytes(bundle.read(path))
+
+    @property
+    def idps(self) -> list[str]:
+        self._check_fitted()
+        return list(self.schema_.idps)
+
+
+def _check_shapes(model: NormativeModel) -> None:
+    """Reject bundles whose pieces disagree (e.g. a table built for other IDPs)."""
+    ref, d = model.reference_, len(model.schema_.idps)
+    n_combo = int(np.prod(model.encoder_.n_levels)) if model.encoder_.n_levels else 1
+    if ref.quantiles.ndim != 4 or ref.quantiles.shape[0] != n_combo or ref.quantiles.shape[3] != d:
+        raise BundleError(
+            f"This model file is inconsistent: its reference table has shape {ref.quantiles.shape} "
+            f"but the model has {n_combo} covariate combinations and {d} IDPs."
+        )
+    if ref.precision.shape != (d, d) or len(model.transform_.loc) != d:
+        raise BundleError("This model file is inconsistent: its IDP transforms do not match its IDPs.")
+
+
+def _training_summary(df: pd.DataFrame, schema: Schema) -> dict:
+    """What the model was trained on, for flags, the model card and the sidebar."""
+    ages = pd.to_numeric(df[schema.age]).to_numpy(dtype=np.float64)
+    summary: dict = {
+        "n": int(len(df)),
+        "age_range": [float(ages.min()), float(ages.max())],
+        "idps": list(schema.idps),
+        "level_counts": {},
+        "level_age_ranges": {},
+    }
+    for col in schema.categorical:
+        cats = coerce_categories(df[col])
+        summary["level_counts"][col] = {str(k): int(v) for k, v in cats.value_counts().sort_index().items()}
+        summary["level_age_ranges"][col] = {
+            str(k): [float(ages[cats.to_numpy() == k].min()), float(ages[cats.to_numpy() == k].max())]
+            for k in cats.unique()
+        }
+    return summary

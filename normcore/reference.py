@@ -1,0 +1,237 @@
+"""The reference table: conditional quantiles of every IDP over an age grid.
+
+Sampling a diffusion model is slow (hundreds of network passes per draw), so centiles are
+not computed per person. Once per model we draw samples for every combination of
+categorical levels (sex x site x ..., the "unknown" level included) at ages spread evenly
+over the training range, and store, at each grid age, Gaussian-kernel-weighted quantiles of
+those samples at 61 levels evenly spaced in normal-score (z = -3.0 .. 3.0). Pooling the
+samples of neighbouring ages with a kernel is what makes the table smooth in age and cheap:
+every sample serves several grid ages. Quantiles at one grid age are sorted values, and
+linear interpolation between two monotone vectors is monotone, so centiles never cross.
+
+Scoring then costs one interpolation in age and one search among 61 values per person and
+IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
+outermost tabled segment (a Gaussian tail) and z is clipped to +-Z_BOUND.
+
+The same pass yields the multivariate deviation: the samples' normal scores give a
+shrunk correlation matrix of the IDPs, and the squared Mahalanobis distance of the
+samples' normal-score vectors gives, per covariate combination, the reference
+distribution in which a person's own distance is ranked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+from sklearn.covariance import LedoitWolf
+
+Z_STEP = 0.1
+Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
+LEVELS = stats.norm.cdf(Z_LEVELS)
+Z_BOUND = 6.0
+"""|z| is clipped here (centile 1e-7 %); beyond |z| = 3 values are Gaussian-tail extrapolations."""
+_TAIL_SPAN = 5
+"""Tabled segments used for the tail slope (z 2.5 .. 3.0), steadier than the last one alone."""
+
+Sampler = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""y = sampler(ages (m,), codes (m, K)) in user units, shape (m, D)."""
+
+
+@dataclass
+class ReferenceTable:
+    """Quantiles (C, G, Q, D) over C level combinations and G grid ages, plus deviation data."""
+
+    ages: np.ndarray
+    n_levels: list[int]
+    quantiles: np.ndarray
+    n_eff: np.ndarray
+    bandwidth: float
+    precision: np.ndarray
+    """(D, D) inverse of the shrunk normal-score correlation of model samples."""
+    mahalanobis: np.ndarray
+    """(C, Q) quantiles of squared Mahalanobis distance of model samples, per combination."""
+
+    def combo_index(self, codes: np.ndarray) -> np.ndarray:
+        """Mixed-radix index of each row's level combination (codes (n, K) -> (n,))."""
+        idx = np.zeros(len(codes), dtype=np.int64)
+        for k, m in enumerate(self.n_levels):
+            idx = idx * m + codes[:, k]
+        return idx
+
+    def _age_weights(self, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = np.clip(np.asarray(ages, dtype=np.float64), self.ages[0], self.ages[-1])
+        i = np.clip(np.searchsorted(self.ages, a, side="right") - 1, 0, len(self.ages) - 2)
+        w = (a - self.ages[i]) / (self.ages[i + 1] - self.ages[i])
+        return i, w
+
+    def lookup(self, codes: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Quantile vectors (n, Q, D) and effective sample sizes (n,) at each row's covariates.
+
+        Ages outside the grid are clamped to its ends; callers flag such rows.
+        """
+        c = self.combo_index(codes)
+        i, w = self._age_weights(ages)
+        q = self.quantiles[c, i] * (1 - w)[:, None, None] + self.quantiles[c, i + 1] * w[:, None, None]
+        n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
+        return q, n_eff
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "reference.ages": self.ages.astype(np.float64),
+            "reference.quantiles": self.quantiles.astype(np.float32),
+            "reference.n_eff": self.n_eff.astype(np.float32),
+            "reference.precision": self.precision.astype(np.float32),
+            "reference.mahalanobis": self.mahalanobis.astype(np.float32),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_levels: list[int], bandwidth: float) -> ReferenceTable:
+        return cls(
+            ages=np.asarray(arrays["reference.ages"], dtype=np.float64),
+            n_levels=list(n_levels),
+            quantiles=np.asarray(arrays["reference.quantiles"], dtype=np.float64),
+            n_eff=np.asarray(arrays["reference.n_eff"], dtype=np.float64),
+            bandwidth=float(bandwidth),
+            precision=np.asarray(arrays["reference.precision"], dtype=np.float64),
+            mahalanobis=np.asarray(arrays["reference.mahalanobis"], dtype=np.float64),
+        )
+
+
+def normal_scores(q: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """z of each value y (n, D) within its quantile vector q (n, Q, D) of the z-grid.
+
+    Linear in z between tabled quantiles; outside them, linear extrapolation with the
+    slope of the outermost `_TAIL_SPAN` segments; clipped to +-Z_BOUND.
+    """
+    n_q = q.shape[1]
+    k = (q < y[:, None, :]).sum(axis=1)
+    lo = np.clip(k - 1, 0, n_q - 2)
+    q_lo = np.take_along_axis(q, lo[:, None, :], axis=1)[:, 0]
+    q_hi = np.take_along_axis(q, (lo + 1)[:, None, :], axis=1)[:, 0]
+    frac = (y - q_lo) / np.maximum(q_hi - q_lo, 1e-12)
+    z = Z_LEVELS[lo] + np.clip(frac, 0.0, 1.0) * Z_STEP
+    span = _TAIL_SPAN * Z_STEP
+    low_slope = span / np.maximum(q[:, _TAIL_SPAN] - q[:, 0], 1e-12)
+    high_slope = span / np.maximum(q[:, -1] - q[:, -1 - _TAIL_SPAN], 1e-12)
+    z = np.where(k == 0, Z_LEVELS[0] - (q[:, 0] - y) * low_slope, z)
+    z = np.where(k == n_q, Z_LEVELS[-1] + (y - q[:, -1]) * high_slope, z)
+    return np.clip(z, -Z_BOUND, Z_BOUND)
+
+
+def values_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Values (n, P, D) at probability levels `probs` from quantile vectors q (n, Q, D)."""
+    z = stats.norm.ppf(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12))
+    pos = (z - Z_LEVELS[0]) / Z_STEP
+    lo = np.clip(np.floor(pos).astype(int), 0, len(Z_LEVELS) - 2)
+    frac = pos - lo
+    inside = q[:, lo] + (q[:, lo + 1] - q[:, lo]) * frac[None, :, None]
+    span = _TAIL_SPAN * Z_STEP
+    low = q[:, [0]] - (Z_LEVELS[0] - z)[None, :, None] * (q[:, [_TAIL_SPAN]] - q[:, [0]]) / span
+    high = q[:, [-1]] + (z - Z_LEVELS[-1])[None, :, None] * (q[:, [-1]] - q[:, [-1 - _TAIL_SPAN]]) / span
+    below = (z < Z_LEVELS[0])[None, :, None]
+    above = (z > Z_LEVELS[-1])[None, :, None]
+    return np.where(below, low, np.where(above, high, inside))
+
+
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Quantiles at LEVELS (Q, D) of each column of `values` (m, D) under `weights` (m,)."""
+    order = np.argsort(values, axis=0)
+    out = np.empty((len(LEVELS), values.shape[1]))
+    total = weights.sum()
+    for j in range(values.shape[1]):
+        w = weights[order[:, j]]
+        cdf = (np.cumsum(w) - 0.5 * w) / total
+        out[:, j] = np.interp(LEVELS, cdf, values[order[:, j], j])
+    return out
+
+
+def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray, float]:
+    """Evenly spaced grid ages and the kernel bandwidth (1.5 grid steps)."""
+    lo, hi = float(age_range[0]), float(age_range[1])
+    if hi <= lo:
+        hi = lo + 1.0
+    ages = np.linspace(lo, hi, n_points)
+    return ages, 1.5 * (ages[1] - ages[0])
+
+
+def build_reference(
+    sampler: Sampler,
+    age_range: tuple[float, float],
+    n_levels: list[int],
+    samples_per_combination: int = 20_000,
+    grid_points: int = 41,
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> ReferenceTable:
+    """Sample the model for every level combination and tabulate its quantiles over age.
+
+    Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
+    so that kernel estimates at the ends of the range are not one-sided.
+    """
+    rng = np.random.default_rng(seed)
+    grid, h = age_grid(age_range, grid_points)
+    n_combo = int(np.prod(n_levels)) if n_levels else 1
+    per = samples_per_combination
+    span = (grid[0] - 2 * h, grid[-1] + 2 * h)
+    table_q: list[np.ndarray] = []
+    table_n: list[np.ndarray] = []
+    kept_z: list[np.ndarray] = []
+    kept_combo: list[np.ndarray] = []
+    keep = min(per, 2_000)
+    for ci in range(n_combo):
+        codes_one = np.array(np.unravel_index(ci, n_levels), dtype=np.int64) if n_levels else np.zeros(0, np.int64)
+        ages = span[0] + (np.arange(per) + rng.random(per)) / per * (span[1] - span[0])
+        y = sampler(ages, np.tile(codes_one, (per, 1)))
+        q = np.empty((len(grid), len(LEVELS), y.shape[1]))
+        n_eff = np.empty(len(grid))
+        for gi, g in enumerate(grid):
+            lo, hi = np.searchsorted(ages, [g - 3 * h, g + 3 * h])
+            w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
+            q[gi] = _weighted_quantiles(y[lo:hi], w)
+            n_eff[gi] = w.sum() ** 2 / (w**2).sum()
+        table_q.append(q)
+        table_n.append(n_eff)
+        pick = rng.choice(per, size=keep, replace=False)
+        partial = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
+        qp, _ = partial.lookup(np.zeros((keep, 1), dtype=np.int64), ages[pick])
+        kept_z.append(normal_scores(qp, y[pick]))
+        kept_combo.append(np.full(keep, ci))
+        if progress is not None:
+            progress((ci + 1) / n_combo)
+    z_all = np.concatenate(kept_z)
+    combo_all = np.concatenate(kept_combo)
+    precision = _correlation_precision(z_all)
+    d2 = np.einsum("ij,jk,ik->i", z_all, precision, z_all)
+    maha = np.stack([np.quantile(d2[combo_all == ci], LEVELS) for ci in range(n_combo)])
+    return ReferenceTable(
+        ages=grid,
+        n_levels=list(n_levels),
+        quantiles=np.stack(table_q),
+        n_eff=np.stack(table_n),
+        bandwidth=h,
+        precision=precision,
+        mahalanobis=maha,
+    )
+
+
+def _correlation_precision(z: np.ndarray) -> np.ndarray:
+    """Inverse of the Ledoit-Wolf-shrunk correlation matrix of normal scores."""
+    cov = LedoitWolf().fit(z).covariance_
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd)
+    return np.linalg.inv(corr)
+
+
+def mahalanobis_centile(table: ReferenceTable, codes: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Mahalanobis distance of normal-score vectors z (n, D) and its centile (0-100).
+
+    The centile ranks the distance among model samples with the same categorical levels,
+    so it is calibrated by construction whatever the shape of the dependence.
+    """
+    d2 = np.einsum("ij,jk,ik->i", z, table.precision, z)
+    ref = table.mahalanobis[table.combo_index(codes)]
+    zc = normal_scores(ref[:, :, None], d2[:, None])[:, 0]
+    return d2, 100.0 * stats.norm.cdf(zc)
