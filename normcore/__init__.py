@@ -9,4 +9,12 @@ from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.model import NormativeModel, __version__
 from normcore.schema import Schema
 
-__all__ = ["BundleError", "DataError", "NormativeModel", "NotFittedError", "Schema", "read_table", "__version__"]
+__all__ = [
+    "BundleError",
+    "DataError",
+    "NormativeModel",
+    "NotFittedError",
+    "Schema",
+    "read_table",
+    "__version__",
+]

@@ -38,8 +38,10 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
 
 def to_bytes(tensors: dict[str, np.ndarray | torch.Tensor], meta: dict) -> bytes:
     """Serialise tensors and JSON-able metadata into one bundle."""
-    ts = {k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous()
-          for k, v in tensors.items()}
+    ts = {
+        k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous()
+        for k, v in tensors.items()
+    }
     meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION}
     meta_json = json.dumps(meta, sort_keys=True, allow_nan=True)
     return st_save(ts, metadata={"normcore": meta_json, "sha256": _digest(ts, meta_json)})
@@ -47,7 +49,9 @@ def to_bytes(tensors: dict[str, np.ndarray | torch.Tensor], meta: dict) -> bytes
 
 def _header(data: bytes) -> dict:
     if len(data) < 8:
-        raise BundleError("This is not a normcore model file: it is empty or only a few bytes long.")
+        raise BundleError(
+            "This is not a normcore model file: it is empty or only a few bytes long."
+        )
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
         raise BundleError(
@@ -57,18 +61,24 @@ def _header(data: bytes) -> dict:
     try:
         return json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError("This model file's header is not readable; it is not a normcore model.") from err
+        raise BundleError(
+            "This model file's header is not readable; it is not a normcore model."
+        ) from err
 
 
 def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     """Parse and verify a bundle; every failure is a BundleError with a plain reason."""
     if len(data) > MAX_BUNDLE_BYTES:
-        raise BundleError(f"This model file is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB limit.")
+        raise BundleError(
+            f"This model file is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB limit."
+        )
     data = bytes(data)
     header = _header(data)
     stored = header.get("__metadata__") or {}
     if "normcore" not in stored:
-        raise BundleError("This file is a safetensors file but not a normcore model (no normcore metadata).")
+        raise BundleError(
+            "This file is a safetensors file but not a normcore model (no normcore metadata)."
+        )
     try:
         meta = json.loads(stored["normcore"])
     except json.JSONDecodeError as err:
@@ -78,8 +88,9 @@ def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
-            f"This model was saved in bundle format {version!r} (normcore {meta.get('normcore_version', '?')}); "
-            f"this normcore reads format {FORMAT_VERSION}. Re-fit the model or use a matching normcore version."
+            f"This model was saved in bundle format {version!r} "
+            f"(normcore {meta.get('normcore_version', '?')}); this normcore reads format "
+            f"{FORMAT_VERSION}. Re-fit the model or use a matching normcore version."
         )
     try:
         tensors = st_load(data)
@@ -87,7 +98,8 @@ def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         raise BundleError(f"This model file is damaged or truncated: {err}") from err
     if _digest(tensors, stored["normcore"]) != stored.get("sha256"):
         raise BundleError(
-            "This model file was modified after it was saved (its checksum does not match); it will not be loaded."
+            "This model file was modified after it was saved (its checksum does not match); "
+            "it will not be loaded."
         )
     return tensors, meta
 
@@ -107,5 +119,7 @@ def read(path: str | os.PathLike) -> bytes:
     if not path.is_file():
         raise BundleError(f"No model file at {path}.")
     if path.stat().st_size > MAX_BUNDLE_BYTES:
-        raise BundleError(f"{path} is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB model size limit.")
+        raise BundleError(
+            f"{path} is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB model size limit."
+        )
     return path.read_bytes()

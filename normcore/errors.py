@@ -6,7 +6,8 @@ CLI and the dashboard can show `str(err)` and nothing else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
     from normcore.schema import Problem
@@ -19,7 +20,7 @@ class DataError(ValueError):
     that printing the exception tells the whole story.
     """
 
-    def __init__(self, message: str, problems: Sequence["Problem"] = ()) -> None:
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
         self.problems = list(problems)
         lines = [message] + [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))

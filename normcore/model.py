@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,23 @@ from scipy import stats
 
 from normcore import bundle
 from normcore.denoisers import build_denoiser
-from normcore.diffusion import Schedule, ddim_timesteps, generate
+from normcore.diffusion import Schedule, ddim_timesteps, generate, x0_variance
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.preprocessing import CovariateEncoder, IDPTransform
-from normcore.reference import ReferenceTable, build_reference, mahalanobis_centile, normal_scores, values_at
-from normcore.schema import Schema, ValidationReport, coerce_categories, validate_scoring, validate_training
+from normcore.reference import (
+    ReferenceTable,
+    build_reference,
+    mahalanobis_centile,
+    normal_scores,
+    values_at,
+)
+from normcore.schema import (
+    Schema,
+    ValidationReport,
+    coerce_categories,
+    validate_scoring,
+    validate_training,
+)
 from normcore.train import TrainConfig, train_denoiser
 
 __version__ = "0.1.0"
@@ -43,7 +55,7 @@ class ModelConfig:
     diffusion_steps: int = 1000
     sampling_steps: int = 50
     eta: float = 1.0
-    """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM; ancestral was better calibrated."""
+    """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM."""
     network: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     reference_samples: int = 20_000
@@ -131,22 +143,32 @@ class NormativeModel:
             self.training_ = _training_summary(df, schema)
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
-            net = build_denoiser(cfg.backbone, len(schema.idps), self.encoder_.n_levels, cfg.diffusion_steps, **cfg.network)
-            self.net_, self.history_ = train_denoiser(
+            y = self.transform_.transform(values)
+            age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
+            net = build_denoiser(
+                cfg.backbone,
+                len(schema.idps),
+                self.encoder_.n_levels,
+                cfg.diffusion_steps,
+                **cfg.network,
+            )
+            self.net_, self.history_, val_idx = train_denoiser(
                 net,
                 self.schedule_,
-                self.transform_.transform(values),
-                self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64)),
+                y,
+                age_z,
                 codes,
                 cfg.train,
                 seed=cfg.seed,
                 progress=progress,
                 should_stop=should_stop,
             )
+            rows = val_idx if len(val_idx) >= 100 else np.arange(len(y))
+            self.x0_var_ = self._estimate_x0_variance(y[rows], age_z[rows], codes[rows])
             self.train_seconds_ = time.perf_counter() - start
             self._build_reference(progress)
         self.fit_seconds_ = time.perf_counter() - start
-        self.created_ = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
         self.adaptations_: list[dict] = []
         return self
 
@@ -166,11 +188,30 @@ class NormativeModel:
         )
 
     # ----------------------------------------------------------------- sampling
+    @torch.inference_mode()
+    def _estimate_x0_variance(
+        self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray
+    ) -> torch.Tensor:
+        """Per-step, per-IDP variance the sampler adds back (see diffusion.sampler)."""
+        h = self.net_.embed(torch.as_tensor(age_z), torch.as_tensor(codes, dtype=torch.long))
+        return x0_variance(
+            lambda xt, t: self.net_(xt, t, h),
+            torch.as_tensor(y, dtype=torch.float32),
+            self.schedule_,
+            ddim_timesteps(self.schedule_, self.config.sampling_steps),
+            generator=torch.Generator().manual_seed(self.config.seed + 2),
+        )
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "reference_"):
-            raise NotFittedError("This model is not fitted yet: call fit() or NormativeModel.load() first.")
+            raise NotFittedError(
+                "This model is not fitted yet: call fit() or NormativeModel.load() first."
+            )
 
-    def _sample_user_units(self, ages: np.ndarray, codes: np.ndarray, seed: int | None = None) -> np.ndarray:
+    @torch.inference_mode()
+    def _sample_user_units(
+        self, ages: np.ndarray, codes: np.ndarray, seed: int | None = None
+    ) -> np.ndarray:
         """Draw one sample per row at the given ages (years) and category codes."""
         cfg = self.config
         g = torch.Generator().manual_seed(cfg.seed + 1 if seed is None else seed)
@@ -181,14 +222,16 @@ class NormativeModel:
         self.net_.eval()
         for s in range(0, len(ages), _CHUNK):
             a, c = age_z[s : s + _CHUNK], codes_t[s : s + _CHUNK]
+            h = self.net_.embed(a, c)
             x = generate(
-                lambda xt, t, a=a, c=c: self.net_(xt, t, a, c),
+                lambda xt, t, h=h: self.net_(xt, t, h),
                 len(a),
                 out.shape[1],
                 self.schedule_,
                 steps,
                 eta=cfg.eta,
                 generator=g,
+                x0_var=self.x0_var_,
             )
             out[s : s + _CHUNK] = self.transform_.inverse(x.numpy())
         return out
@@ -196,7 +239,9 @@ class NormativeModel:
     def _covariates(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ages (years), category codes and unseen-level mask of a covariate table."""
         if self.schema_.age not in df.columns:
-            raise DataError(f"The table has no '{self.schema_.age}' column, which this model needs.")
+            raise DataError(
+                f"The table has no '{self.schema_.age}' column, which this model needs."
+            )
         ages = pd.to_numeric(df[self.schema_.age], errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(ages))
         if len(bad):
@@ -220,7 +265,9 @@ class NormativeModel:
         return pd.concat([out, pd.DataFrame(y, columns=list(self.schema_.idps))], axis=1)
 
     # ---------------------------------------------------------------- centiles
-    def centiles(self, covariates: pd.DataFrame, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
+    def centiles(
+        self, covariates: pd.DataFrame, quantiles: Sequence[float] = DEFAULT_QUANTILES
+    ) -> pd.DataFrame:
         """Model quantiles of every IDP at each covariate row (long table).
 
         Columns: the covariate columns given, `idp`, `quantile` (0-1), `value`.
@@ -245,7 +292,9 @@ class NormativeModel:
     def check(self, df: pd.DataFrame) -> ValidationReport:
         """Validate a table for scoring: errors block it, warnings are flagged per row."""
         self._check_fitted()
-        return validate_scoring(df, self.schema_, tuple(self.training_["age_range"]), self.encoder_.levels)
+        return validate_scoring(
+            df, self.schema_, tuple(self.training_["age_range"]), self.encoder_.levels
+        )
 
     def _normal_scores(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         self.check(df).raise_for_errors()
@@ -259,9 +308,20 @@ class NormativeModel:
             n_eff[s : s + _CHUNK] = ne
         lo, hi = self.training_["age_range"]
         names = np.array(list(self.encoder_.levels), dtype=object)
-        unseen_txt = np.array([",".join(names[m]) for m in unseen], dtype=object) if len(names) else np.full(len(y), "")
-        return {"y": y, "z": z, "n_eff": n_eff, "codes": codes, "ages": ages,
-                "out_of_age_range": (ages < lo) | (ages > hi), "unseen": unseen_txt}
+        unseen_txt = (
+            np.array([",".join(names[m]) for m in unseen], dtype=object)
+            if len(names)
+            else np.full(len(y), "")
+        )
+        return {
+            "y": y,
+            "z": z,
+            "n_eff": n_eff,
+            "codes": codes,
+            "ages": ages,
+            "out_of_age_range": (ages < lo) | (ages > hi),
+            "unseen": unseen_txt,
+        }
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
         """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
@@ -314,6 +374,7 @@ class NormativeModel:
         self._check_fitted()
         tensors = {f"net.{k}": v.detach().clone() for k, v in self.net_.state_dict().items()}
         tensors.update(self.reference_.to_arrays())
+        tensors["sampler.x0_var"] = self.x0_var_.clone()
         meta = {
             "normcore_version": __version__,
             "created": self.created_,
@@ -354,12 +415,21 @@ class NormativeModel:
             model.adaptations_ = list(meta.get("adaptations", []))
             model.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = build_denoiser(
-                cfg.backbone, len(model.schema_.idps), model.encoder_.n_levels, cfg.diffusion_steps, **cfg.network
+                cfg.backbone,
+                len(model.schema_.idps),
+                model.encoder_.n_levels,
+                cfg.diffusion_steps,
+                **cfg.network,
             )
-            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+            net.load_state_dict(
+                {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True
+            )
             model.net_ = net.eval()
+            model.x0_var_ = tensors["sampler.x0_var"].float()
             arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("reference.")}
-            model.reference_ = ReferenceTable.from_arrays(arrays, model.encoder_.n_levels, meta["reference_bandwidth"])
+            model.reference_ = ReferenceTable.from_arrays(
+                arrays, model.encoder_.n_levels, meta["reference_bandwidth"]
+            )
             _check_shapes(model)
         except BundleError:
             raise
@@ -387,8 +457,15 @@ def _check_shapes(model: NormativeModel) -> None:
             f"This model file is inconsistent: its reference table has shape {ref.quantiles.shape} "
             f"but the model has {n_combo} covariate combinations and {d} IDPs."
         )
-    if ref.precision.shape != (d, d) or len(model.transform_.loc) != d:
-        raise BundleError("This model file is inconsistent: its IDP transforms do not match its IDPs.")
+    steps = len(ddim_timesteps(model.schedule_, model.config.sampling_steps))
+    if (
+        ref.precision.shape != (d, d)
+        or len(model.transform_.loc) != d
+        or tuple(model.x0_var_.shape) != (steps, d)
+    ):
+        raise BundleError(
+            "This model file is inconsistent: its IDP transforms do not match its IDPs."
+        )
 
 
 def _training_summary(df: pd.DataFrame, schema: Schema) -> dict:
@@ -403,9 +480,14 @@ def _training_summary(df: pd.DataFrame, schema: Schema) -> dict:
     }
     for col in schema.categorical:
         cats = coerce_categories(df[col])
-        summary["level_counts"][col] = {str(k): int(v) for k, v in cats.value_counts().sort_index().items()}
+        summary["level_counts"][col] = {
+            str(k): int(v) for k, v in cats.value_counts().sort_index().items()
+        }
         summary["level_age_ranges"][col] = {
-            str(k): [float(ages[cats.to_numpy() == k].min()), float(ages[cats.to_numpy() == k].max())]
+            str(k): [
+                float(ages[cats.to_numpy() == k].min()),
+                float(ages[cats.to_numpy() == k].max()),
+            ]
             for k in cats.unique()
         }
     return summary

@@ -89,7 +89,12 @@ class IDPTransform:
 
     @classmethod
     def from_dict(cls, d: dict) -> IDPTransform:
-        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in ("loc", "scale", "lam", "loc2", "scale2")})
+        return cls(
+            **{
+                k: np.asarray(d[k], dtype=np.float64)
+                for k in ("loc", "scale", "lam", "loc2", "scale2")
+            }
+        )
 
 
 @dataclass
@@ -113,7 +118,9 @@ class CovariateEncoder:
         return [len(v) + 1 for v in self.levels.values()]
 
     def encode_age(self, age: np.ndarray) -> np.ndarray:
-        return ((np.asarray(age, dtype=np.float64) - self.age_mean) / self.age_sd).astype(np.float32)
+        return ((np.asarray(age, dtype=np.float64) - self.age_mean) / self.age_sd).astype(
+            np.float32
+        )
 
     def encode_categories(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Codes (n, K) and a boolean (n, K) mask of values the model never saw.
@@ -140,4 +147,6 @@ class CovariateEncoder:
 
     @classmethod
     def from_dict(cls, d: dict) -> CovariateEncoder:
-        return cls(float(d["age_mean"]), float(d["age_sd"]), {k: list(v) for k, v in d["levels"].items()})
+        return cls(
+            float(d["age_mean"]), float(d["age_sd"]), {k: list(v) for k, v in d["levels"].items()}
+        )

@@ -6,8 +6,9 @@ categorical levels (sex x site x ..., the "unknown" level included) at ages spre
 over the training range, and store, at each grid age, Gaussian-kernel-weighted quantiles of
 those samples at 61 levels evenly spaced in normal-score (z = -3.0 .. 3.0). Pooling the
 samples of neighbouring ages with a kernel is what makes the table smooth in age and cheap:
-every sample serves several grid ages. Quantiles at one grid age are sorted values, and
-linear interpolation between two monotone vectors is monotone, so centiles never cross.
+every sample serves several grid ages; samples are first moved along the local linear age
+trend so that pooling does not widen the distribution where the IDP changes fast.
+Quantiles at one grid age are sorted values, and linear interpolation between two monotone vectors is monotone, so centiles never cross.
 
 Scoring then costs one interpolation in age and one search among 61 values per person and
 IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
@@ -21,8 +22,8 @@ distribution in which a person's own distance is ranked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -74,7 +75,10 @@ class ReferenceTable:
         """
         c = self.combo_index(codes)
         i, w = self._age_weights(ages)
-        q = self.quantiles[c, i] * (1 - w)[:, None, None] + self.quantiles[c, i + 1] * w[:, None, None]
+        q = (
+            self.quantiles[c, i] * (1 - w)[:, None, None]
+            + self.quantiles[c, i + 1] * w[:, None, None]
+        )
         n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
         return q, n_eff
 
@@ -88,7 +92,9 @@ class ReferenceTable:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], n_levels: list[int], bandwidth: float) -> ReferenceTable:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], n_levels: list[int], bandwidth: float
+    ) -> ReferenceTable:
         return cls(
             ages=np.asarray(arrays["reference.ages"], dtype=np.float64),
             n_levels=list(n_levels),
@@ -130,7 +136,10 @@ def values_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
     inside = q[:, lo] + (q[:, lo + 1] - q[:, lo]) * frac[None, :, None]
     span = _TAIL_SPAN * Z_STEP
     low = q[:, [0]] - (Z_LEVELS[0] - z)[None, :, None] * (q[:, [_TAIL_SPAN]] - q[:, [0]]) / span
-    high = q[:, [-1]] + (z - Z_LEVELS[-1])[None, :, None] * (q[:, [-1]] - q[:, [-1 - _TAIL_SPAN]]) / span
+    high = (
+        q[:, [-1]]
+        + (z - Z_LEVELS[-1])[None, :, None] * (q[:, [-1]] - q[:, [-1 - _TAIL_SPAN]]) / span
+    )
     below = (z < Z_LEVELS[0])[None, :, None]
     above = (z > Z_LEVELS[-1])[None, :, None]
     return np.where(below, low, np.where(above, high, inside))
@@ -146,6 +155,18 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         cdf = (np.cumsum(w) - 0.5 * w) / total
         out[:, j] = np.interp(LEVELS, cdf, values[order[:, j], j])
     return out
+
+
+def _detrend(y: np.ndarray, ages: np.ndarray, w: np.ndarray, at: float) -> np.ndarray:
+    """Move each sample to age `at` along the window's weighted linear age trend.
+
+    Without this, pooling ages in the kernel widens the distribution wherever the IDP
+    changes with age (a slope of b per year adds about (b*h)^2 of variance); removing the
+    local linear trend leaves only second-order bias.
+    """
+    da = ages - np.average(ages, weights=w)
+    slope = (w * da) @ (y - np.average(y, axis=0, weights=w)) / max(float((w * da) @ da), 1e-12)
+    return y - np.outer(ages - at, slope)
 
 
 def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray, float]:
@@ -182,7 +203,11 @@ def build_reference(
     kept_combo: list[np.ndarray] = []
     keep = min(per, 2_000)
     for ci in range(n_combo):
-        codes_one = np.array(np.unravel_index(ci, n_levels), dtype=np.int64) if n_levels else np.zeros(0, np.int64)
+        codes_one = (
+            np.array(np.unravel_index(ci, n_levels), dtype=np.int64)
+            if n_levels
+            else np.zeros(0, np.int64)
+        )
         ages = span[0] + (np.arange(per) + rng.random(per)) / per * (span[1] - span[0])
         y = sampler(ages, np.tile(codes_one, (per, 1)))
         q = np.empty((len(grid), len(LEVELS), y.shape[1]))
@@ -190,15 +215,16 @@ def build_reference(
         for gi, g in enumerate(grid):
             lo, hi = np.searchsorted(ages, [g - 3 * h, g + 3 * h])
             w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
-            q[gi] = _weighted_quantiles(y[lo:hi], w)
+            q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
             n_eff[gi] = w.sum() ** 2 / (w**2).sum()
         table_q.append(q)
         table_n.append(n_eff)
-        pick = rng.choice(per, size=keep, replace=False)
+        inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
+        pick = rng.choice(inside, size=min(keep, len(inside)), replace=False)
         partial = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
-        qp, _ = partial.lookup(np.zeros((keep, 1), dtype=np.int64), ages[pick])
+        qp, _ = partial.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
         kept_z.append(normal_scores(qp, y[pick]))
-        kept_combo.append(np.full(keep, ci))
+        kept_combo.append(np.full(len(pick), ci))
         if progress is not None:
             progress((ci + 1) / n_combo)
     z_all = np.concatenate(kept_z)
@@ -225,7 +251,9 @@ def _correlation_precision(z: np.ndarray) -> np.ndarray:
     return np.linalg.inv(corr)
 
 
-def mahalanobis_centile(table: ReferenceTable, codes: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mahalanobis_centile(
+    table: ReferenceTable, codes: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Squared Mahalanobis distance of normal-score vectors z (n, D) and its centile (0-100).
 
     The centile ranks the distance among model samples with the same categorical levels,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ class TrainConfig:
         return asdict(self)
 
 
-def _validation_draws(n_val: int, dim: int, steps: int, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _validation_draws(
+    n_val: int, dim: int, steps: int, draws: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed (t, noise) pairs so that the validation loss is comparable across epochs."""
     g = torch.Generator().manual_seed(seed + 7919)
     t = torch.randint(0, steps, (draws, n_val), generator=g)
@@ -64,8 +66,9 @@ def train_denoiser(
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[nn.Module, list[dict]]:
-    """Train `net` to predict the noise; return the best EMA copy and the loss history.
+) -> tuple[nn.Module, list[dict], np.ndarray]:
+    """Train `net` to predict the noise; return the best EMA copy, the loss history and
+    the indices of the held-out validation rows (for estimates that must not be optimistic).
 
     `y` are IDPs in network units (n, D), `age` standardised ages (n,), `codes` category
     codes (n, K). A seeded random `val_fraction` of rows is held out for early stopping.
@@ -91,8 +94,10 @@ def train_denoiser(
     batch = min(config.batch_size, len(tr_idx))
     steps_per_epoch = max(1, math.ceil(len(tr_idx) / batch))
     max_epochs = config.max_epochs or math.ceil(config.max_steps / steps_per_epoch)
-    max_steps = min(config.max_steps, max_epochs * steps_per_epoch) if config.max_epochs is None else (
-        max_epochs * steps_per_epoch
+    max_steps = (
+        min(config.max_steps, max_epochs * steps_per_epoch)
+        if config.max_epochs is None
+        else (max_epochs * steps_per_epoch)
     )
     eval_every = max(steps_per_epoch, 25)
 
@@ -104,7 +109,7 @@ def train_denoiser(
         with torch.inference_mode():
             for d in range(val_t.shape[0]):
                 xt = q_sample(Y[vi], val_t[d], val_noise[d], alpha_bar)
-                eps = ema(xt, val_t[d], A[vi], C[vi])
+                eps = ema(xt, val_t[d], ema.embed(A[vi], C[vi]))
                 losses.append(torch.mean((eps - val_noise[d]) ** 2).item())
         return float(np.mean(losses))
 
@@ -128,7 +133,9 @@ def train_denoiser(
             t = torch.randint(0, schedule.steps, (len(idx),), generator=g)
             noise = torch.randn(x0.shape, generator=g)
             net.train()
-            loss = torch.mean((net(q_sample(x0, t, noise, alpha_bar), t, a, c) - noise) ** 2)
+            loss = torch.mean(
+                (net(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c)) - noise) ** 2
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -145,7 +152,13 @@ def train_denoiser(
         if step % eval_every < steps_per_epoch or stop:
             vl = val_loss()
             history.append(
-                {"epoch": epoch, "step": step, "loss": float(np.mean(running)), "val_loss": vl, "seconds": elapsed}
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": float(np.mean(running)),
+                    "val_loss": vl,
+                    "seconds": elapsed,
+                }
             )
             running = []
             if vl < best or math.isnan(vl):
@@ -174,4 +187,4 @@ def train_denoiser(
         if should_stop is not None and should_stop():
             stop = True
     ema.load_state_dict(best_state)
-    return ema, history
+    return ema, history, val_idx

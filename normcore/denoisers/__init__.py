@@ -1,4 +1,7 @@
-"""Denoising networks: `forward(x_t, t, age, codes) -> eps_hat`, all IDPs at once."""
+"""Denoising networks over all IDPs at once.
+
+Each has `embed(age, codes) -> h` (the covariate embedding) and `forward(x_t, t, h) -> eps_hat`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from normcore.denoisers.saint import SAINT
 BACKBONES = ("film", "saint")
 
 
-def build_denoiser(backbone: str, n_idps: int, n_levels: list[int], steps: int, **size: int) -> nn.Module:
+def build_denoiser(
+    backbone: str, n_idps: int, n_levels: list[int], steps: int, **size: int
+) -> nn.Module:
     """Construct a denoiser by name; `size` overrides its width/depth defaults."""
     if backbone == "film":
         return FiLMMLP(n_idps, n_levels, steps, **size)

@@ -23,8 +23,9 @@ def sinusoidal(t: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
 class Conditioning(nn.Module):
     """Embed timestep, standardised age and category codes (0 = unknown) into `dim`.
 
-    Age enters through a small MLP on (age, age^2, age^3) so that non-linear age curves
-    need not be rebuilt by every layer; each categorical covariate has its own embedding
+    The covariate embedding is split from the timestep so that a sampler computes it once
+    per person instead of once per step. Age enters through a small MLP on (age, age^2,
+    age^3) so that non-linear age curves need not be rebuilt by every layer; each categorical covariate has its own embedding
     table whose row 0 is the learned "unknown" level.
     """
 
@@ -37,10 +38,14 @@ class Conditioning(nn.Module):
         self.categories = nn.ModuleList(nn.Embedding(k, dim) for k in n_levels)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t: torch.Tensor, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def embed_covariates(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The covariate part of the conditioning (B, dim): computed once per sampling run."""
         age = age.reshape(-1, 1)
-        h = self.time(sinusoidal(t, self.time_dim, self.steps))
-        h = h + self.age(torch.cat([age, age**2 / 2, age**3 / 6], dim=-1))
+        h = self.age(torch.cat([age, age**2 / 2, age**3 / 6], dim=-1))
         for k, table in enumerate(self.categories):
             h = h + table(codes[:, k])
-        return self.out(h)
+        return h
+
+    def forward(self, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+        """Conditioning vector from timesteps (B,) or one shared timestep (1,)."""
+        return self.out(self.time(sinusoidal(t, self.time_dim, self.steps)) + covariates)

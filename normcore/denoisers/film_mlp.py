@@ -37,7 +37,13 @@ class FiLMMLP(nn.Module):
     """FiLM-conditioned residual MLP denoiser over the whole IDP vector."""
 
     def __init__(
-        self, n_idps: int, n_levels: list[int], steps: int, width: int = 256, depth: int = 4, dropout: float = 0.0
+        self,
+        n_idps: int,
+        n_levels: list[int],
+        steps: int,
+        width: int = 256,
+        depth: int = 4,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.cond = Conditioning(n_levels, steps, width)
@@ -45,8 +51,13 @@ class FiLMMLP(nn.Module):
         self.blocks = nn.ModuleList(FiLMBlock(width, width, dropout) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_idps))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        c = self.cond(t, age, codes)
+    def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Covariate embedding to pass to `forward` (computed once per sampling run)."""
+        return self.cond.embed_covariates(age, codes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for x_t (B, D) at timesteps t and embedded covariates (B, dim)."""
+        c = self.cond(t, covariates)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, c)

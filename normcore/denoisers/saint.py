@@ -38,7 +38,13 @@ class SAINT(nn.Module):
         self.feature = nn.Parameter(torch.randn(n_idps, width) * 0.1)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+                width,
+                heads,
+                4 * width,
+                dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(depth)
         )
@@ -46,8 +52,13 @@ class SAINT(nn.Module):
         self.row_norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        c = self.cond(t, age, codes)
+    def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Covariate embedding to pass to `forward` (computed once per sampling run)."""
+        return self.cond.embed_covariates(age, codes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for x_t (B, D) at timesteps t and embedded covariates (B, dim)."""
+        c = self.cond(t, covariates)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
         use_rows = self.training and torch.rand(()) < self.intersample_p
         for i, layer in enumerate(self.layers):

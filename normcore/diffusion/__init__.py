@@ -1,6 +1,6 @@
 """The diffusion process: noise schedules and samplers, with no learned state."""
 
-from normcore.diffusion.sampler import ddim_timesteps, generate, q_sample
+from normcore.diffusion.sampler import ddim_timesteps, generate, q_sample, x0_variance
 from normcore.diffusion.schedule import Schedule
 
-__all__ = ["Schedule", "q_sample", "generate", "ddim_timesteps"]
+__all__ = ["Schedule", "ddim_timesteps", "generate", "q_sample", "x0_variance"]

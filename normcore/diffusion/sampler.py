@@ -5,11 +5,21 @@ with stochasticity `eta`. With `eta=1` it is ancestral DDPM sampling (over all s
 exactly DDPM's posterior step; over a subsequence it is the "skip-step" ancestral sampler);
 with `eta=0` it is the deterministic DDIM sampler. The previous timestep is always read
 from the list, never computed by a formula.
+
+Why `x0_variance`: both samplers plug the denoiser's *mean* estimate of x0 into a step
+that is exact only for a known x0, so every step drops the uncertainty of x0 given x_t.
+With few steps the generated distribution is too narrow (measured with the ideal denoiser
+of a Gaussian: 50 ancestral steps give a standard deviation 5-10 % too small), which for a
+normative model means too-narrow centile bands. Moment matching fixes it (the idea of
+Bao et al., "Analytic-DPM", 2022): the optimal Gaussian step adds B^2 * Var(x0 | x_t),
+where B is the step's coefficient on x0. `x0_variance` estimates Var(x0 | x_t) per
+timestep and IDP as the denoiser's mean squared x0 error on held-out rows; with it the
+ideal-denoiser Gaussian is reproduced exactly at any number of steps.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,14 +27,16 @@ import torch
 from normcore.diffusion.schedule import Schedule
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""eps_hat = denoise(x_t, t) with the conditioning already bound."""
+"""eps_hat = denoise(x_t, t) with the conditioning already bound; t has shape (1,)."""
 
 X0_CLIP = 8.0
 """Predicted clean values are clipped to +-8 network units (data are standardised), which
 keeps early, very noisy steps from throwing samples far outside anything plausible."""
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
     """Draw x_t ~ q(x_t | x_0) = N(sqrt(ab_t) x0, (1 - ab_t) I)."""
     ab = alpha_bar[t].unsqueeze(-1)
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
@@ -38,6 +50,32 @@ def ddim_timesteps(schedule: Schedule, n_steps: int) -> list[int]:
     return [int(t) for t in ts[::-1]]
 
 
+def _predict_x0(x: torch.Tensor, eps: torch.Tensor, ab_t: float) -> torch.Tensor:
+    return ((x - (1.0 - ab_t) ** 0.5 * eps) / ab_t**0.5).clamp_(-X0_CLIP, X0_CLIP)
+
+
+@torch.inference_mode()
+def x0_variance(
+    denoise: Denoise,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    timesteps: list[int],
+    repeats: int = 4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean squared error of the predicted x0 at each timestep, per column: (len(timesteps), D)."""
+    alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32)
+    out = torch.zeros(len(timesteps), x0.shape[1])
+    for i, t in enumerate(timesteps):
+        for _ in range(repeats):
+            tt = torch.full((1,), t, dtype=torch.long)
+            xt = q_sample(
+                x0, tt.expand(len(x0)), torch.randn(x0.shape, generator=generator), alpha_bar
+            )
+            out[i] += ((_predict_x0(xt, denoise(xt, tt), float(alpha_bar[t])) - x0) ** 2).mean(0)
+    return out / repeats
+
+
 @torch.inference_mode()
 def generate(
     denoise: Denoise,
@@ -47,19 +85,29 @@ def generate(
     timesteps: list[int],
     eta: float = 1.0,
     generator: torch.Generator | None = None,
+    x0_var: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from pure noise to an (n, dim) sample in network units."""
+    """Run the reverse process from pure noise to an (n, dim) sample in network units.
+
+    `x0_var` (len(timesteps), dim), from `x0_variance`, adds the moment-matched variance
+    of each step; without it the sampler is the textbook one.
+    """
     alpha_bar = schedule.alpha_bar
     x = torch.randn(n, dim, generator=generator)
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_t = float(alpha_bar[t])
         ab_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
-        eps = denoise(x, torch.full((n,), t, dtype=torch.long))
-        x0 = ((x - (1.0 - ab_t) ** 0.5 * eps) / ab_t**0.5).clamp_(-X0_CLIP, X0_CLIP)
+        eps = denoise(x, torch.full((1,), t, dtype=torch.long))
+        x0 = _predict_x0(x, eps, ab_t)
         eps = (x - ab_t**0.5 * x0) / (1.0 - ab_t) ** 0.5
         sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
-        x = ab_prev**0.5 * x0 + max(1.0 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0 and t_prev >= 0:
-            x = x + sigma * torch.randn(n, dim, generator=generator)
+        c = max(1.0 - ab_prev - sigma**2, 0.0) ** 0.5
+        x = ab_prev**0.5 * x0 + c * eps
+        var = torch.full((dim,), sigma**2)
+        if x0_var is not None:
+            b = ab_prev**0.5 - c * (ab_t / (1.0 - ab_t)) ** 0.5
+            var = var + b**2 * x0_var[i]
+        if bool((var > 0).any()):
+            x = x + var.sqrt() * torch.randn(n, dim, generator=generator)
     return x

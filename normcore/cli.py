@@ -1,0 +1,188 @@
+"""Command line: `python -m normcore {fit,score,centiles,sample,evaluate}` (also `normcore ...`).
+
+The argument and output formats are a contract other tools rely on (see README). Results
+go to the files named by --out; progress and warnings go to stderr; any user error is one
+readable message on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from normcore.data import read_table
+from normcore.errors import BundleError, DataError, NotFittedError
+from normcore.model import DEFAULT_QUANTILES, NormativeModel
+from normcore.schema import Schema
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _progress(p: dict) -> None:
+    if p["phase"] == "train":
+        print(
+            f"\rtraining: epoch {p['epoch']}/{p['max_epochs']}  loss {p['loss']:.4f}  "
+            f"val {p['val_loss']:.4f}  eta {p['eta_seconds']:.0f}s   ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(
+            f"\rreference table: {100 * p['fraction']:.0f}%        ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _warn(model: NormativeModel, df: pd.DataFrame) -> None:
+    for problem in model.check(df).warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+
+
+def _schema(
+    df: pd.DataFrame, covariates: list[str] | None, idps: list[str] | None, id_col: str | None
+) -> Schema:
+    if covariates:
+        age, *categorical = covariates
+        return Schema.infer(df, age=age, categorical=categorical, idps=idps, id=id_col)
+    return Schema.infer(df, idps=idps, id=id_col)
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    df = read_table(args.table)
+    schema = _schema(df, _split(args.covariates), _split(args.idps), args.id)
+    print(
+        f"fitting {args.backbone} on {len(df)} rows: age '{schema.age}', "
+        f"categorical {list(schema.categorical)}, {len(schema.idps)} IDPs",
+        file=sys.stderr,
+    )
+    model = NormativeModel(backbone=args.backbone, max_epochs=args.epochs, seed=args.seed)
+    model.fit(df, schema, progress=_progress)
+    print(file=sys.stderr)
+    model.save(args.out)
+    print(f"saved {args.out} (fit {model.fit_seconds_:.0f}s)", file=sys.stderr)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    model = NormativeModel.load(args.model)
+    df = read_table(args.table)
+    _warn(model, df)
+    model.score(df).to_csv(args.out, index=False)
+    print(f"scored {len(df)} rows x {len(model.idps)} IDPs -> {args.out}", file=sys.stderr)
+
+
+def cmd_centiles(args: argparse.Namespace) -> None:
+    model = NormativeModel.load(args.model)
+    grid = read_table(args.grid)
+    quantiles = [float(q) for q in _split(args.quantiles) or DEFAULT_QUANTILES]
+    _warn_grid(model, grid)
+    model.centiles(grid, quantiles).to_csv(args.out, index=False)
+    print(f"centiles at {len(grid)} grid rows -> {args.out}", file=sys.stderr)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    model = NormativeModel.load(args.model)
+    grid = read_table(args.grid)
+    _warn_grid(model, grid)
+    start = time.perf_counter()
+    samples = model.sample(grid, args.n, seed=args.seed).drop(columns="grid_row")
+    samples.to_csv(args.out, index=False)
+    print(
+        f"{len(samples)} samples in {time.perf_counter() - start:.1f}s -> {args.out}",
+        file=sys.stderr,
+    )
+
+
+def _warn_grid(model: NormativeModel, grid: pd.DataFrame) -> None:
+    """Grids carry covariates only: check those, not IDP columns."""
+    if model.schema_.age not in grid.columns:
+        return
+    lo, hi = model.training_["age_range"]
+    ages = pd.to_numeric(grid[model.schema_.age], errors="coerce")
+    if ((ages < lo) | (ages > hi)).any():
+        print(
+            f"warning: some grid ages lie outside the training range {lo:g}-{hi:g} (extrapolated)",
+            file=sys.stderr,
+        )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from normcore.evaluate import evaluate
+    from normcore.report import write_report
+
+    model = NormativeModel.load(args.model)
+    df = read_table(args.table)
+    _warn(model, df)
+    result = evaluate(model, df)
+    write_report(result, Path(args.out))
+    print(f"wrote {args.out}/metrics.json and {args.out}/report.html", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normcore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a model to a reference table")
+    p.add_argument("table")
+    p.add_argument("--out", required=True, help="model file to write")
+    p.add_argument("--backbone", choices=("film", "saint"), default="film")
+    p.add_argument(
+        "--covariates",
+        help="age column first, then categorical ones (default: age,sex,site present)",
+    )
+    p.add_argument(
+        "--idps", help="comma-separated IDP columns (default: all other numeric columns)"
+    )
+    p.add_argument("--id", help="subject id column (default: detected)")
+    p.add_argument(
+        "--epochs", type=int, help="maximum passes over the data (default: until early stopping)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("score", help="centiles and z-scores of every person and IDP")
+    p.add_argument("model")
+    p.add_argument("table")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser("centiles", help="model quantiles over a covariate grid")
+    p.add_argument("model")
+    p.add_argument("grid")
+    p.add_argument("--quantiles", default=",".join(map(str, DEFAULT_QUANTILES)))
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_centiles)
+
+    p = sub.add_parser("sample", help="draw IDP vectors at each grid row's covariates")
+    p.add_argument("model")
+    p.add_argument("grid")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="calibration and dependence report on a held-out table")
+    p.add_argument("model")
+    p.add_argument("table")
+    p.add_argument("--out", required=True, help="directory for metrics.json and report.html")
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (DataError, BundleError, NotFittedError, ValueError, OSError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    return 0

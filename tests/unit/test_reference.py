@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from normcore.reference import (
+    LEVELS,
+    Z_BOUND,
+    ReferenceTable,
+    build_reference,
+    mahalanobis_centile,
+    normal_scores,
+    values_at,
+)
+
+
+def _gaussian_q(mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Exact quantile vectors (n, Q, D) of N(mu, sd^2) at the table's levels."""
+    z = stats.norm.ppf(LEVELS)
+    return mu[:, None, :] + sd[:, None, :] * z[None, :, None]
+
+
+def test_normal_scores_recover_z_inside_and_beyond_the_table():
+    mu, sd = np.array([[10.0, -2.0]]), np.array([[2.0, 0.5]])
+    q = np.repeat(_gaussian_q(mu, sd), 7, axis=0)
+    z_true = np.array([-5.0, -3.5, -1.0, 0.0, 0.77, 2.9, 4.0])
+    y = mu + sd * z_true[:, None]
+    z = normal_scores(q, y)
+    assert np.allclose(z, z_true[:, None], atol=1e-6)
+
+
+def test_normal_scores_are_bounded():
+    q = _gaussian_q(np.zeros((1, 1)), np.ones((1, 1)))
+    assert normal_scores(q, np.array([[1e9]]))[0, 0] == Z_BOUND
+    assert normal_scores(q, np.array([[-1e9]]))[0, 0] == -Z_BOUND
+
+
+def test_values_at_inverts_normal_scores():
+    q = _gaussian_q(np.array([[5.0]]), np.array([[3.0]]))
+    probs = np.array([0.0005, 0.02, 0.25, 0.5, 0.98, 0.9995])
+    v = values_at(q, probs)[0, :, 0]
+    assert np.allclose(v, stats.norm.ppf(probs, 5, 3), atol=1e-6)
+
+
+def _exact_sampler(rng):
+    """Truth: y ~ N(0.5 * age + 3 * code, 1 + age/50), independent per IDP.
+
+    The steep age slope makes naive pooling of neighbouring ages visibly widen the bands.
+    """
+
+    def sample(ages, codes):
+        mean = 0.5 * ages + 3.0 * codes[:, 0]
+        sd = 1 + ages / 50
+        return (mean + sd * rng.standard_normal((2, len(ages)))).T
+
+    return sample
+
+
+def test_built_table_matches_the_truth_and_never_crosses():
+    table = build_reference(
+        _exact_sampler(np.random.default_rng(0)),
+        (20, 80),
+        [3],
+        samples_per_combination=20_000,
+        grid_points=21,
+    )
+    assert table.quantiles.shape == (3, 21, len(LEVELS), 2)
+    assert np.all(np.diff(table.quantiles, axis=2) >= 0)
+    ages = np.array([23.3, 50.0, 77.7])
+    codes = np.array([[2], [1], [0]])
+    q, n_eff = table.lookup(codes, ages)
+    v = values_at(q, np.array([0.05, 0.5, 0.95]))
+    sd = 1 + ages / 50
+    truth = (
+        stats.norm.ppf([0.05, 0.5, 0.95])[None, :] * sd[:, None]
+        + (0.5 * ages + 3 * codes[:, 0])[:, None]
+    )
+    assert np.allclose(v[:, :, 0], truth, atol=0.1 * sd[:, None])
+    assert np.all(n_eff > 1000)
+
+
+def test_mahalanobis_centile_is_uniform_for_draws_from_the_model():
+    rng = np.random.default_rng(1)
+    table = build_reference(
+        _exact_sampler(rng), (20, 80), [1], samples_per_combination=20_000, grid_points=11
+    )
+    ages = rng.uniform(20, 80, 3000)
+    codes = np.zeros((3000, 1), dtype=np.int64)
+    y = _exact_sampler(rng)(ages, codes)
+    q, _ = table.lookup(codes, ages)
+    _, centile = mahalanobis_centile(table, codes, normal_scores(q, y))
+    assert stats.kstest(centile / 100, "uniform").pvalue > 0.01
+
+
+def test_table_arrays_round_trip():
+    table = build_reference(_exact_sampler(np.random.default_rng(2)), (0, 10), [2], 2000, 5)
+    again = ReferenceTable.from_arrays(table.to_arrays(), [2], table.bandwidth)
+    assert np.allclose(again.quantiles, table.quantiles, atol=1e-4)
+    with pytest.raises(KeyError):
+        ReferenceTable.from_arrays({}, [2], 1.0)
