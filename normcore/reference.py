@@ -4,13 +4,14 @@ Sampling a diffusion model is slow (hundreds of network passes per draw), so cen
 not computed per person. Once per model we draw samples for every combination of
 categorical levels (sex x site x ..., the "unknown" level included) at ages spread evenly
 over the training range, and store, at each grid age, Gaussian-kernel-weighted quantiles of
-those samples at 61 levels evenly spaced in normal-score (z = -3.0 .. 3.0). Pooling the
+those samples at 31 levels evenly spaced in normal-score (z = -3.0 .. 3.0). Pooling the
 samples of neighbouring ages with a kernel is what makes the table smooth in age and cheap:
 every sample serves several grid ages; samples are first moved along the local linear age
 trend so that pooling does not widen the distribution where the IDP changes fast.
-Quantiles at one grid age are sorted values, and linear interpolation between two monotone vectors is monotone, so centiles never cross.
+Quantiles at one grid age are sorted values, and linear interpolation between two monotone
+vectors is monotone, so centiles never cross.
 
-Scoring then costs one interpolation in age and one search among 61 values per person and
+Scoring then costs one interpolation in age and one search among 31 values per person and
 IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
 outermost tabled segment (a Gaussian tail) and z is clipped to +-Z_BOUND.
 
@@ -29,13 +30,13 @@ import numpy as np
 from scipy import stats
 from sklearn.covariance import LedoitWolf
 
-Z_STEP = 0.1
+Z_STEP = 0.2
 Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
 LEVELS = stats.norm.cdf(Z_LEVELS)
 Z_BOUND = 6.0
 """|z| is clipped here (centile 1e-7 %); beyond |z| = 3 values are Gaussian-tail extrapolations."""
-_TAIL_SPAN = 5
-"""Tabled segments used for the tail slope (z 2.5 .. 3.0), steadier than the last one alone."""
+_TAIL_SPAN = 3
+"""Tabled segments used for the tail slope (z 2.4 .. 3.0), steadier than the last one alone."""
 
 Sampler = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """y = sampler(ages (m,), codes (m, K)) in user units, shape (m, D)."""
@@ -232,7 +233,7 @@ def build_reference(
     precision = _correlation_precision(z_all)
     d2 = np.einsum("ij,jk,ik->i", z_all, precision, z_all)
     maha = np.stack([np.quantile(d2[combo_all == ci], LEVELS) for ci in range(n_combo)])
-    return ReferenceTable(
+    table = ReferenceTable(
         ages=grid,
         n_levels=list(n_levels),
         quantiles=np.stack(table_q),
@@ -241,6 +242,8 @@ def build_reference(
         precision=precision,
         mahalanobis=maha,
     )
+    # Round-trip through the stored precision so a fitted and a loaded model agree exactly.
+    return ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
 
 
 def _correlation_precision(z: np.ndarray) -> np.ndarray:

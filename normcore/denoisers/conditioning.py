@@ -25,8 +25,9 @@ class Conditioning(nn.Module):
 
     The covariate embedding is split from the timestep so that a sampler computes it once
     per person instead of once per step. Age enters through a small MLP on (age, age^2,
-    age^3) so that non-linear age curves need not be rebuilt by every layer; each categorical covariate has its own embedding
-    table whose row 0 is the learned "unknown" level.
+    age^3) so that non-linear age curves need not be rebuilt by every layer; each
+    categorical covariate has its own embedding table whose row 0 is the learned
+    "unknown" level.
     """
 
     def __init__(self, n_levels: list[int], steps: int, dim: int) -> None:

@@ -1,0 +1,92 @@
+import json
+import pickle
+
+import pytest
+
+from normcore import bundle
+from normcore.errors import BundleError
+from normcore.model import NormativeModel
+
+
+@pytest.fixture(scope="module")
+def data(fitted) -> bytes:
+    return fitted.to_bytes()
+
+
+def test_round_trip_preserves_everything_needed(fitted, data, test_df):
+    again = NormativeModel.from_bytes(data)
+    assert again.schema_ == fitted.schema_ and again.training_ == fitted.training_
+    assert again.score(test_df)["centile"].equals(fitted.score(test_df)["centile"])
+
+
+def test_truncated_bundle_is_refused(data):
+    for cut in (0, 5, 100, len(data) // 2, len(data) - 1):
+        with pytest.raises(BundleError, match="truncated|damaged|not a normcore"):
+            NormativeModel.from_bytes(data[:cut])
+
+
+def test_tampered_bundle_is_refused(data):
+    tampered = bytearray(data)
+    tampered[-10] ^= 0xFF
+    with pytest.raises(BundleError, match="modified after it was saved"):
+        NormativeModel.from_bytes(bytes(tampered))
+
+
+def _with_meta(data: bytes, change) -> bytes:
+    tensors, meta = bundle.from_bytes(data)
+    change(meta)
+    return bundle.to_bytes(tensors, meta)
+
+
+def test_other_format_version_is_refused_with_versions_named(data):
+    def bump(meta):
+        meta["normcore_version"] = "9.0.0"
+
+    tensors, meta = bundle.from_bytes(data)
+    meta["format_version"] = 99
+    raw = bundle.to_bytes(tensors, meta)  # to_bytes stamps the current version back
+    assert NormativeModel.from_bytes(_with_meta(raw, bump))
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    inner = json.loads(header["__metadata__"]["normcore"])
+    inner["format_version"] = 99
+    header["__metadata__"]["normcore"] = json.dumps(inner, sort_keys=True)
+    new_header = json.dumps(header).encode()
+    forged = len(new_header).to_bytes(8, "little") + new_header + raw[8 + header_len :]
+    with pytest.raises(BundleError, match="format 99"):
+        NormativeModel.from_bytes(forged)
+
+
+def test_mismatched_shapes_are_refused(data):
+    tensors, meta = bundle.from_bytes(data)
+    meta["schema"]["idps"] = meta["schema"]["idps"][:-1]
+    with pytest.raises(BundleError, match="inconsistent"):
+        NormativeModel.from_bytes(bundle.to_bytes(tensors, meta))
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_payload_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    malicious = tmp_path / "model.normcore"
+    malicious.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(BundleError):
+        NormativeModel.load(malicious)
+    assert not marker.exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="No model file"):
+        NormativeModel.load(tmp_path / "nope.normcore")
+
+
+def test_save_is_atomic_and_leaves_no_partial_file(fitted, tmp_path):
+    path = tmp_path / "m.normcore"
+    fitted.save(path)
+    assert path.exists() and not list(tmp_path.glob("*.partial"))

@@ -1,0 +1,145 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from normcore.errors import DataError, NotFittedError
+from normcore.model import NormativeModel
+from normcore.schema import Schema
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        NormativeModel().score(pd.DataFrame({"age": [30]}))
+
+
+def test_score_has_the_documented_columns_and_consistent_values(fitted, test_df, schema):
+    scores = fitted.score(test_df)
+    assert list(scores.columns) == [
+        "row", "subject_id", "idp", "value", "centile", "z", "centile_se",
+        "out_of_age_range", "unseen_levels", "beyond_reference",
+    ]  # fmt: skip
+    assert len(scores) == len(test_df) * len(schema.idps)
+    assert scores["centile"].between(0, 100).all()
+    assert np.allclose(scores["z"], stats.norm.ppf(scores["centile"] / 100), atol=1e-6)
+    assert (scores["centile_se"] > 0).all() and (scores["centile_se"] < 10).all()
+    first = scores[scores["row"] == 0].set_index("idp")["value"]
+    assert np.allclose(first[list(schema.idps)], test_df.loc[0, list(schema.idps)].astype(float))
+
+
+def test_unseen_site_is_scored_with_the_unknown_level_and_flagged(fitted, test_df):
+    df = test_df.head(5).copy()
+    df["site"] = "NEW_SCANNER"
+    assert [p.column for p in fitted.check(df).warnings] == ["site"]
+    scores = fitted.score(df)
+    assert (scores["unseen_levels"] == "site").all()
+    assert np.isfinite(scores["z"]).all()
+
+
+def test_age_outside_the_training_range_is_flagged_not_hidden(fitted, test_df):
+    df = test_df.head(3).copy()
+    df.loc[0, "age"] = 95.0
+    scores = fitted.score(df)
+    flagged = scores.groupby("row")["out_of_age_range"].first()
+    assert flagged.tolist() == [True, False, False]
+
+
+def test_missing_idp_column_is_an_error_naming_it(fitted, test_df):
+    with pytest.raises(DataError, match="idp_001"):
+        fitted.score(test_df.drop(columns="idp_001"))
+
+
+def test_centiles_are_monotone_in_the_quantile_and_long_format(fitted):
+    grid = pd.DataFrame(
+        {"age": [25.0, 50.0, 75.0], "sex": ["F", "M", "F"], "site": ["S0", "S1", "S0"]}
+    )
+    fan = fitted.centiles(grid, [0.02, 0.5, 0.98])
+    assert list(fan.columns) == ["age", "sex", "site", "idp", "quantile", "value"]
+    assert len(fan) == 3 * 3 * 3
+    wide = fan.pivot_table(index=["age", "idp"], columns="quantile", values="value")
+    assert (np.diff(wide.to_numpy(), axis=1) > 0).all()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fitted.centiles(grid, [0.0, 0.5])
+
+
+def test_centiles_and_score_agree(fitted, test_df):
+    person = test_df.head(1)
+    median = fitted.centiles(person[["age", "sex", "site"]], [0.5]).set_index("idp")["value"]
+    at_median = person.copy()
+    for idp, v in median.items():
+        at_median[idp] = v
+    assert np.allclose(fitted.score(at_median)["centile"], 50.0, atol=0.5)
+
+
+def test_sample_returns_n_rows_per_grid_row(fitted):
+    grid = pd.DataFrame({"age": [30.0, 60.0], "sex": ["F", "M"], "site": ["S0", "S1"]})
+    s = fitted.sample(grid, 7, seed=3)
+    assert len(s) == 14 and s["grid_row"].tolist() == [0] * 7 + [1] * 7
+    assert np.isfinite(s[list(fitted.idps)].to_numpy()).all()
+    assert s.equals(fitted.sample(grid, 7, seed=3))
+
+
+def test_deviation_gives_one_centile_per_person(fitted, test_df):
+    dev = fitted.deviation(test_df)
+    assert len(dev) == len(test_df) and dev["deviation_centile"].between(0, 100).all()
+    extreme = test_df.head(1).copy()
+    for idp in fitted.idps:
+        extreme[idp] = extreme[idp] * 3
+    assert fitted.deviation(extreme)["deviation_centile"].iloc[0] > 99
+
+
+def test_fit_is_reproducible_with_a_seed(train_df, schema):
+    kw = dict(max_epochs=2, reference_samples=100, grid_points=5, network=dict(width=16, depth=1))
+    a = NormativeModel(seed=4, **kw).fit(train_df, schema)
+    b = NormativeModel(seed=4, **kw).fit(train_df, schema)
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+    assert np.array_equal(a.reference_.quantiles, b.reference_.quantiles)
+
+
+def test_fit_reports_progress_and_can_be_stopped(train_df, schema):
+    seen = []
+    model = NormativeModel(
+        max_epochs=50, reference_samples=100, grid_points=5, network=dict(width=16, depth=1)
+    )
+    model.fit(train_df, schema, progress=seen.append, should_stop=lambda: len(seen) >= 1)
+    train = [p for p in seen if p["phase"] == "train"]
+    assert len(train) == 1 and {"epoch", "loss", "val_loss", "eta_seconds"} <= train[0].keys()
+    assert seen[-1] == {"phase": "reference", "fraction": 1.0}
+
+
+def test_fit_refuses_a_bad_table_with_column_and_rows(train_df, schema):
+    bad = train_df.copy()
+    bad["idp_000"] = bad["idp_000"].astype(object)
+    bad.loc[[3, 8], "idp_000"] = "n/a?"
+    with pytest.raises(DataError, match="idp_000") as err:
+        NormativeModel(max_epochs=1).fit(bad, schema)
+    assert "3" in str(err.value) and "8" in str(err.value)
+
+
+def test_saved_model_scores_identically_in_a_new_process(fitted, test_df, tmp_path):
+    model_path, table_path = tmp_path / "m.normcore", tmp_path / "t.csv"
+    fitted.save(model_path)
+    test_df.to_csv(table_path, index=False)
+    code = (
+        "import sys, pandas as pd; from normcore import NormativeModel;"
+        "m = NormativeModel.load(sys.argv[1]);"
+        "m.score(pd.read_csv(sys.argv[2])).to_csv(sys.stdout, index=False)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(model_path), str(table_path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    from io import StringIO
+
+    again = pd.read_csv(StringIO(out.stdout))
+    assert np.allclose(again["centile"], fitted.score(test_df)["centile"], atol=1e-6)
+
+
+def test_schema_with_only_age_covariate_works(train_df):
+    schema = Schema(age="age", categorical=(), idps=("idp_000", "idp_001"))
+    m = NormativeModel(
+        max_epochs=2, reference_samples=200, grid_points=5, network=dict(width=16, depth=1)
+    )
+    m.fit(train_df, schema)
+    assert m.score(train_df.head(4))["centile"].between(0, 100).all()
