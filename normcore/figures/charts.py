@@ -1,0 +1,480 @@
+"""Plotly builders for the dashboard's charts: tables in, `go.Figure` out.
+
+They compute nothing about the model: every number arrives in a table (centiles from
+`NormativeModel.centiles`, scores from `score`, samples from `sample`, summaries from
+`normcore.explore`). Keeping them pure lets the dashboard, the HTML reports and the tests
+share one drawing of each chart, and lets a test check a figure's data without a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from normcore.idp_groups import GROUP_ORDER, label, region_group
+
+__all__ = [
+    "FAN_QUANTILES",
+    "centile_fan",
+    "fan_small_multiples",
+    "dependence_contours",
+    "correlation_heatmaps",
+    "pair_correlation_by_age",
+    "deviation_profile",
+    "cohort_z_heatmap",
+    "extreme_rates",
+    "loss_curve",
+]
+
+#: The bands a clinician reads: 2-98 (about +-2 SD), 10-90, 25-75, and the median.
+FAN_QUANTILES: tuple[float, ...] = (0.02, 0.10, 0.25, 0.50, 0.75, 0.90, 0.98)
+
+_BAND_FILL = ("rgba(31,111,139,0.12)", "rgba(31,111,139,0.20)", "rgba(31,111,139,0.30)")
+_MEDIAN = "#1f6f8b"
+_POINTS = "#c0504d"
+_TRUTH = "#333333"
+_OUTSIDE = "rgba(120,120,120,0.13)"
+_FLAG = "#c0504d"
+_OK = "#1f6f8b"
+_Z_FLAG = 1.96
+_FONT = {"family": "sans-serif", "size": 12, "color": "#1c2b36"}
+
+
+def _layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01} if title else None,
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
+        font=_FONT,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0},
+        hovermode="closest",
+    )
+    return fig
+
+
+def _wide(centiles: pd.DataFrame, idp: str, age: str) -> pd.DataFrame:
+    """Ages x quantiles for one IDP from the long `centiles` table."""
+    one = centiles[centiles["idp"] == idp]
+    if one.empty:
+        raise ValueError(f"the centile table has no rows for IDP '{idp}'")
+    return one.pivot_table(index=age, columns="quantile", values="value").sort_index()
+
+
+def _add_fan(
+    fig: go.Figure,
+    wide: pd.DataFrame,
+    row: int | None,
+    col: int | None,
+    show_legend: bool,
+) -> None:
+    """Bands as filled areas between symmetric quantile pairs, median as a line."""
+    ages = wide.index.to_numpy(dtype=float)
+    qs = sorted(float(q) for q in wide.columns)
+    pairs = [(lo, hi) for lo, hi in zip(qs, reversed(qs)) if lo < hi]
+    where = {"row": row, "col": col} if row is not None else {}
+    for k, (lo, hi) in enumerate(pairs):
+        fill = _BAND_FILL[min(k, len(_BAND_FILL) - 1)]
+        name = f"{100 * lo:g}-{100 * hi:g}th centile"
+        fig.add_trace(
+            go.Scatter(
+                x=ages,
+                y=wide[hi],
+                mode="lines",
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=name,
+            ),
+            **where,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=ages,
+                y=wide[lo],
+                mode="lines",
+                line={"width": 0},
+                fill="tonexty",
+                fillcolor=fill,
+                name=name,
+                legendgroup=name,
+                showlegend=show_legend,
+                hoverinfo="skip",
+            ),
+            **where,
+        )
+    if 0.5 in wide.columns:
+        fig.add_trace(
+            go.Scatter(
+                x=ages,
+                y=wide[0.5],
+                mode="lines",
+                line={"color": _MEDIAN, "width": 2},
+                name="median",
+                legendgroup="median",
+                showlegend=show_legend,
+                hovertemplate="age %{x:.1f}<br>median %{y:.4g}<extra></extra>",
+            ),
+            **where,
+        )
+
+
+def _add_points(
+    fig: go.Figure,
+    points: pd.DataFrame,
+    row: int | None,
+    col: int | None,
+    show_legend: bool,
+    name: str,
+    color: str,
+    size: int,
+) -> None:
+    """People as dots; hover says who, age, value and centile (columns age, value, centile)."""
+    where = {"row": row, "col": col} if row is not None else {}
+    who = (
+        points["label"].astype(str) if "label" in points.columns else pd.Series([""] * len(points))
+    )
+    custom = np.column_stack([points["centile"].to_numpy(dtype=float), who.to_numpy(dtype=object)])
+    fig.add_trace(
+        go.Scatter(
+            x=points["age"],
+            y=points["value"],
+            mode="markers",
+            name=name,
+            legendgroup=name,
+            showlegend=show_legend,
+            marker={
+                "color": color,
+                "size": size,
+                "opacity": 0.75,
+                "line": {"width": 0.5, "color": "white"},
+            },
+            customdata=custom,
+            hovertemplate="%{customdata[1]}<br>age %{x:.1f}<br>value %{y:.4g}"
+            "<br>centile %{customdata[0]:.1f}<extra></extra>",
+        ),
+        **where,
+    )
+
+
+def _shade_outside(
+    fig: go.Figure,
+    age_range: Sequence[float],
+    x_range: Sequence[float],
+    row: int | None,
+    col: int | None,
+) -> None:
+    """Grey out ages the model never saw: centiles there are extrapolated."""
+    lo, hi = float(age_range[0]), float(age_range[1])
+    x0, x1 = float(x_range[0]), float(x_range[1])
+    where = {"row": row, "col": col} if row is not None else {}
+    for a, b in ((x0, lo), (hi, x1)):
+        if b > a:
+            fig.add_vrect(x0=a, x1=b, fillcolor=_OUTSIDE, line_width=0, layer="below", **where)
+
+
+def centile_fan(
+    centiles: pd.DataFrame,
+    idp: str,
+    age: str = "age",
+    points: pd.DataFrame | None = None,
+    age_range: Sequence[float] | None = None,
+    truth: pd.DataFrame | None = None,
+    highlight: pd.DataFrame | None = None,
+    title: str | None = None,
+    points_name: str = "people",
+    height: int = 420,
+) -> go.Figure:
+    """Age-conditioned centile bands of one IDP.
+
+    `centiles`: long table (age column, idp, quantile, value) over an age grid.
+    `points`: optional people (age, value, centile, optional label). `age_range`: the
+    training ages; the rest of the x axis is shaded. `truth`: optional exact centiles in
+    the same long layout, drawn dashed (the Teach page). `highlight`: one or a few
+    people drawn large (the Individual page).
+    """
+    wide = _wide(centiles, idp, age)
+    fig = go.Figure()
+    _add_fan(fig, wide, None, None, True)
+    if truth is not None:
+        _add_truth(fig, _wide(truth, idp, age), None, None, True)
+    if points is not None and len(points):
+        _add_points(fig, points, None, None, True, points_name, _POINTS, 6)
+    if highlight is not None and len(highlight):
+        _add_points(fig, highlight, None, None, True, "this person", "#e8a33d", 14)
+    if age_range is not None:
+        _shade_outside(fig, age_range, (wide.index.min(), wide.index.max()), None, None)
+    fig.update_xaxes(title_text="age (years)")
+    fig.update_yaxes(title_text=label(idp))
+    return _layout(fig, title if title is not None else label(idp), height)
+
+
+def _add_truth(
+    fig: go.Figure, wide: pd.DataFrame, row: int | None, col: int | None, show_legend: bool
+) -> None:
+    where = {"row": row, "col": col} if row is not None else {}
+    for k, q in enumerate(sorted(wide.columns)):
+        fig.add_trace(
+            go.Scatter(
+                x=wide.index,
+                y=wide[q],
+                mode="lines",
+                line={"color": _TRUTH, "width": 1.2, "dash": "dash"},
+                name="true centiles",
+                legendgroup="truth",
+                showlegend=show_legend and k == 0,
+                hovertemplate=f"true {100 * q:g}th: %{{y:.4g}}<extra></extra>",
+            ),
+            **where,
+        )
+
+
+def fan_small_multiples(
+    centiles: pd.DataFrame,
+    idps: Sequence[str],
+    age: str = "age",
+    points: pd.DataFrame | None = None,
+    age_range: Sequence[float] | None = None,
+    truth: pd.DataFrame | None = None,
+    columns: int = 2,
+    points_name: str = "people",
+    panel_height: int = 300,
+) -> go.Figure:
+    """One fan per IDP on a grid; `points` and `truth` carry an `idp` column to split on."""
+    if not idps:
+        raise ValueError("choose at least one IDP")
+    cols = max(1, min(columns, len(idps)))
+    rows = int(np.ceil(len(idps) / cols))
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[label(i) for i in idps],
+        horizontal_spacing=0.08,
+        vertical_spacing=0.12 if rows > 1 else 0.0,
+    )
+    for k, idp in enumerate(idps):
+        r, c = k // cols + 1, k % cols + 1
+        wide = _wide(centiles, idp, age)
+        _add_fan(fig, wide, r, c, k == 0)
+        if truth is not None:
+            _add_truth(fig, _wide(truth, idp, age), r, c, k == 0)
+        if points is not None and len(points):
+            mine = points[points["idp"] == idp]
+            if len(mine):
+                _add_points(fig, mine, r, c, k == 0, points_name, _POINTS, 5)
+        if age_range is not None:
+            _shade_outside(fig, age_range, (wide.index.min(), wide.index.max()), r, c)
+        fig.update_xaxes(title_text="age (years)" if r == rows else None, row=r, col=c)
+    return _layout(fig, None, panel_height * rows + 60)
+
+
+def dependence_contours(
+    samples: pd.DataFrame,
+    real: pd.DataFrame | None,
+    x: str,
+    y: str,
+    title: str | None = None,
+    height: int = 460,
+) -> go.Figure:
+    """Density contours of model samples of (x, y), with real people as dots on top."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Histogram2dContour(
+            x=samples[x],
+            y=samples[y],
+            colorscale="Blues",
+            reversescale=False,
+            contours={"coloring": "fill", "showlines": True},
+            ncontours=12,
+            showscale=False,
+            name="model samples",
+            hoverinfo="skip",
+            opacity=0.85,
+        )
+    )
+    if real is not None and len(real):
+        fig.add_trace(
+            go.Scatter(
+                x=real[x],
+                y=real[y],
+                mode="markers",
+                name="real people",
+                marker={"color": _POINTS, "size": 6, "line": {"width": 0.5, "color": "white"}},
+                hovertemplate=f"{label(x)} %{{x:.4g}}<br>{label(y)} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text=label(x))
+    fig.update_yaxes(title_text=label(y))
+    return _layout(fig, title, height)
+
+
+def correlation_heatmaps(real: pd.DataFrame, model: pd.DataFrame, height: int = 460) -> go.Figure:
+    """Real and model correlation matrices side by side (same IDP order, same colour scale)."""
+    names = [label(c) for c in real.columns]
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["real people", "model samples"], horizontal_spacing=0.12
+    )
+    for k, mat in enumerate((real, model)):
+        fig.add_trace(
+            go.Heatmap(
+                z=mat.to_numpy(dtype=float),
+                x=names,
+                y=names,
+                zmin=-1,
+                zmax=1,
+                colorscale="RdBu",
+                reversescale=True,
+                showscale=k == 1,
+                hovertemplate="%{y} / %{x}: r = %{z:.2f}<extra></extra>",
+            ),
+            row=1,
+            col=k + 1,
+        )
+        fig.update_yaxes(autorange="reversed", row=1, col=k + 1)
+    fig.update_xaxes(tickangle=45)
+    return _layout(fig, None, height)
+
+
+def pair_correlation_by_age(
+    table: pd.DataFrame, title: str | None = None, height: int = 360
+) -> go.Figure:
+    """Correlation of one IDP pair across age: columns age, source, r (and optional n)."""
+    fig = go.Figure()
+    styles = {
+        "model": {"color": _MEDIAN, "dash": "solid"},
+        "real": {"color": _POINTS, "dash": "dot"},
+    }
+    for source, part in table.groupby("source", sort=False):
+        part = part.sort_values("age")
+        fig.add_trace(
+            go.Scatter(
+                x=part["age"],
+                y=part["r"],
+                mode="lines+markers",
+                name=str(source),
+                line=styles.get(str(source), {}),
+                hovertemplate="age %{x:.1f}<br>r = %{y:.2f}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="age (years)")
+    fig.update_yaxes(title_text="correlation", range=[-1, 1])
+    return _layout(fig, title, height)
+
+
+def deviation_profile(
+    scores: pd.DataFrame, threshold: float = _Z_FLAG, height: int | None = None
+) -> go.Figure:
+    """One person's z per IDP, grouped by region type; |z| > threshold in red.
+
+    `scores`: the person's rows of `NormativeModel.score` (idp, z, centile, value).
+    """
+    df = scores[["idp", "z", "centile", "value"]].copy()
+    df["group"] = [region_group(i) for i in df["idp"]]
+    order = {g: k for k, g in enumerate(GROUP_ORDER)}
+    df["order"] = df["group"].map(order)
+    df = df.sort_values(["order"], kind="stable").reset_index(drop=True)
+    df["flag"] = df["z"].abs() > threshold
+    groups = [g for g in GROUP_ORDER if g in set(df["group"])]
+    fig = make_subplots(
+        rows=1,
+        cols=len(groups),
+        shared_yaxes=True,
+        subplot_titles=groups,
+        horizontal_spacing=0.015,
+        column_widths=[max(len(df[df["group"] == g]), 3) for g in groups],
+    )
+    for k, g in enumerate(groups):
+        part = df[df["group"] == g]
+        fig.add_trace(
+            go.Bar(
+                x=[label(i) for i in part["idp"]],
+                y=part["z"],
+                marker_color=[_FLAG if f else _OK for f in part["flag"]],
+                customdata=np.column_stack([part["centile"], part["value"]]),
+                hovertemplate="%{x}<br>z = %{y:.2f}<br>centile %{customdata[0]:.1f}"
+                "<br>value %{customdata[1]:.4g}<extra></extra>",
+                showlegend=False,
+            ),
+            row=1,
+            col=k + 1,
+        )
+        for t in (-threshold, threshold):
+            fig.add_hline(y=t, line={"color": "#888", "dash": "dot", "width": 1}, row=1, col=k + 1)
+        fig.update_xaxes(showticklabels=len(part) <= 20, tickangle=60, row=1, col=k + 1)
+    fig.update_yaxes(title_text="z", row=1, col=1)
+    fig.update_annotations(font={"size": 11})
+    return _layout(fig, None, height or 420)
+
+
+def cohort_z_heatmap(z: pd.DataFrame, height: int | None = None) -> go.Figure:
+    """People (rows) x IDPs (columns) of z, diverging colours clipped at +-3."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.to_numpy(dtype=float),
+            x=[label(c) for c in z.columns],
+            y=[str(i) for i in z.index],
+            zmin=-3,
+            zmax=3,
+            colorscale="RdBu",
+            reversescale=True,
+            colorbar={"title": {"text": "z"}},
+            hovertemplate="%{y}<br>%{x}<br>z = %{z:.2f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", showticklabels=len(z) <= 60)
+    fig.update_xaxes(showticklabels=z.shape[1] <= 60, tickangle=60)
+    return _layout(fig, None, height or min(900, 200 + 8 * len(z)))
+
+
+def extreme_rates(rates: pd.DataFrame, expected: float = 0.05, height: int = 420) -> go.Figure:
+    """Observed fraction of |z| > 1.96 per IDP (with interval) against the expected rate.
+
+    `rates`: columns idp, rate, lo, hi (from `normcore.explore.extreme_rates`).
+    """
+    df = rates.reset_index(drop=True)
+    outside = (df["lo"] > expected) | (df["hi"] < expected)
+    fig = go.Figure(
+        go.Bar(
+            x=[label(i) for i in df["idp"]],
+            y=df["rate"],
+            marker_color=[_FLAG if o else _OK for o in outside],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": df["hi"] - df["rate"],
+                "arrayminus": df["rate"] - df["lo"],
+                "color": "#666",
+                "thickness": 1,
+            },
+            hovertemplate="%{x}<br>%{y:.1%} extreme<extra></extra>",
+            name="observed",
+        )
+    )
+    fig.add_hline(
+        y=expected,
+        line={"color": "#333", "dash": "dash"},
+        annotation_text=f"expected {expected:.0%}",
+        annotation_position="top left",
+    )
+    fig.update_yaxes(title_text="fraction with |z| > 1.96", tickformat=".0%")
+    fig.update_xaxes(showticklabels=len(df) <= 60, tickangle=60)
+    return _layout(fig, None, height)
+
+
+def loss_curve(history: Sequence[Mapping[str, float]], height: int = 300) -> go.Figure:
+    """Training and validation loss per epoch (the Model page's live chart)."""
+    df = pd.DataFrame(list(history))
+    fig = go.Figure()
+    for key, name, style in (
+        ("loss", "training", {"color": _MEDIAN}),
+        ("val_loss", "validation", {"color": _POINTS, "dash": "dot"}),
+    ):
+        if key in df.columns and df[key].notna().any():
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[key], mode="lines", name=name, line=style))
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="denoising loss")
+    return _layout(fig, None, height)

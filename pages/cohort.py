@@ -1,0 +1,83 @@
+"""Cohort: score everyone, sort by centile or z, see extremes per IDP, download the CLI's CSV."""
+
+import streamlit as st
+
+from normcore.explore import extreme_rates, z_matrix
+from normcore.figures.charts import cohort_z_heatmap
+from normcore.figures.charts import extreme_rates as extreme_chart
+from normcore.idp_groups import default_idps, label
+from pages import common
+
+model, key, name = common.require_model()
+schema = model.schema_
+
+st.header("Cohort")
+group, err = common.cohort(model, key)
+if err is not None:
+    st.error("The uploaded table cannot be scored with the active model yet.")
+    common.show_problems(err)
+    st.stop()
+if group is None:
+    st.info("Upload a cohort table on the Data page to score it.")
+    st.stop()
+
+report = model.check(group.table)
+if report.errors:
+    st.error("The table cannot be scored:\n" + "\n".join(f"- {p}" for p in report.errors))
+    st.stop()
+st.write(f"Scoring **{len(group.table)}** people from the {group.source} with {name}.")
+if report.warnings:
+    with st.expander(f"{len(report.warnings)} warning(s): flagged in the results"):
+        st.markdown("\n".join(f"- {p}" for p in report.warnings))
+
+scores = common.score(model, key, group.table, group.key)
+st.download_button(
+    "Download scores (CSV, same columns as `normcore score`)",
+    data=scores.to_csv(index=False).encode(),
+    file_name="normcore_scores.csv",
+    mime="text/csv",
+    key="download_scores",
+    type="primary",
+)
+
+summary_tab, table_tab, heat_tab = st.tabs(["Extremes per IDP", "Table", "z heatmap"])
+with summary_tab:
+    rates = extreme_rates(scores)
+    flagged = rates[(rates["lo"] > 0.05) | (rates["hi"] < 0.05)]
+    st.write(
+        f"Share of people with |z| > 1.96 per IDP (bars: 95% interval). A calibrated model "
+        f"puts about 5% of a healthy cohort there; {len(flagged)} of {len(rates)} IDPs "
+        "differ from 5% beyond chance (red)."
+    )
+    st.plotly_chart(extreme_chart(rates), width="stretch", key="cohort_extremes")
+with table_tab:
+    idps_shown = st.multiselect(
+        "IDPs",
+        list(schema.idps),
+        default=default_idps(schema.idps, 6),
+        format_func=label,
+        key="cohort_table_idps",
+    )
+    view = scores[scores["idp"].isin(idps_shown)] if idps_shown else scores
+    st.dataframe(
+        view,
+        hide_index=True,
+        width="stretch",
+        height=420,
+        column_config={
+            "centile": st.column_config.NumberColumn(format="%.1f"),
+            "z": st.column_config.NumberColumn(format="%+.2f"),
+            "centile_se": st.column_config.NumberColumn(format="%.2f"),
+            "value": st.column_config.NumberColumn(format="%.4g"),
+        },
+    )
+    st.caption("Click a column header to sort.")
+with heat_tab:
+    z = z_matrix(scores, schema.id, max_people=300)
+    st.caption(
+        f"z of the first {len(z)} people across all {z.shape[1]} IDPs; "
+        "red = above, blue = below the median."
+    )
+    st.plotly_chart(cohort_z_heatmap(z), width="stretch", key="cohort_heatmap")
+if common.is_demo(key) and "uploaded" not in group.source:
+    st.caption(common.FCON_CITATION)

@@ -1,0 +1,354 @@
+"""Shared dashboard plumbing: which model is active, cached tables, background training.
+
+Pages import from here so that every page agrees on the active model and on the cohort
+table. No numerics: models compute, `normcore.explore` summarises, this file caches and
+keeps state. Uploaded bytes stay in memory (session state); nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from normcore import DataError, NormativeModel, read_table
+from normcore.explore import (
+    UNKNOWN_LEVEL,
+    ColumnMapping,
+    apply_mapping,
+    calibration_summary,
+    guess_mapping,
+    model_card,
+)
+from normcore.figures.charts import FAN_QUANTILES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_dir() -> Path:
+    """Where the demo bundle lives; NORMCORE_DEMO_DIR overrides it (the tests use a tiny one)."""
+    return Path(os.environ.get("NORMCORE_DEMO_DIR") or ROOT / "assets" / "demo")
+
+
+CHOICES = {
+    "demo": "Demo model (fcon1000)",
+    "uploaded": "Uploaded bundle",
+    "trained": "Trained this session",
+}
+
+FCON_CITATION = (
+    "Demo data: 1000 Functional Connectomes Project (Biswal et al. 2010, *PNAS* 107:4734), "
+    "FreeSurfer measures from PCNtoolkit-demo (Zenodo "
+    "[10.5281/zenodo.5592153](https://doi.org/10.5281/zenodo.5592153)). "
+    "Non-commercial research use."
+)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@st.cache_resource(show_spinner="Loading the demo model ...")
+def _load_demo(path: str) -> tuple[NormativeModel, str] | None:
+    """The bundled demo model, shared read-only by every session (None if not built)."""
+    file = Path(path)
+    if not file.exists():
+        return None
+    data = file.read_bytes()
+    return NormativeModel.from_bytes(data), "demo:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_demo() -> tuple[NormativeModel, str] | None:
+    return _load_demo(str(demo_dir() / "fcon1000.normcore"))
+
+
+@st.cache_data(show_spinner=False)
+def _load_demo_test(path: str) -> pd.DataFrame | None:
+    return read_table(path) if Path(path).exists() else None
+
+
+def load_demo_test() -> pd.DataFrame | None:
+    """Held-out fcon1000 people (never seen by the demo model), for points and scoring."""
+    return _load_demo_test(str(demo_dir() / "fcon1000_test.csv"))
+
+
+def session_models() -> dict[str, tuple[NormativeModel, str, str]]:
+    """Models that belong to this session only: choice -> (model, key, description)."""
+    return st.session_state.setdefault("models", {})
+
+
+def add_session_model(choice: str, model: NormativeModel, key: str, description: str) -> None:
+    session_models()[choice] = (model, key, description)
+    st.session_state["model_choice"] = choice
+
+
+def available_choices() -> list[str]:
+    found = ["demo"] if load_demo() is not None else []
+    return found + [c for c in ("uploaded", "trained") if c in session_models()]
+
+
+def active_model() -> tuple[NormativeModel, str, str] | None:
+    """(model, cache key, description) of the model chosen in the sidebar, or None."""
+    choices = available_choices()
+    if not choices:
+        return None
+    choice = st.session_state.get("model_choice")
+    if choice not in choices:
+        choice = choices[0]
+        st.session_state["model_choice"] = choice
+    if choice == "demo":
+        model, key = load_demo()
+        return model, key, CHOICES["demo"]
+    return session_models()[choice]
+
+
+def is_demo(key: str) -> bool:
+    return key.startswith("demo:")
+
+
+def require_model() -> tuple[NormativeModel, str, str]:
+    """The active model, or stop the page with a hint on how to get one."""
+    found = active_model()
+    if found is None:
+        st.info(
+            "No model yet. Build the demo model with `make demo`, upload a model bundle or "
+            "train one on the **Model** page."
+        )
+        st.stop()
+    return found
+
+
+def bytes_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def sidebar() -> None:
+    """The active model at a glance and the switch between demo, uploaded and trained."""
+    with st.sidebar:
+        st.title("normcore")
+        st.caption("Normative charts of brain-imaging measures")
+        choices = available_choices()
+        if not choices:
+            st.warning("No model loaded.")
+            return
+        if st.session_state.get("model_choice") not in choices:
+            st.session_state["model_choice"] = choices[0]
+        st.radio("Active model", choices, format_func=CHOICES.__getitem__, key="model_choice")
+        model, _, _ = active_model()
+        card = model_card(model)
+        st.markdown(
+            f"**{card['training people']}** training people · **{card['IDPs']}** IDPs  \n"
+            f"ages {card['age range']} · sites: {card['sites']}  \n"
+            f"adapted sites: {card['adapted sites']}"
+        )
+        table = st.session_state.get("table")
+        if table is not None:
+            st.caption(f"Uploaded table: {st.session_state.get('table_name')} ({len(table)} rows)")
+
+
+# ----------------------------------------------------------------------- cached numbers
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def centiles(
+    _model: NormativeModel,
+    model_key: str,
+    grid: pd.DataFrame,
+    quantiles: tuple[float, ...] = FAN_QUANTILES,
+) -> pd.DataFrame:
+    """Model centiles over a covariate grid (a table lookup: fast, still worth caching)."""
+    return _model.centiles(grid, quantiles)
+
+
+@st.cache_data(show_spinner="Scoring ...", max_entries=16)
+def score(
+    _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return _model.score(_table)
+
+
+@st.cache_data(show_spinner="Computing deviation centiles ...", max_entries=16)
+def deviation(
+    _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return _model.deviation(_table)
+
+
+@st.cache_data(show_spinner="Drawing model samples ...", max_entries=32)
+def sample(
+    _model: NormativeModel, model_key: str, covariates: pd.DataFrame, n: int, seed: int = 0
+) -> pd.DataFrame:
+    return _model.sample(covariates, n, seed=seed)
+
+
+@st.cache_data(show_spinner="Checking calibration on held-out people ...", max_entries=8)
+def calibration(
+    _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return calibration_summary(score(_model, model_key, _table, table_key))
+
+
+# --------------------------------------------------------------------- uploaded tables
+
+
+def read_upload() -> None:
+    """Upload callback: read the file into session state (memory only) or say why not.
+
+    A callback runs before the page's rerun, so the sidebar already shows the new table.
+    """
+    uploaded = st.session_state.get("data_upload")
+    if uploaded is None:
+        return
+    data = uploaded.getvalue()
+    try:
+        df = read_table(data, name=uploaded.name)
+    except DataError as err:
+        for k in ("table", "table_key", "table_name", "mapping"):
+            st.session_state.pop(k, None)
+        st.session_state["table_error"] = str(err)
+        return
+    st.session_state.update(
+        table=df, table_name=uploaded.name, table_key=bytes_key(data), table_error=None
+    )
+    st.session_state.pop("mapping", None)
+
+
+def mapping_for(model: NormativeModel | None) -> ColumnMapping | None:
+    """The session's column mapping of the uploaded table (guessed on first use)."""
+    table = st.session_state.get("table")
+    if table is None:
+        return None
+    if "mapping" not in st.session_state:
+        levels = model.encoder_.levels if model is not None else None
+        st.session_state["mapping"] = guess_mapping(table, model.schema_ if model else None, levels)
+    return st.session_state["mapping"]
+
+
+@dataclass
+class Cohort:
+    """The people a page scores or draws: a model-ready table and where it came from."""
+
+    table: pd.DataFrame
+    key: str
+    source: str
+
+
+def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataError | None]:
+    """The uploaded table mapped to the model, else the demo test set for the demo model."""
+    table = st.session_state.get("table")
+    if table is not None:
+        mapping = mapping_for(model)
+        try:
+            mapped = apply_mapping(table, mapping, model.schema_)
+        except DataError as err:
+            return None, err
+        key = f"{st.session_state['table_key']}:{hash(repr(mapping))}"
+        return Cohort(mapped, key, f"uploaded table '{st.session_state.get('table_name')}'"), None
+    demo = load_demo_test()
+    if is_demo(model_key) and demo is not None:
+        return Cohort(demo, "demo-test", "held-out fcon1000 people (not used for training)"), None
+    return None, None
+
+
+def show_problems(err: DataError) -> None:
+    """A DataError in plain words: one line per problem, never a traceback."""
+    lines = [f"- {p}" for p in getattr(err, "problems", [])]
+    st.error("\n".join([str(err).splitlines()[0], *lines]) if lines else str(err))
+
+
+# ------------------------------------------------------------------- background training
+
+
+@dataclass
+class TrainingJob:
+    """A model fit running in a thread; the page polls `status` and may set `stop`.
+
+    The progress callback only writes to the plain `status` dict (never st.*), because
+    Streamlit calls are only valid in the script thread.
+    """
+
+    table: pd.DataFrame
+    schema: Any
+    settings: dict
+    holdout: pd.DataFrame | None = None
+    status: dict = field(default_factory=lambda: {"phase": "starting", "fraction": 0.0})
+    history: list = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    model: NormativeModel | None = None
+    calibration: pd.DataFrame | None = None
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def start(self) -> TrainingJob:
+        threading.Thread(target=self._run, daemon=True, name="normcore-fit").start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+    def _progress(self, info: dict) -> None:
+        self.status = dict(info)
+        if info.get("phase") == "train":
+            self.history.append({k: info.get(k) for k in ("epoch", "loss", "val_loss")})
+
+    def _run(self) -> None:
+        try:
+            model = NormativeModel(**self.settings)
+            model.fit(
+                self.table, self.schema, progress=self._progress, should_stop=self.stop.is_set
+            )
+            if self.holdout is not None and len(self.holdout):
+                self.status = {"phase": "calibration", "fraction": 1.0}
+                self.calibration = calibration_summary(model.score(self.holdout))
+            self.model = model
+        except DataError as err:
+            self.error = "\n".join([str(err).splitlines()[0], *[f"- {p}" for p in err.problems]])
+        except Exception as err:  # shown to the user in words; the trace goes to the log
+            traceback.print_exc()
+            self.error = f"Training failed: {err}"
+        finally:
+            self.finished = time.monotonic()
+
+
+# ------------------------------------------------------------------------ shared widgets
+
+_DEMO_SEX = {"0": "female", "1": "male"}
+
+
+def level_name(column: str, level: str, model_key: str) -> str:
+    """How a category level reads on screen (the demo's sex codes are 0 = female, 1 = male)."""
+    if column == "sex" and is_demo(model_key) and level in _DEMO_SEX:
+        return f"{_DEMO_SEX[level]} ({level})"
+    return "any / unknown" if level == UNKNOWN_LEVEL else str(level)
+
+
+def category_pickers(
+    model: NormativeModel, model_key: str, key: str, allow_unknown: bool = True
+) -> dict[str, str]:
+    """One select box per categorical covariate, side by side; returns column -> level."""
+    cats = list(model.schema_.categorical)
+    if not cats:
+        return {}
+    chosen = {}
+    for col, box in zip(cats, st.columns(len(cats))):
+        levels = list(model.encoder_.levels.get(col, []))
+        options = levels + ([UNKNOWN_LEVEL] if allow_unknown and col != "sex" else [])
+        default = UNKNOWN_LEVEL if col != "sex" and allow_unknown else options[0]
+        with box:
+            chosen[col] = st.selectbox(
+                col,
+                options,
+                index=options.index(default),
+                key=f"{key}_{col}",
+                format_func=lambda v, c=col: level_name(c, v, model_key),
+            )
+    return chosen

@@ -1,0 +1,100 @@
+"""Dependence: does the model reproduce how IDPs vary together, not only each one alone?"""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from normcore.explore import (
+    correlation_pair,
+    model_pair_correlation_by_age,
+    near_age,
+    real_pair_correlation_by_age,
+)
+from normcore.figures.charts import (
+    correlation_heatmaps,
+    dependence_contours,
+    pair_correlation_by_age,
+)
+from normcore.idp_groups import default_idps, label
+from pages import common
+
+model, key, name = common.require_model()
+schema = model.schema_
+idps = list(schema.idps)
+if len(idps) < 2:
+    st.info("This model has a single brain measure: there is no dependence to show.")
+    st.stop()
+
+st.header("Dependence")
+group, _ = common.cohort(model, key)
+real = group.table if group is not None else None
+
+st.subheader("One pair at one age")
+first = default_idps(idps, 2)
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    x = st.selectbox("x", idps, index=idps.index(first[0]), format_func=label, key="dep_x")
+with c2:
+    y = st.selectbox("y", idps, index=idps.index(first[1]), format_func=label, key="dep_y")
+lo, hi = model.training_["age_range"]
+with c3:
+    age = st.slider(
+        "age",
+        float(np.floor(lo)),
+        float(np.ceil(hi)),
+        float(np.clip(30, lo, hi)),
+        1.0,
+        key="dep_age",
+    )
+fixed = common.category_pickers(model, key, "dep")
+cov = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
+draws = common.sample(model, key, cov, 1500)
+near = near_age(real, schema.age, age, 5.0, fixed) if real is not None else None
+fig = dependence_contours(
+    draws,
+    near,
+    x,
+    y,
+    title=f"model samples at age {age:.0f} (contours) and real people aged "
+    f"{age - 5:.0f}-{age + 5:.0f} (dots)",
+)
+st.plotly_chart(fig, width="stretch", key="dep_contours")
+
+st.subheader("Correlation: real people vs model")
+if real is None:
+    st.info("Upload a table (Data page) to compare the model's correlations with real people.")
+else:
+    chosen = st.multiselect(
+        "IDPs",
+        idps,
+        default=default_idps(idps, 10),
+        format_func=label,
+        key="dep_heat_idps",
+        max_selections=40,
+    )
+    if len(chosen) >= 2:
+        covariates = real[list(schema.covariates)].reset_index(drop=True)
+        model_draws = common.sample(model, key, covariates, 1, seed=1)
+        r_real, r_model = correlation_pair(real, model_draws, chosen)
+        st.caption(
+            "Spearman correlation across people. Model: one sample at each real person's "
+            "covariates, so both sides mix the same ages, sexes and sites."
+        )
+        st.plotly_chart(correlation_heatmaps(r_real, r_model), width="stretch", key="dep_heat")
+
+    st.subheader(f"How the correlation of {label(x)} and {label(y)} changes with age")
+    ages = np.linspace(lo, hi, 9)
+    grid = pd.DataFrame({schema.age: ages, **{c: [v] * len(ages) for c, v in fixed.items()}})
+    by_age = common.sample(model, key, grid, 300, seed=2)
+    table = pd.concat(
+        [
+            model_pair_correlation_by_age(by_age, grid, schema.age, x, y),
+            real_pair_correlation_by_age(
+                near_age(real, schema.age, age, 1e9, fixed), schema.age, x, y
+            ),
+        ]
+    )
+    st.plotly_chart(pair_correlation_by_age(table), width="stretch", key="dep_by_age")
+    st.caption("Real: equal-count age bins (site mix varies with age); model: 300 samples per age.")
+if common.is_demo(key):
+    st.caption(common.FCON_CITATION)

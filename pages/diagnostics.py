@@ -1,0 +1,96 @@
+"""Diagnostics: is the active model calibrated on people it has not seen?"""
+
+import pandas as pd
+import streamlit as st
+
+from normcore.evaluate import evaluate
+from normcore.figures import diagnostics as fig
+from normcore.idp_groups import default_idps
+from pages import common
+
+model, key, name = common.require_model()
+
+st.header("Diagnostics")
+group, err = common.cohort(model, key)
+if err is not None:
+    st.error("The uploaded table cannot be evaluated with the active model yet.")
+    common.show_problems(err)
+    st.stop()
+if group is None:
+    st.info(
+        "Upload a table of healthy people the model has not seen (Data page) to check "
+        "its calibration."
+    )
+    st.stop()
+
+
+@st.cache_data(show_spinner="Evaluating the model (sampling, then all metrics) ...", max_entries=4)
+def run_evaluation(_model, model_key: str, _table: pd.DataFrame, table_key: str):
+    return evaluate(_model, _table)
+
+
+result = run_evaluation(model, key, group.table, group.key)
+m = result.metrics
+st.write(
+    f"{m['n']} people from the {group.source}, {m['n_idps']} IDPs: the same numbers as "
+    "`normcore evaluate`."
+)
+cov95 = m.get("coverage95_error")
+k1, k2, k3, k4 = st.columns(4)
+k1.metric(
+    "ACE",
+    f"{m['ace']:.3f}",
+    help="Mean |empirical - nominal| centile error over age bins, "
+    "IDPs and quantiles (0 = perfect).",
+)
+k2.metric(
+    "95% interval coverage error",
+    "-" if cov95 is None else f"{cov95:+.3f}",
+    help="Below 0: the 95% band holds fewer than 95% of new people.",
+)
+k3.metric(
+    "Mean PIT KS", f"{m['pit_ks']['mean']:.3f}", help=f"Worst IDP: {m['pit_ks']['worst_idp']}"
+)
+mis = m["strata"]
+k4.metric("Miscalibrated strata", f"{mis['n_miscalibrated']} of {mis['n_evaluated']}")
+
+show = default_idps(result.idps, 3)
+calib, strata_tab, dep_tab = st.tabs(
+    ["Calibration", "Per site and sex", "Dependence and memorisation"]
+)
+with calib:
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(
+        fig.pit_histogram(result.pit[result.idps], show=show), width="stretch", key="d_pit"
+    )
+    c2.plotly_chart(fig.pit_qq(result.pit[result.idps], show=show), width="stretch", key="d_qq")
+    c3, c4 = st.columns(2)
+    c3.plotly_chart(fig.coverage_curve(result.coverage), width="stretch", key="d_cov")
+    c4.plotly_chart(fig.ace_by_age(result.ace), width="stretch", key="d_ace")
+    st.plotly_chart(fig.ks_per_idp(result.ks_idp), width="stretch", key="d_ks")
+    st.caption("KS per age bin (real vs model samples):")
+    st.dataframe(result.ks_age, hide_index=True, width="stretch", height=240)
+with strata_tab:
+    cats = [c for c in ("site", "sex") if c in result.covariates]
+    if len(cats) == 2:
+        st.plotly_chart(
+            fig.strata_heatmap(result.strata, rows="site", columns="sex"),
+            width="stretch",
+            key="d_strata",
+        )
+    st.dataframe(result.strata, hide_index=True, width="stretch", height=320)
+with dep_tab:
+    if len(result.idps) > 1:
+        st.plotly_chart(fig.correlation_scatter(result.correlations), width="stretch", key="d_corr")
+    st.plotly_chart(fig.deviation_histogram(result.deviation), width="stretch", key="d_dev")
+    if result.memorisation_r is not None:
+        st.plotly_chart(
+            fig.memorisation_histogram(result.memorisation_r), width="stretch", key="d_mem"
+        )
+    else:
+        st.caption(
+            "Memorisation needs the model's training table; run `normcore evaluate "
+            "--train` on the command line to include it."
+        )
+if common.is_demo(key) and "uploaded" not in group.source:
+    st.caption(common.FCON_CITATION)

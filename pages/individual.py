@@ -1,0 +1,156 @@
+"""Individual: one person's deviation profile, multivariate deviation, fans, one-page report."""
+
+import pandas as pd
+import streamlit as st
+
+from normcore import DataError
+from normcore.explore import fan_grid, individual_report_html, model_card, person_profile
+from normcore.figures.charts import centile_fan, deviation_profile
+from normcore.idp_groups import default_idps, label
+from pages import common
+
+model, key, name = common.require_model()
+schema = model.schema_
+
+st.header("Individual")
+group, err = common.cohort(model, key)
+mode_options = (["From the cohort"] if group is not None else []) + ["Type values"]
+mode = st.radio("Person", mode_options, horizontal=True, key="ind_mode")
+
+if mode == "From the cohort":
+    table = group.table
+    ids = (
+        table[schema.id].astype(str).tolist()
+        if schema.id and schema.id in table
+        else [f"row {i}" for i in range(len(table))]
+    )
+    pos = st.selectbox(
+        f"Choose a person ({group.source})",
+        range(len(table)),
+        format_func=lambda i: f"{ids[i]} · age {float(table[schema.age].iloc[i]):.0f}",
+        key="ind_person",
+    )
+    person = table.iloc[[pos]].reset_index(drop=True)
+else:
+    st.caption(
+        "Enter the covariates; the measures start at the model's median for them. "
+        "Edit the values you have measured."
+    )
+    age = st.number_input(
+        "age (years)", 0.0, 120.0, float(sum(model.training_["age_range"]) / 2), key="ind_age"
+    )
+    fixed = common.category_pickers(model, key, "ind")
+    covs = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
+    medians = common.centiles(model, key, covs, (0.5,))
+    values = st.data_editor(
+        pd.DataFrame({"IDP": medians["idp"], "value": medians["value"]}),
+        hide_index=True,
+        disabled=["IDP"],
+        key="ind_values",
+        height=260,
+        width="stretch",
+    )
+    person = covs.copy()
+    if schema.id:
+        person[schema.id] = "typed-in person"
+    for idp, v in zip(values["IDP"], values["value"]):
+        person[idp] = v
+
+try:
+    report = model.check(person)
+    if report.errors:
+        raise DataError("This person cannot be scored:", problems=report.errors)
+    scores = model.score(person)
+    dev = model.deviation(person)
+except DataError as exc:
+    common.show_problems(exc)
+    st.stop()
+for w in report.warnings:
+    st.warning(str(w))
+
+profile = person_profile(scores, 0)
+n_flag = int(profile["extreme"].sum())
+m1, m2, m3 = st.columns(3)
+m1.metric(
+    "Multivariate deviation centile",
+    f"{dev['deviation_centile'].iloc[0]:.1f}",
+    help="How unusual the whole profile is among model samples of the same sex and site "
+    "(100 = more unusual than all of them).",
+)
+m2.metric(
+    "Measures with |z| > 1.96",
+    f"{n_flag} of {len(profile)}",
+    help=f"About {0.05 * len(profile):.1f} expected by chance in a healthy person.",
+)
+m3.metric(
+    "Most extreme",
+    label(profile.loc[profile["z"].abs().idxmax(), "idp"]),
+    f"z = {profile['z'].iloc[profile['z'].abs().argmax()]:+.2f}",
+    delta_color="off",
+)
+
+st.subheader("Deviation profile")
+profile_fig = deviation_profile(scores)
+st.plotly_chart(profile_fig, width="stretch", key="ind_profile")
+with st.expander("All measures (sortable)"):
+    st.dataframe(
+        profile[["group", "idp", "value", "centile", "z", "extreme"]],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "centile": st.column_config.NumberColumn(format="%.1f"),
+            "z": st.column_config.NumberColumn(format="%+.2f"),
+        },
+    )
+
+st.subheader("On the centile fans")
+flagged = profile.loc[profile["extreme"]].sort_values("z", key=abs, ascending=False)["idp"].tolist()
+chosen = st.multiselect(
+    "Measures",
+    list(schema.idps),
+    default=(flagged[:2] + default_idps(schema.idps, 2))[:2] or default_idps(schema.idps, 2),
+    format_func=label,
+    key="ind_fans",
+    max_selections=6,
+)
+fixed_person = {c: str(person[c].iloc[0]) for c in schema.categorical}
+grid = fan_grid(model.training_, schema, fixed_person)
+cent = common.centiles(model, key, grid)
+fan_figs = []
+fan_cols = st.columns(2)
+for k, idp in enumerate(chosen):
+    row = profile[profile["idp"] == idp].iloc[0]
+    me = pd.DataFrame(
+        {
+            "age": [float(person[schema.age].iloc[0])],
+            "value": [row["value"]],
+            "centile": [row["centile"]],
+            "label": ["this person"],
+        }
+    )
+    fig = centile_fan(
+        cent, idp, age=schema.age, highlight=me, age_range=model.training_["age_range"], height=360
+    )
+    fan_figs.append(fig)
+    with fan_cols[k % 2]:
+        st.plotly_chart(fig, width="stretch", key=f"ind_fan_{idp}")
+
+id_cols = [schema.id] if schema.id and schema.id in person else []
+who = {c: person[c].iloc[0] for c in [*id_cols, *schema.covariates]}
+html = individual_report_html(
+    who,
+    profile,
+    float(dev["deviation_centile"].iloc[0]),
+    [profile_fig, *fan_figs],
+    {"model": name, **model_card(model)},
+)
+st.download_button(
+    "Download one-page report (HTML)",
+    data=html.encode(),
+    type="primary",
+    file_name=f"normcore_report_{who.get(schema.id, 'person')}.html",
+    mime="text/html",
+    key="ind_report",
+)
+if common.is_demo(key):
+    st.caption(common.FCON_CITATION)
