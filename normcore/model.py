@@ -8,6 +8,7 @@ checks that the model is fitted. Nothing here writes files or prints, except `sa
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from scipy import stats
 
 from normcore import bundle
 from normcore.denoisers import build_denoiser
-from normcore.diffusion import Schedule, ddim_timesteps, generate, x0_variance
+from normcore.diffusion import Schedule, ddim_timesteps, generate, q_sample, x0_variance
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.preprocessing import CovariateEncoder, IDPTransform
 from normcore.reference import (
@@ -30,6 +31,7 @@ from normcore.reference import (
     mahalanobis_centile,
     normal_scores,
     values_at,
+    with_level,
 )
 from normcore.schema import (
     Schema,
@@ -368,6 +370,81 @@ class NormativeModel:
         out["unseen_levels"] = r["unseen"]
         return out
 
+    # -------------------------------------------------------------- adaptation
+    def adapt(
+        self,
+        controls: pd.DataFrame,
+        site: str | None = None,
+        column: str | None = None,
+        steps: int = 400,
+        progress: Callable[[dict], None] | None = None,
+    ) -> NormativeModel:
+        """A copy of this model adapted to one site from a table of its healthy controls.
+
+        Only the site's embedding row is learned (everything else stays frozen, so the
+        reference is not forgotten), started from and pulled towards the 'unknown site'
+        level (or the site's current row when re-adapting), which shrinks the estimate when
+        controls are few. That site's share of the reference table is then rebuilt. The
+        returned model records the adaptation in `adaptations_`.
+        """
+        self._check_fitted()
+        column = column or _site_column(self.schema_)
+        controls = controls.reset_index(drop=True)
+        if site is not None:
+            controls = controls.assign(**{column: site})
+        report = validate_scoring(controls, self.schema_, tuple(self.training_["age_range"]), {})
+        report.raise_for_errors()
+        levels_seen = coerce_categories(controls[column]).unique().tolist()
+        if len(levels_seen) != 1:
+            raise DataError(
+                f"Adaptation needs controls from one site, but column '{column}' holds "
+                f"{len(levels_seen)}: {', '.join(map(str, levels_seen[:5]))}. "
+                "Filter the table or pass site=."
+            )
+        level = str(levels_seen[0])
+        if len(controls) < MIN_ADAPT_CONTROLS:
+            raise DataError(
+                f"Adapting to site '{level}' needs at least {MIN_ADAPT_CONTROLS} controls; "
+                f"the table has {len(controls)}."
+            )
+        new = copy.deepcopy(self)
+        k = list(new.encoder_.levels).index(column)
+        known = new.encoder_.levels[column]
+        readapted = level in known
+        if not readapted:
+            known.append(level)
+        code = known.index(level) + 1
+        with torch_threads(self.threads):
+            _learn_level(new, controls, k, code, readapted, steps, progress)
+            new.reference_ = with_level(
+                new.reference_,
+                new._sample_user_units,
+                column=k,
+                code=code,
+                samples_per_combination=self.config.reference_samples,
+                seed=self.config.seed + len(new.adaptations_) + 1,
+            )
+        counts = {}
+        for col in self.schema_.categorical:
+            if col != column and col in controls.columns:
+                counts[col] = {
+                    str(a): int(b)
+                    for a, b in coerce_categories(controls[col]).value_counts().items()
+                }
+        new.adaptations_ = [
+            *self.adaptations_,
+            {
+                "column": column,
+                "level": level,
+                "n_controls": int(len(controls)),
+                "counts": counts,
+                "readapted": readapted,
+                "steps": steps,
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        ]
+        return new
+
     # ------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
         """The model as one bundle (weights + reference table + JSON metadata)."""
@@ -446,6 +523,81 @@ class NormativeModel:
     def idps(self) -> list[str]:
         self._check_fitted()
         return list(self.schema_.idps)
+
+
+MIN_ADAPT_CONTROLS = 3
+ADAPT_PRIOR = 1e-2
+"""Weight of the pull of a site's embedding towards its starting row (a random-effect prior)."""
+
+
+def _site_column(schema: Schema) -> str:
+    if "site" in schema.categorical:
+        return "site"
+    if not schema.categorical:
+        raise DataError("This model has no categorical covariate (such as site) to adapt.")
+    return schema.categorical[-1]
+
+
+def _learn_level(
+    model: NormativeModel,
+    controls: pd.DataFrame,
+    k: int,
+    code: int,
+    readapted: bool,
+    steps: int,
+    progress: Callable[[dict], None] | None,
+) -> None:
+    """Fit one embedding row of categorical `k` to the controls, all else frozen.
+
+    A new level's row starts at the 'unknown' row; a gradient mask lets only that row
+    move, and an L2 pull towards its start acts as a prior that dominates with few controls.
+    """
+    table = model.net_.cond.categories[k]
+    start_row = table.weight[code if readapted else 0].detach().clone()
+    if not readapted:
+        grown = torch.nn.Embedding(table.num_embeddings + 1, table.embedding_dim)
+        with torch.no_grad():
+            grown.weight[:-1] = table.weight
+            grown.weight[-1] = start_row
+        model.net_.cond.categories[k] = table = grown
+    for p in model.net_.parameters():
+        p.requires_grad_(False)
+    table.weight.requires_grad_(True)
+    only_row = torch.zeros(table.num_embeddings, 1)
+    only_row[code] = 1.0
+    hook = table.weight.register_hook(lambda grad: grad * only_row)
+    values = controls[list(model.schema_.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    y = torch.as_tensor(model.transform_.transform(values), dtype=torch.float32)
+    ages = controls[model.schema_.age].to_numpy(dtype=np.float64)
+    age = torch.as_tensor(model.encoder_.encode_age(ages))
+    codes = torch.as_tensor(model.encoder_.encode_categories(controls)[0])
+    codes[:, k] = code
+    alpha_bar = torch.as_tensor(model.schedule_.alpha_bar, dtype=torch.float32)
+    g = torch.Generator().manual_seed(model.config.seed + 11)
+    opt = torch.optim.Adam([table.weight], lr=1e-2)
+    batch = 256
+    model.net_.eval()
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, len(y), (batch,), generator=g)
+            t = torch.randint(0, model.schedule_.steps, (batch,), generator=g)
+            noise = torch.randn(batch, y.shape[1], generator=g)
+            h = model.net_.embed(age[idx], codes[idx])
+            eps = model.net_(q_sample(y[idx], t, noise, alpha_bar), t, h)
+            prior = torch.sum((table.weight[code] - start_row) ** 2) / len(y)
+            loss = torch.mean((eps - noise) ** 2) + ADAPT_PRIOR * prior
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress is not None and (step + 1) % 20 == 0:
+                fraction = (step + 1) / steps
+                progress(
+                    {"phase": "adapt", "step": step + 1, "loss": loss.item(), "fraction": fraction}
+                )
+    finally:
+        hook.remove()
+        for p in model.net_.parameters():
+            p.requires_grad_(True)
 
 
 def _check_shapes(model: NormativeModel) -> None:

@@ -179,6 +179,44 @@ def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray,
     return ages, 1.5 * (ages[1] - ages[0])
 
 
+def _tabulate(
+    sampler: Sampler,
+    codes: np.ndarray,
+    grid: np.ndarray,
+    h: float,
+    per: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination.
+
+    Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
+    so that kernel estimates at the ends of the range are not one-sided.
+    """
+    lo_age, hi_age = grid[0] - 2 * h, grid[-1] + 2 * h
+    ages = lo_age + (np.arange(per) + rng.random(per)) / per * (hi_age - lo_age)
+    y = sampler(ages, np.tile(codes, (per, 1)))
+    q = np.empty((len(grid), len(LEVELS), y.shape[1]))
+    n_eff = np.empty(len(grid))
+    for gi, g in enumerate(grid):
+        lo, hi = np.searchsorted(ages, [g - 3 * h, g + 3 * h])
+        w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
+        q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
+        n_eff[gi] = w.sum() ** 2 / (w**2).sum()
+    inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
+    pick = rng.choice(inside, size=min(_KEEP, len(inside)), replace=False)
+    one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
+    qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
+    return q, n_eff, normal_scores(qp, y[pick])
+
+
+_KEEP = 2_000
+"""Samples per combination kept for the correlation and the Mahalanobis reference."""
+
+
+def _d2_quantiles(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    return np.quantile(np.einsum("ij,jk,ik->i", z, precision, z), LEVELS)
+
+
 def build_reference(
     sampler: Sampler,
     age_range: tuple[float, float],
@@ -188,62 +226,81 @@ def build_reference(
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
 ) -> ReferenceTable:
-    """Sample the model for every level combination and tabulate its quantiles over age.
-
-    Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
-    so that kernel estimates at the ends of the range are not one-sided.
-    """
+    """Sample the model for every level combination and tabulate its quantiles over age."""
     rng = np.random.default_rng(seed)
     grid, h = age_grid(age_range, grid_points)
     n_combo = int(np.prod(n_levels)) if n_levels else 1
-    per = samples_per_combination
-    span = (grid[0] - 2 * h, grid[-1] + 2 * h)
-    table_q: list[np.ndarray] = []
-    table_n: list[np.ndarray] = []
-    kept_z: list[np.ndarray] = []
-    kept_combo: list[np.ndarray] = []
-    keep = min(per, 2_000)
+    parts = []
     for ci in range(n_combo):
-        codes_one = (
+        codes = (
             np.array(np.unravel_index(ci, n_levels), dtype=np.int64)
             if n_levels
             else np.zeros(0, np.int64)
         )
-        ages = span[0] + (np.arange(per) + rng.random(per)) / per * (span[1] - span[0])
-        y = sampler(ages, np.tile(codes_one, (per, 1)))
-        q = np.empty((len(grid), len(LEVELS), y.shape[1]))
-        n_eff = np.empty(len(grid))
-        for gi, g in enumerate(grid):
-            lo, hi = np.searchsorted(ages, [g - 3 * h, g + 3 * h])
-            w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
-            q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
-            n_eff[gi] = w.sum() ** 2 / (w**2).sum()
-        table_q.append(q)
-        table_n.append(n_eff)
-        inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
-        pick = rng.choice(inside, size=min(keep, len(inside)), replace=False)
-        partial = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
-        qp, _ = partial.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
-        kept_z.append(normal_scores(qp, y[pick]))
-        kept_combo.append(np.full(len(pick), ci))
+        parts.append(_tabulate(sampler, codes, grid, h, samples_per_combination, rng))
         if progress is not None:
             progress((ci + 1) / n_combo)
-    z_all = np.concatenate(kept_z)
-    combo_all = np.concatenate(kept_combo)
-    precision = _correlation_precision(z_all)
-    d2 = np.einsum("ij,jk,ik->i", z_all, precision, z_all)
-    maha = np.stack([np.quantile(d2[combo_all == ci], LEVELS) for ci in range(n_combo)])
+    precision = _correlation_precision(np.concatenate([z for _, _, z in parts]))
     table = ReferenceTable(
         ages=grid,
         n_levels=list(n_levels),
-        quantiles=np.stack(table_q),
-        n_eff=np.stack(table_n),
+        quantiles=np.stack([q for q, _, _ in parts]),
+        n_eff=np.stack([n for _, n, _ in parts]),
         bandwidth=h,
         precision=precision,
-        mahalanobis=maha,
+        mahalanobis=np.stack([_d2_quantiles(z, precision) for _, _, z in parts]),
     )
     # Round-trip through the stored precision so a fitted and a loaded model agree exactly.
     return ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
+
+
+def with_level(
+    table: ReferenceTable,
+    sampler: Sampler,
+    column: int,
+    code: int,
+    samples_per_combination: int,
+    seed: int = 0,
+) -> ReferenceTable:
+    """The table with level `code` of categorical `column` (re)tabulated from `sampler`.
+
+    `code` may be one past the last level: the level is then appended (a new site).
+    Other combinations are kept as they are, so adapting to a site costs only that site's
+    share of the table; the IDP correlation is kept too.
+    """
+    levels = list(table.n_levels)
+    appended = code == levels[column]
+    new_levels = levels.copy()
+    new_levels[column] += int(appended)
+    rng = np.random.default_rng(seed)
+    other = [range(m) if k != column else [code] for k, m in enumerate(new_levels)]
+    grid_shape = table.quantiles.shape[1:]
+    q = table.quantiles.reshape(*levels, *grid_shape)
+    n_eff = table.n_eff.reshape(*levels, grid_shape[0])
+    maha = table.mahalanobis.reshape(*levels, len(LEVELS))
+    if appended:
+        pad = [(0, 0)] * len(levels)
+        pad[column] = (0, 1)
+        q = np.pad(q, pad + [(0, 0)] * 3)
+        n_eff = np.pad(n_eff, pad + [(0, 0)])
+        maha = np.pad(maha, pad + [(0, 0)])
+    for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
+        qc, nc, zc = _tabulate(
+            sampler, codes, table.ages, table.bandwidth, samples_per_combination, rng
+        )
+        idx = tuple(codes)
+        q[idx], n_eff[idx], maha[idx] = qc, nc, _d2_quantiles(zc, table.precision)
+    c = int(np.prod(new_levels))
+    out = ReferenceTable(
+        table.ages,
+        new_levels,
+        q.reshape(c, *grid_shape),
+        n_eff.reshape(c, -1),
+        table.bandwidth,
+        table.precision,
+        maha.reshape(c, -1),
+    )
+    return ReferenceTable.from_arrays(out.to_arrays(), new_levels, out.bandwidth)
 
 
 def _correlation_precision(z: np.ndarray) -> np.ndarray:

@@ -20,6 +20,12 @@ def sinusoidal(t: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
 
 
+def age_features(age: torch.Tensor) -> torch.Tensor:
+    """(age, age^2/2, age^3/6) of standardised ages, shape (B, 3)."""
+    age = age.reshape(-1, 1)
+    return torch.cat([age, age**2 / 2, age**3 / 6], dim=-1)
+
+
 class Conditioning(nn.Module):
     """Embed timestep, standardised age and category codes (0 = unknown) into `dim`.
 
@@ -41,8 +47,7 @@ class Conditioning(nn.Module):
 
     def embed_covariates(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The covariate part of the conditioning (B, dim): computed once per sampling run."""
-        age = age.reshape(-1, 1)
-        h = self.age(torch.cat([age, age**2 / 2, age**3 / 6], dim=-1))
+        h = self.age(age_features(age))
         for k, table in enumerate(self.categories):
             h = h + table(codes[:, k])
         return h
