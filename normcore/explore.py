@@ -87,7 +87,7 @@ def _find(columns: Sequence[str], *candidates: str) -> str | None:
 def guess_sex_coding(values: Sequence[Any], levels: Sequence[str]) -> dict[str, str]:
     """A first guess of how a table's sex values map to the model's levels.
 
-    Identical codes map to themselves. Otherwise female-looking text (f, female, w, woman)
+    Codes that are all model levels map to themselves. Otherwise female-looking text (f, female, w, woman)
     goes to the model's first level and male-looking text (m, male, man) to the second, and
     two numeric codes (e.g. 1/2) go in sorted order: the fcon1000 convention (0 = female,
     1 = male) puts female first. It is only a guess: the page shows it for the user to check.
@@ -97,13 +97,13 @@ def guess_sex_coding(values: Sequence[Any], levels: Sequence[str]) -> dict[str, 
     coding: dict[str, str] = {}
     if not levels:
         return coding
+    if set(vals) <= set(levels):
+        return {v: v for v in vals}
     female, male = levels[0], levels[-1]
     rest = []
     for v in vals:
         low = v.strip().lower()
-        if v in levels:
-            coding[v] = v
-        elif low in ("f", "female", "w", "woman", "girl"):
+        if low in ("f", "female", "w", "woman", "girl"):
             coding[v] = female
         elif low in ("m", "male", "man", "boy"):
             coding[v] = male

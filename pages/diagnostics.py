@@ -6,6 +6,7 @@ import streamlit as st
 from normcore.evaluate import evaluate
 from normcore.figures import diagnostics as fig
 from normcore.idp_groups import default_idps
+from normcore.report import report_html
 from pages import common
 
 model, key, name = common.require_model()
@@ -27,6 +28,11 @@ if group is None:
 @st.cache_data(show_spinner="Evaluating the model (sampling, then all metrics) ...", max_entries=4)
 def run_evaluation(_model, model_key: str, _table: pd.DataFrame, table_key: str):
     return evaluate(_model, _table)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def report(_result, model_key: str, table_key: str, model_name: str, data_name: str) -> bytes:
+    return report_html(_result, model_name=model_name, data_name=data_name).encode()
 
 
 result = run_evaluation(model, key, group.table, group.key)
@@ -53,6 +59,15 @@ k3.metric(
 )
 mis = m["strata"]
 k4.metric("Miscalibrated strata", f"{mis['n_miscalibrated']} of {mis['n_evaluated']}")
+
+st.download_button(
+    "Download the HTML report",
+    data=report(result, key, group.key, name, group.source),
+    file_name="normcore_evaluation.html",
+    mime="text/html",
+    key="diag_report",
+    type="primary",
+)
 
 show = default_idps(result.idps, 3)
 calib, strata_tab, dep_tab = st.tabs(

@@ -1,0 +1,179 @@
+"""Column mapping, fan grids and cohort summaries behind the dashboard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normcore import DataError, Schema
+from normcore.explore import (
+    UNKNOWN_LEVEL,
+    ColumnMapping,
+    apply_mapping,
+    extreme_rates,
+    fan_grid,
+    fan_points,
+    guess_mapping,
+    guess_sex_coding,
+    individual_report_html,
+    person_profile,
+    real_pair_correlation_by_age,
+    training_schema,
+    truth_long,
+    z_matrix,
+)
+from normcore.figures.charts import deviation_profile
+from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
+
+SCHEMA = Schema(
+    age="age", categorical=("sex", "site"), idps=("Left-Hippocampus", "eTIV"), id="sub_id"
+)
+
+
+def clinic_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Participant": ["p1", "p2", "p3"],
+            "AGE": [30.0, 45.0, 60.0],
+            "Gender": ["F", "M", "F"],
+            "left_hippocampus": [3500.0, 3900.0, 3100.0],
+            "eTIV": [1.4e6, 1.6e6, 1.3e6],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "values, levels, expected",
+    [
+        (["F", "M"], ["0", "1"], {"F": "0", "M": "1"}),
+        (["female", "male"], ["F", "M"], {"female": "F", "male": "M"}),
+        ([1, 2, 2], ["0", "1"], {"1": "0", "2": "1"}),
+        ([0, 1], ["0", "1"], {"0": "0", "1": "1"}),
+    ],
+)
+def test_guess_sex_coding(values, levels, expected):
+    assert guess_sex_coding(values, levels) == expected
+
+
+def test_guess_then_apply_mapping_renames_and_recodes():
+    df = clinic_table()
+    m = guess_mapping(df, SCHEMA, {"sex": ["0", "1"], "site": ["A", "B"]})
+    assert (m.id, m.age, m.sex, m.site) == ("Participant", "AGE", "Gender", None)
+    assert m.idps == {"Left-Hippocampus": "left_hippocampus", "eTIV": "eTIV"}
+    m.site_value = "B"
+    out = apply_mapping(df, m, SCHEMA)
+    assert list(out.columns) == ["sub_id", "age", "sex", "site", "Left-Hippocampus", "eTIV"]
+    assert out["sex"].tolist() == ["0", "1", "0"]
+    assert out["site"].tolist() == ["B"] * 3
+    assert out["Left-Hippocampus"].tolist() == [3500.0, 3900.0, 3100.0]
+
+
+def test_apply_mapping_names_every_unmapped_role():
+    m = ColumnMapping(age=None, sex="Gender", idps={"eTIV": "eTIV"})
+    with pytest.raises(DataError) as info:
+        apply_mapping(clinic_table(), m, SCHEMA)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "column 'age'" in text and "column 'site'" in text and "'Left-Hippocampus'" in text
+
+
+def test_training_schema_uses_the_mapped_columns():
+    df = clinic_table()
+    m = ColumnMapping(id="Participant", age="AGE", sex="Gender")
+    s = training_schema(df, m, ["eTIV"])
+    assert (s.age, s.categorical, s.idps, s.id) == ("AGE", ("Gender",), ("eTIV",), "Participant")
+    with pytest.raises(DataError):
+        training_schema(df, ColumnMapping(), ["eTIV"])
+
+
+def test_fan_grid_spans_training_ages_plus_margin():
+    grid = fan_grid({"age_range": [20.0, 80.0]}, SCHEMA, {"sex": "1"}, n=7, margin=0.1)
+    assert grid["age"].iloc[0] == pytest.approx(14.0) and grid["age"].iloc[-1] == pytest.approx(
+        86.0
+    )
+    assert set(grid["sex"]) == {"1"} and set(grid["site"]) == {UNKNOWN_LEVEL}
+
+
+def scores_for(n_people: int, z: np.ndarray) -> pd.DataFrame:
+    idps = list(SCHEMA.idps)
+    return pd.DataFrame(
+        {
+            "row": np.repeat(np.arange(n_people), len(idps)),
+            "sub_id": np.repeat([f"s{i}" for i in range(n_people)], len(idps)),
+            "idp": idps * n_people,
+            "value": np.arange(n_people * len(idps), dtype=float),
+            "centile": 50 + 10 * z,
+            "z": z,
+        }
+    )
+
+
+def test_fan_points_keep_people_of_the_fan_sex_only():
+    table = pd.DataFrame(
+        {"sub_id": ["a", "b"], "age": [30.0, 40.0], "sex": ["0", "1"], "site": "A"}
+    )
+    scores = scores_for(2, np.array([0.0, 1.0, 2.0, 3.0]))
+    pts = fan_points(scores, table, SCHEMA, {"sex": "1", "site": UNKNOWN_LEVEL}, ["eTIV"])
+    assert pts.to_dict("records") == [
+        {"idp": "eTIV", "age": 40.0, "value": 3.0, "centile": 80.0, "label": "b"}
+    ]
+
+
+def test_extreme_rates_z_matrix_and_profile():
+    z = np.array([0.0, 2.5, -3.0, 0.1, 0.0, 0.0])
+    scores = scores_for(3, z)
+    rates = extreme_rates(scores).set_index("idp")
+    assert rates.loc["eTIV", "extreme"] == 1 and rates.loc["Left-Hippocampus", "extreme"] == 1
+    assert rates.loc["eTIV", "lo"] < rates.loc["eTIV", "rate"] < rates.loc["eTIV", "hi"]
+    wide = z_matrix(scores, "sub_id")
+    assert wide.loc["s1", "Left-Hippocampus"] == -3.0 and list(wide.columns) == list(SCHEMA.idps)
+    prof = person_profile(scores, 1)
+    assert prof["extreme"].tolist() == [True, False]
+    with pytest.raises(ValueError):
+        person_profile(scores, 9)
+
+
+def test_real_pair_correlation_by_age_uses_equal_count_bins():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=120)
+    table = pd.DataFrame({"age": np.arange(120.0), "a": x, "b": x + 0.01 * rng.normal(size=120)})
+    out = real_pair_correlation_by_age(table, "age", "a", "b", bins=4)
+    assert out["n"].tolist() == [30] * 4 and (out["r"] > 0.95).all()
+
+
+def test_truth_long_matches_centiles_layout():
+    grid = pd.DataFrame({"age": [20.0, 30.0]})
+    values = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)
+    long = truth_long(grid, ["a", "b", "c"], [0.1, 0.9], values)
+    row = long[(long["age"] == 30.0) & (long["idp"] == "b") & (long["quantile"] == 0.9)]
+    assert row["value"].item() == values[1, 1, 1]
+
+
+def test_individual_report_is_self_contained_and_escapes_names():
+    scores = scores_for(1, np.array([2.5, 0.0]))
+    prof = person_profile(scores, 0)
+    html = individual_report_html(
+        {"sub_id": "<script>x</script>", "age": 30},
+        prof,
+        97.0,
+        [deviation_profile(scores)],
+        {"n": 5},
+    )
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
+    assert "Left-Hippocampus" in html and "97.0" in html and "plotly" in html.lower()
+
+
+def test_idp_groups_read_freesurfer_names():
+    assert region_group("Left-Hippocampus") == "Subcortical volumes"
+    assert region_group("BrainSegVolNotVent") == "Global volumes"
+    assert region_group("Left-Lateral-Ventricle") == "Ventricles / CSF"
+    assert region_group("3rd-Ventricle") == "Ventricles / CSF"
+    assert region_group("Left-Inf-Lat-Vent") == "Ventricles / CSF"
+    assert region_group("Left-VentralDC") == "Subcortical volumes"
+    assert region_group("lh_MeanThickness_thickness") == "Cortical thickness (left)"
+    assert region_group("rh_G&S_frontomargin_thickness") == "Cortical thickness (right)"
+    assert region_group("avg_en") == "Other"
+    groups = group_idps(["avg_en", "eTIV", "CSF"])
+    assert list(groups) == [g for g in GROUP_ORDER if g in groups]
+    assert label("lh_G_front_sup_thickness") == "lh G front sup"
+    assert default_idps(["x", "eTIV", "Left-Hippocampus"], 2) == ["Left-Hippocampus", "eTIV"]

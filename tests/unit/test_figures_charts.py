@@ -1,0 +1,142 @@
+"""The chart builders put the right numbers in the right traces (no browser needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from normcore.explore import extreme_rates as rates_table
+from normcore.figures import charts
+
+QS = charts.FAN_QUANTILES
+
+
+def long_centiles(idps=("a", "b"), ages=np.linspace(20, 80, 13)) -> pd.DataFrame:
+    """Quantile q of IDP k at age t = 10 k + t / 10 + 4 (q - 0.5): monotone in q."""
+    rows = [
+        (t, idp, q, 10 * k + t / 10 + 4 * (q - 0.5))
+        for t in ages
+        for k, idp in enumerate(idps)
+        for q in QS
+    ]
+    return pd.DataFrame(rows, columns=["age", "idp", "quantile", "value"])
+
+
+def test_fan_draws_three_bands_and_the_median_in_order():
+    fig = charts.centile_fan(long_centiles(), "b")
+    fills = [t for t in fig.data if t.fill == "tonexty"]
+    assert [t.name for t in fills] == ["2-98th centile", "10-90th centile", "25-75th centile"]
+    median = next(t for t in fig.data if t.name == "median")
+    np.testing.assert_allclose(median.y, 10 + np.linspace(20, 80, 13) / 10)
+    upper = fig.data[0]  # the 98th centile edge drawn before its band's fill
+    np.testing.assert_allclose(np.asarray(upper.y) - np.asarray(median.y), 4 * 0.48)
+
+
+def test_fan_shades_only_ages_outside_training():
+    cent = long_centiles(ages=np.linspace(10, 90, 9))
+    fig = charts.centile_fan(cent, "a", age_range=(20, 80))
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert sorted((s.x0, s.x1) for s in rects) == [(10, 20), (80, 90)]
+    inside = charts.centile_fan(cent, "a", age_range=(10, 90))
+    assert not [s for s in inside.layout.shapes if s.type == "rect"]
+
+
+def test_fan_points_hover_carries_centile_and_label():
+    pts = pd.DataFrame({"age": [30.0], "value": [3.0], "centile": [97.5], "label": ["sub-1"]})
+    fig = charts.centile_fan(long_centiles(), "a", points=pts)
+    dots = next(t for t in fig.data if t.mode == "markers")
+    assert dots.customdata[0][0] == 97.5 and dots.customdata[0][1] == "sub-1"
+    assert "centile" in dots.hovertemplate
+
+
+def test_fan_rejects_an_idp_without_centiles():
+    with pytest.raises(ValueError, match="no rows for IDP 'zzz'"):
+        charts.centile_fan(long_centiles(), "zzz")
+
+
+def test_small_multiples_one_panel_per_idp_with_its_own_points():
+    pts = pd.DataFrame(
+        {"idp": ["a", "b", "b"], "age": [30, 40, 50], "value": [1, 2, 3], "centile": [50, 60, 70]}
+    )
+    fig = charts.fan_small_multiples(long_centiles(), ["a", "b"], points=pts, columns=2)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:2] == ["a", "b"]
+    dots = [t for t in fig.data if t.mode == "markers"]
+    assert [len(t.x) for t in dots] == [1, 2]
+    assert dots[1].xaxis == "x2"
+    with pytest.raises(ValueError):
+        charts.fan_small_multiples(long_centiles(), [])
+
+
+def test_truth_is_drawn_dashed_with_one_legend_entry():
+    cent = long_centiles()
+    fig = charts.centile_fan(cent, "a", truth=cent)
+    truth = [t for t in fig.data if t.name == "true centiles"]
+    assert len(truth) == len(QS) and sum(bool(t.showlegend) for t in truth) == 1
+    assert all(t.line.dash == "dash" for t in truth)
+
+
+def test_deviation_profile_groups_by_region_and_flags_extremes():
+    scores = pd.DataFrame(
+        {
+            "idp": ["lh_G_cuneus_thickness", "Left-Hippocampus", "eTIV", "rh_S_central_thickness"],
+            "z": [0.5, -2.5, 1.0, 2.0],
+            "centile": [69, 0.6, 84, 97.7],
+            "value": [2.4, 3500, 1.5e6, 2.2],
+        }
+    )
+    fig = charts.deviation_profile(scores)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [
+        "Global volumes",
+        "Subcortical volumes",
+        "Cortical thickness (left)",
+        "Cortical thickness (right)",
+    ]
+    bars = {t.x[0]: t for t in fig.data}
+    assert bars["Left-Hippocampus"].marker.color[0] != bars["eTIV"].marker.color[0]
+    assert bars["rh S central"].marker.color[0] == bars["Left-Hippocampus"].marker.color[0]
+
+
+def test_extreme_rates_marks_idps_whose_interval_excludes_five_percent():
+    z = np.concatenate([np.zeros(190), np.full(10, 3.0), np.zeros(100), np.full(100, 3.0)])
+    scores = pd.DataFrame({"idp": ["ok"] * 200 + ["bad"] * 200, "z": z})
+    rates = rates_table(scores)
+    assert rates.set_index("idp").loc["ok", "rate"] == pytest.approx(0.05)
+    fig = charts.extreme_rates(rates)
+    bar = fig.data[0]
+    assert list(bar.x) == ["ok", "bad"]
+    assert bar.marker.color[0] != bar.marker.color[1]
+    assert fig.layout.shapes[0].y0 == 0.05
+
+
+def test_cohort_heatmap_and_correlation_heatmaps_keep_values():
+    z = pd.DataFrame([[0.1, -4.0], [2.0, 0.0]], index=["p1", "p2"], columns=["a", "b"])
+    fig = charts.cohort_z_heatmap(z)
+    np.testing.assert_array_equal(fig.data[0].z, z.to_numpy())
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (-3, 3)
+    r = pd.DataFrame([[1.0, 0.3], [0.3, 1.0]], index=["a", "b"], columns=["a", "b"])
+    both = charts.correlation_heatmaps(r, r * 0.5)
+    assert both.data[1].z[0][1] == pytest.approx(0.15)
+
+
+def test_dependence_and_pair_by_age_and_loss_curve():
+    rng = np.random.default_rng(0)
+    samples = pd.DataFrame(rng.normal(size=(200, 2)), columns=["x", "y"])
+    fig = charts.dependence_contours(samples, samples.head(5), "x", "y")
+    assert isinstance(fig.data[0], go.Histogram2dContour) and len(fig.data[1].x) == 5
+    table = pd.DataFrame(
+        {
+            "age": [20, 40, 20, 40],
+            "source": ["model", "model", "real", "real"],
+            "r": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    by_age = charts.pair_correlation_by_age(table)
+    assert [t.name for t in by_age.data] == ["model", "real"]
+    loss = charts.loss_curve(
+        [{"epoch": 1, "loss": 1.0, "val_loss": 1.1}, {"epoch": 2, "loss": 0.8, "val_loss": 0.9}]
+    )
+    assert [list(t.y) for t in loss.data] == [[1.0, 0.8], [1.1, 0.9]]
