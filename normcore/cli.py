@@ -1,4 +1,4 @@
-"""Command line: `python -m normcore {fit,score,centiles,sample,evaluate}` (also `normcore ...`).
+"""Command line: `python -m normcore {fit,score,centiles,sample,evaluate,adapt}`.
 
 The argument and output formats are a contract other tools rely on (see README). Results
 go to the files named by --out; progress and warnings go to stderr; any user error is one
@@ -17,7 +17,7 @@ import pandas as pd
 
 from normcore.data import read_table
 from normcore.errors import BundleError, DataError, NotFittedError
-from normcore.model import DEFAULT_QUANTILES, NormativeModel
+from normcore.model import DEFAULT_QUANTILES, NormativeModel, adaptation_warnings
 from normcore.schema import Schema
 
 
@@ -127,6 +127,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metrics.json and {args.out}/report.html", file=sys.stderr)
 
 
+def cmd_adapt(args: argparse.Namespace) -> None:
+    model = NormativeModel.load(args.model)
+    controls = read_table(args.table)
+    adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=_progress)
+    print(file=sys.stderr)
+    record = adapted.adaptations_[-1]
+    for warning in adaptation_warnings(record):
+        print(f"warning: {warning}", file=sys.stderr)
+    adapted.save(args.out)
+    verb = "re-adapted" if record["readapted"] else "adapted"
+    print(
+        f"{verb} to site '{record['level']}' from {record['n_controls']} controls -> {args.out}",
+        file=sys.stderr,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normcore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--out", required=True, help="directory for metrics.json and report.html")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("adapt", help="adapt a model to a new site from its healthy controls")
+    p.add_argument("model")
+    p.add_argument("table", help="controls from one site")
+    p.add_argument("--out", required=True, help="adapted model file to write")
+    p.add_argument("--site", help="site name (default: the table's site column)")
+    p.add_argument("--steps", type=int, default=400)
+    p.set_defaults(run=cmd_adapt)
     return parser
 
 

@@ -24,7 +24,7 @@ from normcore import bundle
 from normcore.denoisers import build_denoiser
 from normcore.diffusion import Schedule, ddim_timesteps, generate, q_sample, x0_variance
 from normcore.errors import BundleError, DataError, NotFittedError
-from normcore.preprocessing import CovariateEncoder, IDPTransform
+from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
 from normcore.reference import (
     ReferenceTable,
     build_reference,
@@ -145,8 +145,11 @@ class NormativeModel:
             self.training_ = _training_summary(df, schema)
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
-            y = self.transform_.transform(values)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
+            self.location_scale_ = LocationScale.fit(
+                self.transform_.transform(values), age_z, codes, self.encoder_.n_levels
+            )
+            y = self._to_network(values, age_z, codes)
             net = build_denoiser(
                 cfg.backbone,
                 len(schema.idps),
@@ -190,6 +193,10 @@ class NormativeModel:
         )
 
     # ----------------------------------------------------------------- sampling
+    def _to_network(self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """User units -> the residual units the denoiser models."""
+        return self.location_scale_.transform(self.transform_.transform(values), age_z, codes)
+
     @torch.inference_mode()
     def _estimate_x0_variance(
         self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray
@@ -235,7 +242,11 @@ class NormativeModel:
                 generator=g,
                 x0_var=self.x0_var_,
             )
-            out[s : s + _CHUNK] = self.transform_.inverse(x.numpy())
+            resid = x.numpy().astype(np.float64)
+            y = self.location_scale_.inverse(
+                resid, age_z[s : s + _CHUNK].numpy(), codes[s : s + _CHUNK]
+            )
+            out[s : s + _CHUNK] = self.transform_.inverse(y)
         return out
 
     def _covariates(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -458,6 +469,7 @@ class NormativeModel:
             "config": self.config.to_dict(),
             "schema": self.schema_.to_dict(),
             "transform": self.transform_.to_dict(),
+            "location_scale": self.location_scale_.to_dict(),
             "encoder": self.encoder_.to_dict(),
             "training": self.training_,
             "history": self.history_,
@@ -483,6 +495,7 @@ class NormativeModel:
             model.threads = None
             model.schema_ = Schema.from_dict(meta["schema"])
             model.transform_ = IDPTransform.from_dict(meta["transform"])
+            model.location_scale_ = LocationScale.from_dict(meta["location_scale"])
             model.encoder_ = CovariateEncoder.from_dict(meta["encoder"])
             model.training_ = meta["training"]
             model.history_ = meta["history"]
@@ -526,6 +539,30 @@ class NormativeModel:
 
 
 MIN_ADAPT_CONTROLS = 3
+SAFE_CONTROLS_PER_SEX = 10
+"""Below this many controls per sex an adaptation is flagged (BrainChart's rule of thumb;
+see benchmarks/RESULTS.md for the calibration measured at 5, 10, 20 and 50 controls)."""
+
+
+def adaptation_warnings(record: dict) -> list[str]:
+    """Plain-language warnings for an adaptation record (too few controls per sex)."""
+    out = []
+    for column, counts in record.get("counts", {}).items():
+        for level, n in counts.items():
+            if n < SAFE_CONTROLS_PER_SEX:
+                out.append(
+                    f"site '{record['level']}' was adapted from only {n} controls with "
+                    f"{column} = {level}; below {SAFE_CONTROLS_PER_SEX} per group its centiles "
+                    "are less reliable (see the adaptation benchmark in benchmarks/RESULTS.md)."
+                )
+    if record["n_controls"] < 2 * SAFE_CONTROLS_PER_SEX:
+        out.append(
+            f"site '{record['level']}' was adapted from {record['n_controls']} controls in all; "
+            f"at least {2 * SAFE_CONTROLS_PER_SEX} are recommended."
+        )
+    return out
+
+
 ADAPT_PRIOR = 1e-2
 """Weight of the pull of a site's embedding towards its starting row (a random-effect prior)."""
 
@@ -567,11 +604,12 @@ def _learn_level(
     only_row[code] = 1.0
     hook = table.weight.register_hook(lambda grad: grad * only_row)
     values = controls[list(model.schema_.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-    y = torch.as_tensor(model.transform_.transform(values), dtype=torch.float32)
     ages = controls[model.schema_.age].to_numpy(dtype=np.float64)
-    age = torch.as_tensor(model.encoder_.encode_age(ages))
-    codes = torch.as_tensor(model.encoder_.encode_categories(controls)[0])
-    codes[:, k] = code
+    age_np = model.encoder_.encode_age(ages)
+    codes_np = model.encoder_.encode_categories(controls)[0]
+    codes_np[:, k] = code
+    y = torch.as_tensor(model._to_network(values, age_np, codes_np), dtype=torch.float32)
+    age, codes = torch.as_tensor(age_np), torch.as_tensor(codes_np)
     alpha_bar = torch.as_tensor(model.schedule_.alpha_bar, dtype=torch.float32)
     g = torch.Generator().manual_seed(model.config.seed + 11)
     opt = torch.optim.Adam([table.weight], lr=1e-2)

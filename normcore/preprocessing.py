@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.preprocessing import SplineTransformer
 
 from normcore.schema import Schema, coerce_categories
 
@@ -149,4 +150,91 @@ class CovariateEncoder:
     def from_dict(cls, d: dict) -> CovariateEncoder:
         return cls(
             float(d["age_mean"]), float(d["age_sd"]), {k: list(v) for k, v in d["levels"].items()}
+        )
+
+
+@dataclass
+class LocationScale:
+    """Per-IDP heteroscedastic regression on covariates, removed before diffusion.
+
+    A smooth curve in age (cubic B-splines, quantile knots) plus additive effects of each
+    categorical level gives each IDP a conditional mean m(x) and spread s(x); the diffusion
+    model then learns the residual (y - m(x)) / s(x): its remaining shape, its dependence
+    on covariates and the dependence between IDPs. A well-regularised first stage finds the
+    big age and site effects from few people far more reliably than a denoiser trained by
+    SGD, which is what moved centile errors on the synthetic benchmark (README).
+    Unknown levels (code 0, or a site added later by adaptation) get no level effect.
+    """
+
+    knots: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_levels: list[int] = field(default_factory=list)
+    mean_coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    scale_coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    _RIDGE = 1.0
+    _LOG_CHI2_MEAN = -1.2704
+    """E[log chi^2_1]: the bias of log squared Gaussian residuals as a log-variance estimate."""
+
+    def _design(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        spline = SplineTransformer(
+            knots=self.knots.reshape(-1, 1), degree=3, extrapolation="linear"
+        )
+        basis = spline.fit(self.knots.reshape(-1, 1)).transform(
+            np.asarray(age_z, dtype=np.float64).reshape(-1, 1)
+        )
+        cols = [np.ones((len(basis), 1)), basis]
+        for k, m in enumerate(self.n_levels):
+            onehot = np.zeros((len(basis), m))
+            known = (codes[:, k] >= 1) & (codes[:, k] <= m)
+            onehot[np.flatnonzero(known), codes[known, k] - 1] = 1.0
+            cols.append(onehot)
+        return np.hstack(cols)
+
+    @classmethod
+    def _ridge(cls, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        penalty = cls._RIDGE * np.eye(x.shape[1])
+        penalty[0, 0] = 0.0
+        return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+
+    @classmethod
+    def fit(
+        cls, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray, n_levels: list[int]
+    ) -> LocationScale:
+        """Learn m(x) and s(x) from network-unit IDPs y (n, D)."""
+        n_knots = int(np.clip(len(y) // 150, 4, 8))
+        knots = np.unique(np.quantile(age_z, np.linspace(0, 1, n_knots)))
+        if len(knots) < 2:
+            knots = np.array([float(age_z.min()) - 1.0, float(age_z.max()) + 1.0])
+        ls = cls(knots, [m - 1 for m in n_levels], np.zeros(0), np.zeros(0))
+        x = ls._design(age_z, codes)
+        ls.mean_coef = cls._ridge(x, y)
+        resid = y - x @ ls.mean_coef
+        ls.scale_coef = cls._ridge(x, np.log(resid**2 + 1e-8) - cls._LOG_CHI2_MEAN) / 2
+        z = resid / np.exp(x @ ls.scale_coef)
+        ls.scale_coef[0] += np.log(z.std(axis=0))
+        return ls
+
+    def transform(self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        x = self._design(age_z, codes)
+        return (y - x @ self.mean_coef) / np.exp(x @ self.scale_coef)
+
+    def inverse(self, z: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        x = self._design(age_z, codes)
+        return z * np.exp(x @ self.scale_coef) + x @ self.mean_coef
+
+    def to_dict(self) -> dict:
+        return {
+            "knots": self.knots.tolist(),
+            "n_levels": list(self.n_levels),
+            "mean_coef": self.mean_coef.tolist(),
+            "scale_coef": self.scale_coef.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LocationScale:
+        return cls(
+            np.asarray(d["knots"], dtype=np.float64),
+            [int(m) for m in d["n_levels"]],
+            np.asarray(d["mean_coef"], dtype=np.float64),
+            np.asarray(d["scale_coef"], dtype=np.float64),
         )

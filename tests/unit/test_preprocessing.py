@@ -42,3 +42,23 @@ def test_covariate_encoder_maps_unseen_levels_to_unknown_and_flags_them():
     assert unseen.tolist() == [[False, False], [False, True]]
     assert CovariateEncoder.from_dict(enc.to_dict()) == enc
     assert enc.encode_age(np.array([30.0]))[0] == pytest.approx(0.0)
+
+
+def test_location_scale_removes_a_nonlinear_heteroscedastic_age_effect_and_inverts():
+    from normcore.preprocessing import LocationScale
+
+    rng = np.random.default_rng(3)
+    age = rng.uniform(-2, 2, 4000)
+    codes = rng.integers(1, 3, (4000, 1))
+    sd = np.exp(0.4 * age)
+    y = (np.sin(2 * age) + 0.8 * (codes[:, 0] == 2) + sd * rng.standard_normal(4000))[:, None]
+    ls = LocationScale.fit(y, age, codes, [3])
+    z = ls.transform(y, age, codes)
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+    young, old = age < -1, age > 1
+    assert abs(z[young].std() - z[old].std()) < 0.1
+    assert np.allclose(ls.inverse(z, age, codes), y)
+    again = LocationScale.from_dict(ls.to_dict())
+    assert np.allclose(again.transform(y, age, codes), z)
+    unknown = ls.transform(y[:5], age[:5], np.zeros((5, 1), dtype=int))
+    assert np.isfinite(unknown).all()
