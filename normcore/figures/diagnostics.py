@@ -410,6 +410,14 @@ def ks_per_idp(
 # ----------------------------------------------------------------------- strata
 
 
+def _label_order(labels: pd.Index) -> pd.Index:
+    """Sort key: age bands ("5-10", "10-20", ...) by their lower edge, other labels as text."""
+    lower = pd.to_numeric(labels.astype(str).str.split("-").str[0], errors="coerce")
+    if lower.notna().all():
+        return pd.Index(lower)
+    return labels.astype(str)
+
+
 def strata_heatmap(
     strata: pd.DataFrame,
     rows: str = "site",
@@ -429,7 +437,7 @@ def strata_heatmap(
     grid = cells.pivot(index=rows, columns=columns, values=value)
     flags = cells.pivot(index=rows, columns=columns, values="miscalibrated")
     counts = cells.pivot(index=rows, columns=columns, values="n")
-    grid = grid.sort_index().sort_index(axis=1)
+    grid = grid.sort_index(key=_label_order).sort_index(axis=1, key=_label_order)
     flags = flags.reindex_like(grid).fillna(False).astype(bool)
     counts = counts.reindex_like(grid)
     text = [
@@ -437,6 +445,8 @@ def strata_heatmap(
         for vr, fr in zip(grid.to_numpy(), flags.to_numpy())
     ]
     diverging = value == "coverage95_error"
+    finite = grid.to_numpy(dtype=float)[np.isfinite(grid.to_numpy(dtype=float))]
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0  # colour scale from 0
     fig = go.Figure(
         go.Heatmap(
             z=grid.to_numpy(dtype=float),
@@ -448,6 +458,7 @@ def strata_heatmap(
             colorscale="RdBu" if diverging else "Reds",
             zmid=0.0 if diverging else None,
             zmin=None if diverging else 0.0,
+            zmax=None if diverging else top,
             colorbar={"title": {"text": value}},
             hovertemplate=f"{rows} %{{y}}<br>{columns} %{{x}}<br>{value} %{{z:.3f}}"
             "<br>n = %{customdata}<extra></extra>",

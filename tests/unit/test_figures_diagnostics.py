@@ -127,12 +127,30 @@ def test_strata_heatmap_marks_the_shifted_site() -> None:
     heat = fig.data[0]
     assert list(heat.y) == ["S0", "S1", "S2"] and list(heat.x) == ["F", "M"]
     assert np.asarray(heat.z).shape == (3, 2)
+    assert heat.zmin == 0 and heat.zmax == pytest.approx(np.nanmax(np.asarray(heat.z, dtype=float)))
     text = np.asarray(heat.text)
     assert all(cell.endswith("*") for cell in text[1])
     assert not any(cell.endswith("*") for cell in text[[0, 2]].ravel())
     # the grouping may be named in either order
     table["by"] = "sex x site"
     assert np.asarray(diagnostics.strata_heatmap(table).data[0].z).shape == (3, 2)
+
+
+def test_strata_heatmap_orders_age_bands_by_age() -> None:
+    bands = ["5-10", "10-20", "100-110"]
+    table = pd.DataFrame(
+        {
+            "by": "age_band x sex",
+            "age_band": np.repeat(bands, 2),
+            "sex": ["F", "M"] * 3,
+            "n": 20,
+            "ks_mean": np.arange(6) / 10,
+            "miscalibrated": False,
+        }
+    )
+    heat = diagnostics.strata_heatmap(table, rows="age_band", columns="sex").data[0]
+    assert list(heat.y) == bands
+    np.testing.assert_allclose(heat.z, [[0.0, 0.1], [0.2, 0.3], [0.4, 0.5]])
 
 
 def test_deviation_histogram_is_a_pit_histogram_of_centiles() -> None:
