@@ -87,8 +87,8 @@ def _find(columns: Sequence[str], *candidates: str) -> str | None:
 def guess_sex_coding(values: Sequence[Any], levels: Sequence[str]) -> dict[str, str]:
     """A first guess of how a table's sex values map to the model's levels.
 
-    Codes that are all model levels map to themselves. Otherwise female-looking text (f, female, w, woman)
-    goes to the model's first level and male-looking text (m, male, man) to the second, and
+    Codes that are all model levels map to themselves. Otherwise female-looking text
+    (f, female, w, woman) goes to the model's first level and male-looking text (m, male, man) to the second, and
     two numeric codes (e.g. 1/2) go in sorted order: the fcon1000 convention (0 = female,
     1 = male) puts female first. It is only a guess: the page shows it for the user to check.
     """

@@ -1,5 +1,6 @@
 """Cohort: score everyone, sort by centile or z, see extremes per IDP, download the CLI's CSV."""
 
+import pandas as pd
 import streamlit as st
 
 from normcore.explore import extreme_rates, z_matrix
@@ -31,9 +32,23 @@ if report.warnings:
         st.markdown("\n".join(f"- {p}" for p in report.warnings))
 
 scores = common.score(model, key, group.table, group.key)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def score_csv(_scores: pd.DataFrame, model_key: str, table_key: str) -> bytes:
+    return _scores.to_csv(index=False).encode()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def summaries(_scores: pd.DataFrame, model_key: str, table_key: str, id_column: str | None):
+    return extreme_rates(_scores), z_matrix(_scores, id_column, max_people=300)
+
+
+rates, z = summaries(scores, key, group.key, schema.id)
 st.download_button(
     "Download scores (CSV, same columns as `normcore score`)",
-    data=scores.to_csv(index=False).encode(),
+    data=lambda: score_csv(scores, key, group.key),
+    on_click="ignore",
     file_name="normcore_scores.csv",
     mime="text/csv",
     key="download_scores",
@@ -42,7 +57,6 @@ st.download_button(
 
 summary_tab, table_tab, heat_tab = st.tabs(["Extremes per IDP", "Table", "z heatmap"])
 with summary_tab:
-    rates = extreme_rates(scores)
     flagged = rates[(rates["lo"] > 0.05) | (rates["hi"] < 0.05)]
     st.write(
         f"Share of people with |z| > 1.96 per IDP (bars: 95% interval). A calibrated model "
@@ -73,7 +87,6 @@ with table_tab:
     )
     st.caption("Click a column header to sort.")
 with heat_tab:
-    z = z_matrix(scores, schema.id, max_people=300)
     st.caption(
         f"z of the first {len(z)} people across all {z.shape[1]} IDPs; "
         "red = above, blue = below the median."

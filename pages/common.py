@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from normcore import DataError, NormativeModel, read_table
+from normcore import BundleError, DataError, NormativeModel, read_table
 from normcore.explore import (
     UNKNOWN_LEVEL,
     ColumnMapping,
@@ -56,17 +56,32 @@ FCON_CITATION = (
 
 
 @st.cache_resource(show_spinner="Loading the demo model ...")
-def _load_demo(path: str) -> tuple[NormativeModel, str] | None:
-    """The bundled demo model, shared read-only by every session (None if not built)."""
+def _load_demo(path: str) -> tuple[NormativeModel, str] | str | None:
+    """The bundled demo model, shared read-only by every session.
+
+    None when it is not built; the reason as text when the file cannot be used (e.g. a
+    bundle from an older normcore), so the sidebar can say so instead of failing.
+    """
     file = Path(path)
     if not file.exists():
         return None
     data = file.read_bytes()
-    return NormativeModel.from_bytes(data), "demo:" + hashlib.sha256(data).hexdigest()[:16]
+    try:
+        model = NormativeModel.from_bytes(data)
+    except BundleError as err:
+        return f"The demo model ({file.name}) cannot be loaded: {err} Rebuild it with `make demo`."
+    return model, "demo:" + hashlib.sha256(data).hexdigest()[:16]
 
 
 def load_demo() -> tuple[NormativeModel, str] | None:
-    return _load_demo(str(demo_dir() / "fcon1000.normcore"))
+    found = _load_demo(str(demo_dir() / "fcon1000.normcore"))
+    return found if isinstance(found, tuple) else None
+
+
+def demo_problem() -> str | None:
+    """Why the demo bundle is unusable, if it exists but cannot be loaded."""
+    found = _load_demo(str(demo_dir() / "fcon1000.normcore"))
+    return found if isinstance(found, str) else None
 
 
 @st.cache_data(show_spinner=False)
@@ -134,6 +149,8 @@ def sidebar() -> None:
     with st.sidebar:
         st.title("normcore")
         st.caption("Normative charts of brain-imaging measures")
+        if demo_problem():
+            st.error(demo_problem())
         choices = available_choices()
         if not choices:
             st.warning("No model loaded.")

@@ -62,7 +62,8 @@ k4.metric("Miscalibrated strata", f"{mis['n_miscalibrated']} of {mis['n_evaluate
 
 st.download_button(
     "Download the HTML report",
-    data=report(result, key, group.key, name, group.source),
+    data=lambda: report(result, key, group.key, name, group.source),
+    on_click="ignore",
     file_name="normcore_evaluation.html",
     mime="text/html",
     key="diag_report",

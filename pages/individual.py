@@ -137,16 +137,23 @@ for k, idp in enumerate(chosen):
 
 id_cols = [schema.id] if schema.id and schema.id in person else []
 who = {c: person[c].iloc[0] for c in [*id_cols, *schema.covariates]}
-html = individual_report_html(
-    who,
-    profile,
-    float(dev["deviation_centile"].iloc[0]),
-    [profile_fig, *fan_figs],
-    {"model": name, **model_card(model)},
-)
+
+
+def report() -> bytes:
+    """Built only when the button is clicked: it embeds plotly.js (a few MB)."""
+    return individual_report_html(
+        who,
+        profile,
+        float(dev["deviation_centile"].iloc[0]),
+        [profile_fig, *fan_figs],
+        {"model": name, **model_card(model)},
+    ).encode()
+
+
 st.download_button(
     "Download one-page report (HTML)",
-    data=html.encode(),
+    data=report,
+    on_click="ignore",
     type="primary",
     file_name=f"normcore_report_{who.get(schema.id, 'person')}.html",
     mime="text/html",

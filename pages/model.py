@@ -48,7 +48,8 @@ if found is not None:
             )
     st.download_button(
         "Download this model (.normcore bundle)",
-        data=model.to_bytes(),
+        data=model.to_bytes,
+        on_click="ignore",
         file_name=("fcon1000" if common.is_demo(key) else "normcore-model") + ".normcore",
         mime="application/octet-stream",
         key="download_bundle",

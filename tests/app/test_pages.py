@@ -65,3 +65,12 @@ def test_no_model_at_all_explains_how_to_get_one(monkeypatch, tmp_path):
     at = app()
     no_exception(at)
     assert "make demo" in at.info[0].value
+
+
+def test_unreadable_demo_bundle_is_explained_not_raised(monkeypatch, tmp_path):
+    (tmp_path / "fcon1000.normcore").write_bytes(b"not a bundle")
+    monkeypatch.setenv("NORMCORE_DEMO_DIR", str(tmp_path))
+    at = app()
+    no_exception(at)
+    assert "cannot be loaded" in at.sidebar.error[0].value
+    assert "make demo" in at.info[0].value
