@@ -88,9 +88,10 @@ def guess_sex_coding(values: Sequence[Any], levels: Sequence[str]) -> dict[str, 
     """A first guess of how a table's sex values map to the model's levels.
 
     Codes that are all model levels map to themselves. Otherwise female-looking text
-    (f, female, w, woman) goes to the model's first level and male-looking text (m, male, man) to the second, and
-    two numeric codes (e.g. 1/2) go in sorted order: the fcon1000 convention (0 = female,
-    1 = male) puts female first. It is only a guess: the page shows it for the user to check.
+    (f, female, w, woman) goes to the model's first level and male-looking text (m, male,
+    man) to the second, and two numeric codes (e.g. 1/2) go in sorted order: the fcon1000
+    convention (0 = female, 1 = male) puts female first. It is only a guess: the page
+    shows it for the user to check.
     """
     vals = sorted({str(v) for v in coerce_categories(pd.Series(list(values))).dropna()})
     levels = [str(v) for v in levels]

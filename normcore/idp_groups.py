@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "GROUP_ORDER",
+    "SHORT_NAMES",
     "region_group",
     "group_idps",
     "label",
@@ -29,6 +30,16 @@ OTHER = "Other"
 
 #: The order in which groups are shown, from the measures clinicians read first.
 GROUP_ORDER: tuple[str, ...] = (GLOBAL, SUBCORTICAL, VENTRICLES, THICK_LH, THICK_RH, OTHER)
+
+#: Panel titles short enough to sit above a narrow group of bars.
+SHORT_NAMES: dict[str, str] = {
+    GLOBAL: "Global",
+    SUBCORTICAL: "Subcortical",
+    VENTRICLES: "Ventricles",
+    THICK_LH: "Thickness L",
+    THICK_RH: "Thickness R",
+    OTHER: "Other",
+}
 
 _SUBCORTICAL = re.compile(
     r"thalamus|caudate|putamen|pallidum|hippocampus|amygdala|accumbens|ventraldc|"

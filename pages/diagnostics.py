@@ -71,18 +71,31 @@ st.download_button(
 )
 
 show = default_idps(result.idps, 3)
+
+
+def narrow(figure):
+    """Legends below the plot: in half-width columns a legend on top covers the title."""
+    return figure.update_layout(
+        legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0},
+        margin={"b": 130},
+        height=(figure.layout.height or 380) + 60,
+    )
+
+
 calib, strata_tab, dep_tab = st.tabs(
     ["Calibration", "Per site and sex", "Dependence and memorisation"]
 )
 with calib:
     c1, c2 = st.columns(2)
     c1.plotly_chart(
-        fig.pit_histogram(result.pit[result.idps], show=show), width="stretch", key="d_pit"
+        narrow(fig.pit_histogram(result.pit[result.idps], show=show)), width="stretch", key="d_pit"
     )
-    c2.plotly_chart(fig.pit_qq(result.pit[result.idps], show=show), width="stretch", key="d_qq")
+    c2.plotly_chart(
+        narrow(fig.pit_qq(result.pit[result.idps], show=show)), width="stretch", key="d_qq"
+    )
     c3, c4 = st.columns(2)
-    c3.plotly_chart(fig.coverage_curve(result.coverage), width="stretch", key="d_cov")
-    c4.plotly_chart(fig.ace_by_age(result.ace), width="stretch", key="d_ace")
+    c3.plotly_chart(narrow(fig.coverage_curve(result.coverage)), width="stretch", key="d_cov")
+    c4.plotly_chart(narrow(fig.ace_by_age(result.ace)), width="stretch", key="d_ace")
     st.plotly_chart(fig.ks_per_idp(result.ks_idp), width="stretch", key="d_ks")
     st.caption("KS per age bin (real vs model samples):")
     st.dataframe(result.ks_age, hide_index=True, width="stretch", height=240)

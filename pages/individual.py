@@ -82,11 +82,11 @@ m2.metric(
     f"{n_flag} of {len(profile)}",
     help=f"About {0.05 * len(profile):.1f} expected by chance in a healthy person.",
 )
+worst = profile.loc[profile["z"].abs().idxmax()]
 m3.metric(
-    "Most extreme",
-    label(profile.loc[profile["z"].abs().idxmax(), "idp"]),
-    f"z = {profile['z'].iloc[profile['z'].abs().argmax()]:+.2f}",
-    delta_color="off",
+    f"Most extreme: {label(worst['idp'])}",
+    f"z = {worst['z']:+.2f}",
+    help=f"{worst['idp']}: centile {worst['centile']:.1f}",
 )
 
 st.subheader("Deviation profile")

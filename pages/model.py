@@ -20,7 +20,11 @@ if found is not None:
     card = model_card(model)
     left, right = st.columns([1, 1])
     with left:
-        st.table(pd.DataFrame({"": list(card.values())}, index=list(card.keys())).astype(str))
+        st.dataframe(
+            pd.DataFrame({"": list(card), "value": [str(v) for v in card.values()]}),
+            hide_index=True,
+            width="stretch",
+        )
     with right:
         group, _ = common.cohort(model, key)
         if group is not None and common.is_demo(key) and "uploaded" not in group.source:

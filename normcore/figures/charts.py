@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from normcore.idp_groups import GROUP_ORDER, label, region_group
+from normcore.idp_groups import GROUP_ORDER, SHORT_NAMES, label, region_group
 
 __all__ = [
     "FAN_QUANTILES",
@@ -41,6 +41,7 @@ _OUTSIDE = "rgba(120,120,120,0.13)"
 _FLAG = "#c0504d"
 _OK = "#1f6f8b"
 _Z_FLAG = 1.96
+_MAX_ERROR_BARS = 40
 _FONT = {"family": "sans-serif", "size": 12, "color": "#1c2b36"}
 
 
@@ -49,9 +50,10 @@ def _layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
         title={"text": title, "x": 0.01} if title else None,
         template="plotly_white",
         height=height,
-        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
+        margin={"l": 60, "r": 20, "t": 50 if title else 30, "b": 90},
         font=_FONT,
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0},
+        # Below the plot area, in container coordinates: never over titles or panels.
+        legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "x": 0.0},
         hovermode="closest",
     )
     return fig
@@ -383,7 +385,7 @@ def deviation_profile(
         rows=1,
         cols=len(groups),
         shared_yaxes=True,
-        subplot_titles=groups,
+        subplot_titles=[SHORT_NAMES[g] for g in groups],
         horizontal_spacing=0.015,
         column_widths=[max(len(df[df["group"] == g]), 3) for g in groups],
     )
@@ -404,7 +406,7 @@ def deviation_profile(
         )
         for t in (-threshold, threshold):
             fig.add_hline(y=t, line={"color": "#888", "dash": "dot", "width": 1}, row=1, col=k + 1)
-        fig.update_xaxes(showticklabels=len(part) <= 20, tickangle=60, row=1, col=k + 1)
+        fig.update_xaxes(showticklabels=len(df) <= 40, tickangle=60, row=1, col=k + 1)
     fig.update_yaxes(title_text="z", row=1, col=1)
     fig.update_annotations(font={"size": 11})
     return _layout(fig, None, height or 420)
@@ -435,8 +437,11 @@ def extreme_rates(rates: pd.DataFrame, expected: float = 0.05, height: int = 420
 
     `rates`: columns idp, rate, lo, hi (from `normcore.explore.extreme_rates`).
     """
-    df = rates.reset_index(drop=True)
+    # Sorted worst first; with many IDPs the intervals move into the hover, since 200
+    # error bars side by side read as a grey fence.
+    df = rates.sort_values("rate", ascending=False, kind="stable").reset_index(drop=True)
     outside = (df["lo"] > expected) | (df["hi"] < expected)
+    bars = len(df) <= _MAX_ERROR_BARS
     fig = go.Figure(
         go.Bar(
             x=[label(i) for i in df["idp"]],
@@ -449,8 +454,11 @@ def extreme_rates(rates: pd.DataFrame, expected: float = 0.05, height: int = 420
                 "arrayminus": df["rate"] - df["lo"],
                 "color": "#666",
                 "thickness": 1,
+                "visible": bars,
             },
-            hovertemplate="%{x}<br>%{y:.1%} extreme<extra></extra>",
+            customdata=np.column_stack([df["lo"], df["hi"]]),
+            hovertemplate="%{x}<br>%{y:.1%} extreme (95% interval %{customdata[0]:.1%}"
+            "-%{customdata[1]:.1%})<extra></extra>",
             name="observed",
         )
     )

@@ -7,7 +7,6 @@ test-artifacts/timings.json and screenshots of every page to test-artifacts/scre
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import pytest
 from playwright.sync_api import Page, expect
 from streamlit_browser import ARTIFACTS, REPO_ROOT, save_screenshot, wait_for_app
 
-# The app reads NORMCORE_DEMO_DIR too, so the tests follow it (default: the bundled demo).
-DEMO_DIR = Path(os.environ.get("NORMCORE_DEMO_DIR") or REPO_ROOT / "assets" / "demo")
+# The e2e server always runs on the bundled demo (conftest drops NORMCORE_DEMO_DIR).
+DEMO_DIR = REPO_ROOT / "assets" / "demo"
 DEMO_TEST = DEMO_DIR / "fcon1000_test.csv"
 CHART = '[data-testid="stPlotlyChart"] .js-plotly-plot'
 PAGES = [

@@ -13,7 +13,10 @@ from normcore.figures import charts
 QS = charts.FAN_QUANTILES
 
 
-def long_centiles(idps=("a", "b"), ages=np.linspace(20, 80, 13)) -> pd.DataFrame:
+AGES = np.linspace(20, 80, 13)
+
+
+def long_centiles(idps=("a", "b"), ages=AGES) -> pd.DataFrame:
     """Quantile q of IDP k at age t = 10 k + t / 10 + 4 (q - 0.5): monotone in q."""
     rows = [
         (t, idp, q, 10 * k + t / 10 + 4 * (q - 0.5))
@@ -89,12 +92,7 @@ def test_deviation_profile_groups_by_region_and_flags_extremes():
     )
     fig = charts.deviation_profile(scores)
     titles = [a.text for a in fig.layout.annotations]
-    assert titles == [
-        "Global volumes",
-        "Subcortical volumes",
-        "Cortical thickness (left)",
-        "Cortical thickness (right)",
-    ]
+    assert titles == ["Global", "Subcortical", "Thickness L", "Thickness R"]
     bars = {t.x[0]: t for t in fig.data}
     assert bars["Left-Hippocampus"].marker.color[0] != bars["eTIV"].marker.color[0]
     assert bars["rh S central"].marker.color[0] == bars["Left-Hippocampus"].marker.color[0]
@@ -107,7 +105,7 @@ def test_extreme_rates_marks_idps_whose_interval_excludes_five_percent():
     assert rates.set_index("idp").loc["ok", "rate"] == pytest.approx(0.05)
     fig = charts.extreme_rates(rates)
     bar = fig.data[0]
-    assert list(bar.x) == ["ok", "bad"]
+    assert list(bar.x) == ["bad", "ok"]  # worst first
     assert bar.marker.color[0] != bar.marker.color[1]
     assert fig.layout.shapes[0].y0 == 0.05
 
