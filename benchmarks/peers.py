@@ -17,6 +17,7 @@ Usage (benchmark venv, one heavy job at a time, OMP_NUM_THREADS=1):
 Output:
     PRED.csv   long table: row (0-based row of TEST), idp, centile (0-100), z
                (z = probit(centile/100); NaN for an IDP that failed)
+    PRED.train.csv  (--score-train) the same for the TRAIN rows, untransferred model
     PRED.json  model, settings, package versions, n_train/n_test/n_adapt, the IDPs
                asked for and used, fit_seconds / predict_seconds (totals and per IDP),
                and per-IDP status ("ok" | "failed" | "fallback: ...") with the error text.
@@ -73,6 +74,7 @@ class IdpResult:
     status: str = "ok"
     error: str = ""
     info: dict = field(default_factory=dict)
+    train_cdf: np.ndarray | None = None
 
 
 def read_csv(path: str, cov: Covariates) -> pd.DataFrame:
@@ -297,16 +299,22 @@ def run_pcn(
     """Fit (and optionally transfer) one PCNtoolkit model for one IDP and score TEST."""
     template = _blr_template(args) if kind == "blr" else _hbr_template(args)
     t0 = time.perf_counter()
-    nm = _pcn_fit(template, _normdata("train", train, idp, cov, args.sex_as), save_dir)
+    nm = ref = _pcn_fit(template, _normdata("train", train, idp, cov, args.sex_as), save_dir)
     if adapt is not None:
-        nm = _pcn_transfer(nm, _normdata("adapt", adapt, idp, cov, args.sex_as), save_dir)
+        nm = _pcn_transfer(ref, _normdata("adapt", adapt, idp, cov, args.sex_as), save_dir)
     t1 = time.perf_counter()
     cdf = _pcn_cdf(nm, _normdata("test", test, idp, cov, args.sex_as), idp, kind)
     t2 = time.perf_counter()
     info: dict = {}
     if kind == "hbr":
         info["max_rhat"] = _max_rhat(nm[idp].idata)
-    return IdpResult(cdf=cdf, fit_seconds=t1 - t0, predict_seconds=t2 - t1, info=info)
+    train_cdf = None
+    if args.score_train:
+        # the reference model, before any transfer: TRAIN's sites are the ones it knows
+        train_cdf = _pcn_cdf(ref, _normdata("train", train, idp, cov, args.sex_as), idp, kind)
+    return IdpResult(
+        cdf=cdf, fit_seconds=t1 - t0, predict_seconds=t2 - t1, info=info, train_cdf=train_cdf
+    )
 
 
 def _max_rhat(idata) -> float | None:
@@ -474,18 +482,21 @@ def run_gamlss(
     elif not getattr(model, "converged", True):
         status = f"not converged in {args.gamlss_cycles} cycles (used as is)"
     t1 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        params = model.predictAll(newdata=test_frame)
     pfun = gl.pSHASHo if args.gamlss_family == "SHASHo" else gl.pBCT
-    cdf = pfun(
-        test_frame["y"].to_numpy(),
-        mu=params["mu"],
-        sigma=params["sigma"],
-        nu=params["nu"],
-        tau=params["tau"],
-    )
+
+    def score(rows: pd.DataFrame) -> np.ndarray:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params = model.predictAll(newdata=rows)
+        return pfun(rows["y"].to_numpy(), **{k: params[k] for k in ("mu", "sigma", "nu", "tau")})
+
+    cdf = score(test_frame)
     t2 = time.perf_counter()
+    train_cdf = None
+    if args.score_train:
+        train_frame, _ = design.frame(train, cov)
+        train_frame["y"] = (train[idp].astype(float).to_numpy() - loc) / scale
+        train_cdf = np.asarray(score(train_frame), float)
     # A site absent from the fit rows has all site dummies 0, i.e. it is scored as the
     # reference (most common) site; say so, since PCNtoolkit refuses such rows instead.
     unseen = sorted(set(test[cov.site]) - set(fit_rows[cov.site]))
@@ -502,6 +513,7 @@ def run_gamlss(
         status=status,
         error=error if status != "ok" else "",
         info=info,
+        train_cdf=train_cdf,
     )
 
 
@@ -533,6 +545,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="use only the first N IDPs (a guard against runs that cannot finish)",
+    )
+    p.add_argument(
+        "--score-train",
+        action="store_true",
+        help="also write PRED.train.csv: TRAIN rows scored by the (untransferred) model, e.g. "
+        "to fit a Gaussian copula over the peer's z-scores on training data only",
     )
     p.add_argument("--age", default="age")
     p.add_argument("--sex", default="sex")
@@ -588,10 +606,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.model in ("blr", "hbr"):
         _quiet_pcntoolkit()
-    save_dir = tempfile.mkdtemp(prefix="pcn_", dir=str(Path(args.out).resolve().parent))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_dir = tempfile.mkdtemp(prefix="pcn_", dir=str(out.resolve().parent))
     os.environ.setdefault("PCN_SAVE_DIR", save_dir)
 
     rows: list[pd.DataFrame] = []
+    train_rows: list[pd.DataFrame] = []
     per_idp: dict[str, dict] = {}
     for i, idp in enumerate(idps):
         try:
@@ -618,6 +639,14 @@ def main(argv: list[str] | None = None) -> int:
                 {"row": np.arange(len(test)), "idp": idp, "centile": 100.0 * cdf, "z": probit(cdf)}
             )
         )
+        if args.score_train:
+            tc = np.full(len(train), np.nan) if res.train_cdf is None else res.train_cdf
+            tc = np.clip(tc, 0.0, 1.0)
+            train_rows.append(
+                pd.DataFrame(
+                    {"row": np.arange(len(train)), "idp": idp, "centile": 100 * tc, "z": probit(tc)}
+                )
+            )
         per_idp[idp] = {
             "status": res.status,
             "error": res.error,
@@ -632,9 +661,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(rows, ignore_index=True).to_csv(out, index=False)
+    if args.score_train:
+        pd.concat(train_rows, ignore_index=True).to_csv(out.with_suffix(".train.csv"), index=False)
     ok = [v for v in per_idp.values() if v["status"] != "failed"]
     summary = {
         "model": args.model,
