@@ -76,9 +76,14 @@ class ModelConfig:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Bound torch's intra-op threads for the duration of a call, then restore them."""
+    """Bound torch's intra-op threads for the duration of a call, then restore them.
+
+    The default is one thread: our tensors are small, and on a shared CPU (a dashboard
+    serving several people, CI) OpenMP threads that spin waiting for a busy core made
+    sampling 4-70x slower with two threads than with one. NORMCORE_THREADS raises it.
+    """
     before = torch.get_num_threads()
-    n = n or int(os.environ.get("NORMCORE_THREADS", 0)) or min(2, os.cpu_count() or 1)
+    n = n or int(os.environ.get("NORMCORE_THREADS", 0)) or 1
     torch.set_num_threads(n)
     try:
         yield
@@ -90,7 +95,7 @@ class NormativeModel:
     """Conditional DDPM p(IDPs | age, sex, site, ...) with a precomputed centile table.
 
     Parameters mirror `ModelConfig`; `max_epochs` and `max_seconds` bound training,
-    `threads` bounds CPU threads (default: NORMCORE_THREADS or 2).
+    `threads` bounds CPU threads (default: NORMCORE_THREADS or 1).
     """
 
     def __init__(

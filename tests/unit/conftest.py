@@ -14,6 +14,12 @@ SPEC = SyntheticSpec(n_idps=3, n_sites=2)
 
 
 @pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """Model settings for tests that fit: fast, not accurate."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
 def spec() -> SyntheticSpec:
     return SPEC
 
