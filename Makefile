@@ -15,7 +15,7 @@ CHROMIUM := /usr/bin/chromium
 ADDRESS ?= localhost
 PORT ?= 8501
 
-.PHONY: venv run test lint chromium
+.PHONY: venv run test lint chromium demo
 
 venv: $(DEV_STAMP)
 
@@ -53,3 +53,7 @@ test: $(DEV_STAMP) chromium
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
+
+# Refit the bundled demo model on assets/demo/fcon1000_train.csv (about 10 minutes).
+demo: $(RUN_STAMP)
+	$(PY) -m normcore.demo
