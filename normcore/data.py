@@ -220,11 +220,21 @@ def _detect_kind(data: bytes, name: str | None, label: str) -> tuple[str, str | 
 
 
 def _decode(data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise DataError("the text is not valid UTF-16.") from None
+    # UTF-32's little-endian mark begins with UTF-16's: test it first, or every character
+    # would come back with NULs between them (column names included).
+    for marks, encoding in (((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"), "utf-32"),
+                            ((b"\xff\xfe", b"\xfe\xff"), "utf-16")):
+        if data.startswith(marks):
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError:
+                raise DataError(f"the text is not valid {encoding.upper()}.") from None
+            if "\x00" in text:
+                raise DataError(
+                    "this is not a text table (it contains binary data); use CSV, TSV, "
+                    "Parquet or Excel (.xlsx)."
+                )
+            return text
     if b"\x00" in data:
         raise DataError(
             "this is not a text table (it contains binary data); use CSV, TSV, Parquet or "
