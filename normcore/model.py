@@ -22,7 +22,10 @@ from scipy import stats
 
 from normcore import bundle
 from normcore.denoisers import build_denoiser
+from normcore.device import generator, resolve_device
 from normcore.diffusion import Schedule, ddim_timesteps, generate, q_sample, x0_variance
+from normcore.distributed import Parallel
+from normcore.distributed import current as current_parallel
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
 from normcore.reference import (
@@ -95,7 +98,10 @@ class NormativeModel:
     """Conditional DDPM p(IDPs | age, sex, site, ...) with a precomputed centile table.
 
     Parameters mirror `ModelConfig`; `max_epochs` and `max_seconds` bound training,
-    `threads` bounds CPU threads (default: NORMCORE_THREADS or 1).
+    `threads` bounds CPU threads (default: NORMCORE_THREADS or 1). `device` is where the
+    network trains and samples: "auto" (a GPU when torch sees one), "cpu" or "cuda"; it is
+    not saved (see normcore.device). Under torchrun, `fit` trains with several processes
+    (see normcore.distributed).
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class NormativeModel:
         max_seconds: float | None = None,
         network: dict | None = None,
         threads: int | None = None,
+        device: str = "auto",
     ) -> None:
         self.config = ModelConfig(
             backbone=backbone,
@@ -127,6 +134,7 @@ class NormativeModel:
             seed=seed,
         )
         self.threads = threads
+        self.device = device
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -141,6 +149,8 @@ class NormativeModel:
         validate_training(df, schema).raise_for_errors()
         cfg = self.config
         start = time.perf_counter()
+        parallel = current_parallel()
+        self.device_ = resolve_device(self.device, parallel.local_rank if parallel else None)
         with torch_threads(self.threads):
             torch.manual_seed(cfg.seed)
             values = df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
@@ -161,7 +171,7 @@ class NormativeModel:
                 self.encoder_.n_levels,
                 cfg.diffusion_steps,
                 **cfg.network,
-            )
+            ).to(self.device_)
             self.net_, self.history_, val_idx = train_denoiser(
                 net,
                 self.schedule_,
@@ -172,17 +182,21 @@ class NormativeModel:
                 seed=cfg.seed,
                 progress=progress,
                 should_stop=should_stop,
+                device=self.device_,
+                parallel=parallel,
             )
             rows = val_idx if len(val_idx) >= 100 else np.arange(len(y))
             self.x0_var_ = self._estimate_x0_variance(y[rows], age_z[rows], codes[rows])
             self.train_seconds_ = time.perf_counter() - start
-            self._build_reference(progress)
+            self._build_reference(progress, parallel)
         self.fit_seconds_ = time.perf_counter() - start
         self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
         self.adaptations_: list[dict] = []
         return self
 
-    def _build_reference(self, progress: Callable[[dict], None] | None) -> None:
+    def _build_reference(
+        self, progress: Callable[[dict], None] | None, parallel: Parallel | None = None
+    ) -> None:
         def report(fraction: float) -> None:
             if progress is not None:
                 progress({"phase": "reference", "fraction": fraction})
@@ -195,6 +209,7 @@ class NormativeModel:
             grid_points=self.config.grid_points,
             seed=self.config.seed,
             progress=report,
+            parallel=parallel,
         )
 
     # ----------------------------------------------------------------- sampling
@@ -207,14 +222,17 @@ class NormativeModel:
         self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray
     ) -> torch.Tensor:
         """Per-step, per-IDP variance the sampler adds back (see diffusion.sampler)."""
-        h = self.net_.embed(torch.as_tensor(age_z), torch.as_tensor(codes, dtype=torch.long))
+        dev = self.device_
+        h = self.net_.embed(
+            torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
+        )
         return x0_variance(
             lambda xt, t: self.net_(xt, t, h),
-            torch.as_tensor(y, dtype=torch.float32),
+            torch.as_tensor(y, dtype=torch.float32).to(dev),
             self.schedule_,
             ddim_timesteps(self.schedule_, self.config.sampling_steps),
-            generator=torch.Generator().manual_seed(self.config.seed + 2),
-        )
+            generator=generator(dev, self.config.seed + 2),
+        ).cpu()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "reference_"):
@@ -228,10 +246,10 @@ class NormativeModel:
     ) -> np.ndarray:
         """Draw one sample per row at the given ages (years) and category codes."""
         cfg = self.config
-        g = torch.Generator().manual_seed(cfg.seed + 1 if seed is None else seed)
+        g = generator(self.device_, cfg.seed + 1 if seed is None else seed)
         steps = ddim_timesteps(self.schedule_, cfg.sampling_steps)
-        age_z = torch.as_tensor(self.encoder_.encode_age(ages))
-        codes_t = torch.as_tensor(codes, dtype=torch.long)
+        age_z = torch.as_tensor(self.encoder_.encode_age(ages)).to(self.device_)
+        codes_t = torch.as_tensor(codes, dtype=torch.long).to(self.device_)
         out = np.empty((len(ages), len(self.schema_.idps)))
         self.net_.eval()
         for s in range(0, len(ages), _CHUNK):
@@ -247,9 +265,9 @@ class NormativeModel:
                 generator=g,
                 x0_var=self.x0_var_,
             )
-            resid = x.numpy().astype(np.float64)
+            resid = x.cpu().numpy().astype(np.float64)
             y = self.location_scale_.inverse(
-                resid, age_z[s : s + _CHUNK].numpy(), codes[s : s + _CHUNK]
+                resid, age_z[s : s + _CHUNK].cpu().numpy(), codes[s : s + _CHUNK]
             )
             out[s : s + _CHUNK] = self.transform_.inverse(y)
         return out
@@ -424,6 +442,7 @@ class NormativeModel:
                 f"the table has {len(controls)}."
             )
         new = copy.deepcopy(self)
+        new.net_.cpu()  # one embedding row is learned: the CPU is enough (see _learn_level)
         k = list(new.encoder_.levels).index(column)
         known = new.encoder_.levels[column]
         readapted = level in known
@@ -432,6 +451,7 @@ class NormativeModel:
         code = known.index(level) + 1
         with torch_threads(self.threads):
             _learn_level(new, controls, k, code, readapted, steps, progress)
+            new.net_.to(new.device_)
             new.reference_ = with_level(
                 new.reference_,
                 new._sample_user_units,
@@ -465,7 +485,8 @@ class NormativeModel:
     def to_bytes(self) -> bytes:
         """The model as one bundle (weights + reference table + JSON metadata)."""
         self._check_fitted()
-        tensors = {f"net.{k}": v.detach().clone() for k, v in self.net_.state_dict().items()}
+        state = self.net_.state_dict()
+        tensors = {f"net.{k}": v.detach().cpu().clone() for k, v in state.items()}
         tensors.update(self.reference_.to_arrays())
         tensors["sampler.x0_var"] = self.x0_var_.clone()
         meta = {
@@ -490,14 +511,15 @@ class NormativeModel:
         bundle.write(path, self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> NormativeModel:
-        """Rebuild a model from bundle bytes; never unpickles anything."""
+    def from_bytes(cls, data: bytes, device: str = "auto") -> NormativeModel:
+        """Rebuild a model from bundle bytes on `device`; never unpickles anything."""
         tensors, meta = bundle.from_bytes(data)
         try:
             cfg = ModelConfig.from_dict(meta["config"])
             model = cls.__new__(cls)
             model.config = cfg
             model.threads = None
+            model.device, model.device_ = device, resolve_device(device)
             model.schema_ = Schema.from_dict(meta["schema"])
             model.transform_ = IDPTransform.from_dict(meta["transform"])
             model.location_scale_ = LocationScale.from_dict(meta["location_scale"])
@@ -519,7 +541,7 @@ class NormativeModel:
             net.load_state_dict(
                 {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True
             )
-            model.net_ = net.eval()
+            model.net_ = net.to(model.device_).eval()
             model.x0_var_ = tensors["sampler.x0_var"].float()
             arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("reference.")}
             model.reference_ = ReferenceTable.from_arrays(
@@ -533,9 +555,9 @@ class NormativeModel:
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> NormativeModel:
-        """Load a model saved with `save`."""
-        return cls.from_bytes(bundle.read(path))
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> NormativeModel:
+        """Load a model saved with `save`, its network on `device` (see normcore.device)."""
+        return cls.from_bytes(bundle.read(path), device=device)
 
     @property
     def idps(self) -> list[str]:

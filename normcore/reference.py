@@ -25,10 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 from sklearn.covariance import LedoitWolf
+
+if TYPE_CHECKING:
+    from normcore.distributed import Parallel
 
 Z_STEP = 0.2
 Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
@@ -179,22 +183,32 @@ def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray,
     return ages, 1.5 * (ages[1] - ages[0])
 
 
+def _plan(
+    grid: np.ndarray, h: float, per: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ages and the indices of the samples kept for the deviation, for one combination.
+
+    Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
+    so that kernel estimates at the ends of the range are not one-sided. Drawing these
+    apart from the (slow) sampling lets several processes each sample their own
+    combinations while consuming `rng` exactly as one process does.
+    """
+    lo_age, hi_age = grid[0] - 2 * h, grid[-1] + 2 * h
+    ages = lo_age + (np.arange(per) + rng.random(per)) / per * (hi_age - lo_age)
+    inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
+    return ages, rng.choice(inside, size=min(_KEEP, len(inside)), replace=False)
+
+
 def _tabulate(
     sampler: Sampler,
     codes: np.ndarray,
     grid: np.ndarray,
     h: float,
-    per: int,
-    rng: np.random.Generator,
+    plan: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination.
-
-    Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
-    so that kernel estimates at the ends of the range are not one-sided.
-    """
-    lo_age, hi_age = grid[0] - 2 * h, grid[-1] + 2 * h
-    ages = lo_age + (np.arange(per) + rng.random(per)) / per * (hi_age - lo_age)
-    y = sampler(ages, np.tile(codes, (per, 1)))
+    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination."""
+    ages, pick = plan
+    y = sampler(ages, np.tile(codes, (len(ages), 1)))
     q = np.empty((len(grid), len(LEVELS), y.shape[1]))
     n_eff = np.empty(len(grid))
     for gi, g in enumerate(grid):
@@ -202,8 +216,6 @@ def _tabulate(
         w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
         q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
         n_eff[gi] = w.sum() ** 2 / (w**2).sum()
-    inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
-    pick = rng.choice(inside, size=min(_KEEP, len(inside)), replace=False)
     one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
     qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
     return q, n_eff, normal_scores(qp, y[pick])
@@ -225,21 +237,30 @@ def build_reference(
     grid_points: int = 41,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> ReferenceTable:
-    """Sample the model for every level combination and tabulate its quantiles over age."""
+    """Sample the model for every level combination and tabulate its quantiles over age.
+
+    With `parallel` each process samples every world_size-th combination and the parts
+    are gathered, so every process returns the table one process would have built.
+    """
     rng = np.random.default_rng(seed)
     grid, h = age_grid(age_range, grid_points)
     n_combo = int(np.prod(n_levels)) if n_levels else 1
-    parts = []
-    for ci in range(n_combo):
+    plans = [_plan(grid, h, samples_per_combination, rng) for _ in range(n_combo)]
+    mine = range(n_combo) if parallel is None else parallel.my_items(n_combo)
+    own = {}
+    for done, ci in enumerate(mine):
         codes = (
             np.array(np.unravel_index(ci, n_levels), dtype=np.int64)
             if n_levels
             else np.zeros(0, np.int64)
         )
-        parts.append(_tabulate(sampler, codes, grid, h, samples_per_combination, rng))
+        own[ci] = _tabulate(sampler, codes, grid, h, plans[ci])
         if progress is not None:
-            progress((ci + 1) / n_combo)
+            progress((done + 1) / len(mine))
+    everything = own if parallel is None else parallel.gather_dicts(own)
+    parts = [everything[ci] for ci in range(n_combo)]
     precision = _correlation_precision(np.concatenate([z for _, _, z in parts]))
     table = ReferenceTable(
         ages=grid,
@@ -285,9 +306,8 @@ def with_level(
         n_eff = np.pad(n_eff, pad + [(0, 0)])
         maha = np.pad(maha, pad + [(0, 0)])
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
-        qc, nc, zc = _tabulate(
-            sampler, codes, table.ages, table.bandwidth, samples_per_combination, rng
-        )
+        plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
+        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan)
         idx = tuple(codes)
         q[idx], n_eff[idx], maha[idx] = qc, nc, _d2_quantiles(zc, table.precision)
     c = int(np.prod(new_levels))

@@ -12,13 +12,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from normcore.device import training_autocast
 from normcore.diffusion.sampler import q_sample
 from normcore.diffusion.schedule import Schedule
+
+if TYPE_CHECKING:
+    from normcore.distributed import Parallel
 
 Progress = Callable[[dict], None]
 
@@ -66,22 +71,31 @@ def train_denoiser(
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: torch.device | None = None,
+    parallel: Parallel | None = None,
 ) -> tuple[nn.Module, list[dict], np.ndarray]:
     """Train `net` to predict the noise; return the best EMA copy, the loss history and
     the indices of the held-out validation rows (for estimates that must not be optimistic).
 
     `y` are IDPs in network units (n, D), `age` standardised ages (n,), `codes` category
     codes (n, K). A seeded random `val_fraction` of rows is held out for early stopping.
+
+    `net` must already be on `device` (default CPU). All random draws come from one CPU
+    generator whatever the device, so a run is the same draw sequence on CPU and GPU.
+    With `parallel` (see normcore.distributed) every process draws the same global batch
+    and trains on its own slice of it through DistributedDataParallel, so the gradient
+    is that of the whole batch and the settings mean the same as in one process.
     """
     n, dim = y.shape
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     n_val = max(int(round(n * config.val_fraction)), min(n // 5, 32)) if n >= 40 else 0
     val_idx, tr_idx = order[:n_val], order[n_val:]
-    Y = torch.as_tensor(y, dtype=torch.float32)
-    A = torch.as_tensor(age, dtype=torch.float32)
-    C = torch.as_tensor(codes, dtype=torch.long)
-    alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32)
+    device = device or torch.device("cpu")
+    Y = torch.as_tensor(y, dtype=torch.float32).to(device)
+    A = torch.as_tensor(age, dtype=torch.float32).to(device)
+    C = torch.as_tensor(codes, dtype=torch.long).to(device)
+    alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32).to(device)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
 
@@ -90,6 +104,9 @@ def train_denoiser(
         p.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     val_t, val_noise = _validation_draws(n_val, dim, schedule.steps, draws=8, seed=seed)
+    val_t, val_noise = val_t.to(device), val_noise.to(device)
+    predict = parallel.wrap(net) if parallel is not None else net
+    min_rows = 2 if parallel is None else max(2, parallel.world_size)
 
     batch = min(config.batch_size, len(tr_idx))
     steps_per_epoch = max(1, math.ceil(len(tr_idx) / batch))
@@ -104,7 +121,7 @@ def train_denoiser(
     def val_loss() -> float:
         if n_val == 0:
             return float("nan")
-        vi = torch.as_tensor(val_idx)
+        vi = torch.as_tensor(val_idx).to(device)
         losses = []
         with torch.inference_mode():
             for d in range(val_t.shape[0]):
@@ -124,18 +141,21 @@ def train_denoiser(
         perm = tr[torch.randperm(len(tr), generator=g)]
         for b in range(steps_per_epoch):
             idx = perm[b * batch : (b + 1) * batch]
-            if len(idx) < 2:
+            if len(idx) < min_rows:
                 continue
+            idx = idx.to(device)
             x0, a, c = Y[idx], A[idx], C[idx].clone()
             if c.shape[1] and config.covariate_dropout > 0:
                 drop = torch.rand(c.shape, generator=g) < config.covariate_dropout
-                c[drop] = 0
-            t = torch.randint(0, schedule.steps, (len(idx),), generator=g)
-            noise = torch.randn(x0.shape, generator=g)
+                c[drop.to(device)] = 0
+            t = torch.randint(0, schedule.steps, (len(idx),), generator=g).to(device)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            if parallel is not None:
+                x0, a, c, t, noise = (parallel.shard(v) for v in (x0, a, c, t, noise))
             net.train()
-            loss = torch.mean(
-                (net(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c)) - noise) ** 2
-            )
+            with training_autocast(device):
+                eps = predict(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c))
+            loss = torch.mean((eps.float() - noise) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -151,11 +171,12 @@ def train_denoiser(
         elapsed = time.perf_counter() - start
         if step % eval_every < steps_per_epoch or stop:
             vl = val_loss()
+            mean_loss = float(np.mean(running))
             history.append(
                 {
                     "epoch": epoch,
                     "step": step,
-                    "loss": float(np.mean(running)),
+                    "loss": mean_loss if parallel is None else parallel.mean(mean_loss),
                     "val_loss": vl,
                     "seconds": elapsed,
                 }
@@ -186,5 +207,9 @@ def train_denoiser(
             stop = True
         if should_stop is not None and should_stop():
             stop = True
+        if parallel is not None:
+            stop = parallel.any(stop)
     ema.load_state_dict(best_state)
+    if parallel is not None:
+        parallel.broadcast(ema)
     return ema, history, val_idx

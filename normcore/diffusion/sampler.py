@@ -64,14 +64,14 @@ def x0_variance(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Mean squared error of the predicted x0 at each timestep, per column: (len(timesteps), D)."""
-    alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32)
-    out = torch.zeros(len(timesteps), x0.shape[1])
+    dev = x0.device
+    alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32, device=dev)
+    out = torch.zeros(len(timesteps), x0.shape[1], device=dev)
     for i, t in enumerate(timesteps):
         for _ in range(repeats):
-            tt = torch.full((1,), t, dtype=torch.long)
-            xt = q_sample(
-                x0, tt.expand(len(x0)), torch.randn(x0.shape, generator=generator), alpha_bar
-            )
+            tt = torch.full((1,), t, dtype=torch.long, device=dev)
+            noise = torch.randn(x0.shape, generator=generator, device=dev)
+            xt = q_sample(x0, tt.expand(len(x0)), noise, alpha_bar)
             out[i] += ((_predict_x0(xt, denoise(xt, tt), float(alpha_bar[t])) - x0) ** 2).mean(0)
     return out / repeats
 
@@ -90,24 +90,26 @@ def generate(
     """Run the reverse process from pure noise to an (n, dim) sample in network units.
 
     `x0_var` (len(timesteps), dim), from `x0_variance`, adds the moment-matched variance
-    of each step; without it the sampler is the textbook one.
+    of each step; without it the sampler is the textbook one. The sample is drawn on the
+    generator's device (CPU without one), so a CUDA generator keeps the loop on the GPU.
     """
     alpha_bar = schedule.alpha_bar
-    x = torch.randn(n, dim, generator=generator)
+    dev = generator.device if generator is not None else torch.device("cpu")
+    x = torch.randn(n, dim, generator=generator, device=dev)
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_t = float(alpha_bar[t])
         ab_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
-        eps = denoise(x, torch.full((1,), t, dtype=torch.long))
+        eps = denoise(x, torch.full((1,), t, dtype=torch.long, device=dev))
         x0 = _predict_x0(x, eps, ab_t)
         eps = (x - ab_t**0.5 * x0) / (1.0 - ab_t) ** 0.5
         sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
         c = max(1.0 - ab_prev - sigma**2, 0.0) ** 0.5
         x = ab_prev**0.5 * x0 + c * eps
-        var = torch.full((dim,), sigma**2)
+        var = torch.full((dim,), sigma**2, device=dev)
         if x0_var is not None:
             b = ab_prev**0.5 - c * (ab_t / (1.0 - ab_t)) ** 0.5
-            var = var + b**2 * x0_var[i]
+            var = var + b**2 * x0_var[i].to(dev)
         if bool((var > 0).any()):
-            x = x + var.sqrt() * torch.randn(n, dim, generator=generator)
+            x = x + var.sqrt() * torch.randn(n, dim, generator=generator, device=dev)
     return x
