@@ -242,9 +242,21 @@ def mapping_for(model: NormativeModel | None) -> ColumnMapping | None:
     table = st.session_state.get("table")
     if table is None:
         return None
+    schema = model.schema_ if model is not None else None
+    levels = model.encoder_.levels if model is not None else None
     if "mapping" not in st.session_state:
-        levels = model.encoder_.levels if model is not None else None
-        st.session_state["mapping"] = guess_mapping(table, model.schema_ if model else None, levels)
+        st.session_state["mapping"] = guess_mapping(table, schema, levels)
+    elif schema is not None and st.session_state.get("mapping_schema") != schema:
+        # Another model became active (e.g. one just trained on this very table): map its
+        # IDPs and covariates by name as well, keeping the choices already made, and redo
+        # the sex coding, which only means something against a model's own levels.
+        mapping = st.session_state["mapping"]
+        guessed = guess_mapping(table, schema, levels)
+        mapping.idps = {**guessed.idps, **mapping.idps}
+        mapping.covariates = {**guessed.covariates, **mapping.covariates}
+        kept = {v: c for v, c in mapping.sex_coding.items() if c in levels.get("sex", [])}
+        mapping.sex_coding = {**guessed.sex_coding, **kept}
+    st.session_state["mapping_schema"] = schema
     return st.session_state["mapping"]
 
 

@@ -1,5 +1,7 @@
 """Model: train on the uploaded reference table, download or upload a bundle, read the card."""
 
+import uuid
+
 import pandas as pd
 import streamlit as st
 
@@ -182,7 +184,10 @@ def training_status() -> None:
         if job.error:
             st.error(job.error)
         elif job.model is not None and st.session_state.get("train_collected") is not job:
-            key = f"trained:{id(job)}"
+            # The key names this model in caches shared by every session (st.cache_data):
+            # a random one, since id(job) is reused once a finished session's job is freed
+            # and would then serve one user another's centiles.
+            key = f"trained:{uuid.uuid4().hex}"
             common.add_session_model("trained", job.model, key, "Trained this session")
             if job.calibration is not None:
                 st.session_state.setdefault("calibration", {})[key] = job.calibration
