@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from normcore import distributed, stream
 from normcore.data import read_table
+from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.model import DEFAULT_QUANTILES, NormativeModel, adaptation_warnings
-from normcore.schema import Schema
+from normcore.schema import Schema, validate_training
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -60,20 +62,52 @@ def _schema(
 def cmd_fit(args: argparse.Namespace) -> None:
     df = read_table(args.table)
     schema = _schema(df, _split(args.covariates), _split(args.idps), args.id)
-    print(
-        f"fitting {args.backbone} on {len(df)} rows: age '{schema.age}', "
-        f"categorical {list(schema.categorical)}, {len(schema.idps)} IDPs",
-        file=sys.stderr,
-    )
-    model = NormativeModel(backbone=args.backbone, max_epochs=args.epochs, seed=args.seed)
-    model.fit(df, schema, progress=_progress)
-    print(file=sys.stderr)
-    model.save(args.out)
-    print(f"saved {args.out} (fit {model.fit_seconds_:.0f}s)", file=sys.stderr)
+    if args.nproc > 1 and not distributed.launched():
+        # Check the table once here; each worker then runs this command under torchrun's
+        # environment variables and takes the branch below.
+        validate_training(df, schema).raise_for_errors()
+        print(f"starting {args.nproc} training processes", file=sys.stderr)
+        distributed.spawn(args.nproc, cmd_fit, args)
+        seconds = NormativeModel.load(args.out, device="cpu").fit_seconds_
+        print(f"saved {args.out} (fit {seconds:.0f}s)", file=sys.stderr)
+        return
+    with distributed.session(args.device) as parallel:
+        is_main = parallel is None or parallel.is_main
+        if is_main:
+            print(
+                f"fitting {args.backbone} on {len(df)} rows: age '{schema.age}', "
+                f"categorical {list(schema.categorical)}, {len(schema.idps)} IDPs",
+                file=sys.stderr,
+            )
+        model = NormativeModel(
+            backbone=args.backbone, max_epochs=args.epochs, seed=args.seed, device=args.device
+        )
+        model.fit(df, schema, progress=_progress if is_main else None)
+        if is_main:
+            print(file=sys.stderr)
+            model.save(args.out)
+            print(f"saved {args.out} (fit {model.fit_seconds_:.0f}s)", file=sys.stderr)
+
+
+def _score_progress(done: int, total: int) -> None:
+    print(f"\rscoring: {done:,} / ~{total:,} rows   ", end="", file=sys.stderr, flush=True)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    model = NormativeModel.load(args.model)
+    model = NormativeModel.load(args.model, device=args.device)
+    if stream.streamable(args.table) and stream.count_rows(args.table) > args.chunk_rows:
+        summary = stream.score_file(
+            model, args.table, args.out, chunk_rows=args.chunk_rows, progress=_score_progress
+        )
+        print(file=sys.stderr)
+        for problem in summary.warnings:
+            print(f"warning: {problem}", file=sys.stderr)
+        print(
+            f"scored {summary.rows} rows x {len(model.idps)} IDPs in {summary.chunks} chunks "
+            f"-> {args.out}",
+            file=sys.stderr,
+        )
+        return
     df = read_table(args.table)
     _warn(model, df)
     model.score(df).to_csv(args.out, index=False)
@@ -81,7 +115,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_centiles(args: argparse.Namespace) -> None:
-    model = NormativeModel.load(args.model)
+    model = NormativeModel.load(args.model, device=args.device)
     grid = read_table(args.grid)
     quantiles = [float(q) for q in _split(args.quantiles) or DEFAULT_QUANTILES]
     _warn_grid(model, grid)
@@ -90,7 +124,7 @@ def cmd_centiles(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    model = NormativeModel.load(args.model)
+    model = NormativeModel.load(args.model, device=args.device)
     grid = read_table(args.grid)
     _warn_grid(model, grid)
     start = time.perf_counter()
@@ -119,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from normcore.evaluate import evaluate
     from normcore.report import write_report
 
-    model = NormativeModel.load(args.model)
+    model = NormativeModel.load(args.model, device=args.device)
     df = read_table(args.table)
     _warn(model, df)
     result = evaluate(model, df)
@@ -128,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    model = NormativeModel.load(args.model)
+    model = NormativeModel.load(args.model, device=args.device)
     controls = read_table(args.table)
     adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=_progress)
     print(file=sys.stderr)
@@ -163,12 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, help="maximum passes over the data (default: until early stopping)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="training processes on this machine (DistributedDataParallel; gloo on CPUs, "
+        "NCCL on GPUs); under torchrun, torchrun's own count is used",
+    )
     p.set_defaults(run=cmd_fit)
 
     p = sub.add_parser("score", help="centiles and z-scores of every person and IDP")
     p.add_argument("model")
     p.add_argument("table")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=10_000,
+        help="CSV/Parquet files with more rows are scored in chunks of this many "
+        "(bounded memory, same output)",
+    )
     p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("centiles", help="model quantiles over a covariate grid")
@@ -199,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="site name (default: the table's site column)")
     p.add_argument("--steps", type=int, default=400)
     p.set_defaults(run=cmd_adapt)
+
+    for sub_parser in sub.choices.values():
+        sub_parser.add_argument(
+            "--device",
+            choices=DEVICES,
+            default="auto",
+            help="where the network runs: auto (a GPU when torch sees one), cpu or cuda",
+        )
     return parser
 
 

@@ -1,0 +1,227 @@
+"""Scoring cohorts too large to hold at once: read a chunk, score it, append it, repeat.
+
+A long score table has one row per person and IDP (100,000 people x 20 IDPs is 2 million
+rows of ten columns), so scoring a whole cohort in one call holds the input, the long
+table and pandas' temporaries at once. Here memory is bounded by `chunk_rows`: CSV/TSV
+are read with pandas' chunked reader and Parquet with pyarrow's batch iterator, every
+chunk's cells are converted exactly as `read_table` converts them (same missing tokens,
+same decimal-comma rule), and each chunk's results are appended to the output CSV.
+
+The output is the file the non-streaming path writes (`model.score(read_table(f))`
+then `to_csv(index=False)`), byte for byte: `row` counts from the top of the file, not of
+the chunk, and validation problems name rows of the whole file. Nothing is written to
+`out_path` unless every chunk passes validation: results go to a `.partial` file that
+replaces `out_path` only at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from normcore import data
+from normcore.errors import DataError
+from normcore.schema import Problem, ValidationReport
+
+if TYPE_CHECKING:
+    from normcore.model import NormativeModel
+
+TEXT_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+Progress = Callable[[int, int], None]
+"""progress(rows scored so far, rows in the file (an estimate for text files))."""
+
+
+@dataclass
+class StreamSummary:
+    """What a streamed scoring run did: rows and chunks scored, warnings on file rows."""
+
+    rows: int
+    chunks: int
+    warnings: list[Problem]
+
+
+def streamable(path: str | os.PathLike) -> bool:
+    """Whether the file's format can be read in chunks (CSV/TSV/TXT or Parquet)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in TEXT_SUFFIXES or suffix in PARQUET_SUFFIXES
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """Data rows in the file: exact for Parquet, the number of lines minus one for text.
+
+    Text files are counted by newlines in 1 MB blocks (a quoted field with line breaks
+    counts twice), which is enough to decide whether to stream and to show progress.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    lines, last = 0, b"\n"
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(lines + (last != b"\n") - 1, 0)
+
+
+def _text_format(path: Path) -> tuple[str, str]:
+    """(encoding, delimiter) of a text table, judged on its first 64 kB as read_table does."""
+    with path.open("rb") as f:
+        head = f.read(64 * 1024)
+    if b"\n" in head:
+        head = head[: head.rindex(b"\n")]
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            text = head.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        encoding, text = "latin-1", head.decode("latin-1")
+    return encoding, data._sniff_delimiter(text, TEXT_SUFFIXES.get(path.suffix.lower()))
+
+
+def _with_last(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, bool]]:
+    """Each chunk with a flag telling whether it is the file's last."""
+    current = next(chunks, None)
+    while current is not None:
+        following = next(chunks, None)
+        yield current, following is None
+        current = following
+
+
+def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, bool]]:
+    """Unconverted chunks (text cells, or Parquet's own types) and the decimal-comma rule."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        metadata = parquet.schema_arrow.pandas_metadata or {}
+        index = [c for c in metadata.get("index_columns", []) if isinstance(c, str)]
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            df = batch.to_pandas()
+            if index:
+                df = df.reset_index(drop=all(n is None for n in df.index.names))
+            yield df, False
+        return
+    encoding, delimiter = _text_format(path)
+    reader = pd.read_csv(
+        path, sep=delimiter, dtype=str, keep_default_na=False, na_filter=False,
+        skip_blank_lines=False, index_col=False, encoding=encoding, chunksize=chunk_rows,
+        engine="c",
+    )  # fmt: skip
+    try:
+        for chunk in reader:
+            yield chunk, delimiter != ","
+    except pd.errors.ParserError as exc:
+        raise DataError(f"'{path.name}': {data._explain_parser_error(exc)}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"'{path.name}': the text changes encoding part-way through.") from None
+
+
+def iter_chunks(path: str | os.PathLike, chunk_rows: int = 10_000) -> Iterator[pd.DataFrame]:
+    """The table in chunks of at most `chunk_rows` rows, cells converted as by read_table.
+
+    Each chunk has a fresh 0-based index; blank lines are kept where read_table keeps
+    them (as rows that fail validation) and dropped only at the end of the file.
+    """
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    offset = 0
+    for (raw, decimal_comma), last in _with_last(_raw_chunks(path, chunk_rows)):
+        raw = raw.set_axis([str(c).strip() for c in raw.columns], axis=1)
+        raw = raw.reset_index(drop=True)
+        try:
+            df = data._finalise(raw, decimal_comma=decimal_comma)
+        except DataError as exc:
+            if offset and "no data rows" in str(exc):  # only blank lines in this chunk
+                df = raw.iloc[:0]
+            else:
+                raise DataError(f"'{path.name}': {exc}") from None
+        if len(df) < len(raw) and not last:
+            blank = tuple(range(offset + len(df), offset + len(raw)))
+            ValidationReport(
+                [Problem("error", None, blank, "the row is empty; delete it.")]
+            ).raise_for_errors()
+        offset += len(raw)
+        if len(df):
+            yield df
+
+
+def _shifted(problems: list[Problem], offset: int) -> list[Problem]:
+    return [dataclasses.replace(p, rows=tuple(r + offset for r in p.rows)) for p in problems]
+
+
+def _repeated_ids(ids: pd.Series, seen: set[str], column: str, offset: int) -> list[Problem]:
+    """A warning for ids already met in earlier chunks (one chunk's validation cannot)."""
+    values = ids.astype(str).to_numpy()
+    again = [i for i, v in enumerate(values) if v in seen]
+    seen.update(values)
+    if not again:
+        return []
+    shown = ", ".join(f"'{values[i]}'" for i in again[:5])
+    return [
+        Problem(
+            "warning",
+            column,
+            tuple(offset + i for i in again),
+            f"ids that also appear in earlier rows: {shown}. Each person's results are "
+            "still written, once per row.",
+        )
+    ]
+
+
+def score_file(
+    model: NormativeModel,
+    source_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    chunk_rows: int = 10_000,
+    progress: Progress | None = None,
+) -> StreamSummary:
+    """Score a CSV/TSV/Parquet file chunk by chunk into the long score CSV at `out_path`.
+
+    Raises DataError naming file rows when any chunk fails validation (all chunks are
+    checked, so every error is reported at once) and leaves `out_path` untouched.
+    """
+    source, out = Path(source_path), Path(out_path)
+    if not source.is_file():
+        raise DataError(f"There is no file at '{source}'.")
+    total = count_rows(source)
+    partial = out.with_name(out.name + ".partial")
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    seen_ids: set[str] = set()
+    id_col = model.schema_.id
+    offset = chunks = 0
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as f:
+            for chunk in iter_chunks(source, chunk_rows):
+                report = model.check(chunk)
+                errors += _shifted(report.errors, offset)
+                warnings += _shifted(report.warnings, offset)
+                if id_col and id_col in chunk.columns:
+                    warnings += _repeated_ids(chunk[id_col], seen_ids, id_col, offset)
+                if not errors:
+                    result = model.score(chunk)
+                    result["row"] += offset
+                    result.to_csv(f, header=chunks == 0, index=False)
+                offset += len(chunk)
+                chunks += 1
+                if progress is not None:
+                    progress(offset, max(total, offset))
+        ValidationReport(errors).raise_for_errors()
+        if chunks == 0:
+            raise DataError(f"'{source.name}' has column names but no data rows.")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return StreamSummary(rows=offset, chunks=chunks, warnings=warnings)
