@@ -58,12 +58,12 @@ class ModelConfig:
     backbone: str = "film"
     schedule: str = "cosine"
     diffusion_steps: int = 1000
-    sampling_steps: int = 50
+    sampling_steps: int = 20
     eta: float = 1.0
     """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM."""
     network: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
-    reference_samples: int = 20_000
+    reference_samples: int = 10_000
     grid_points: int = 41
     seed: int = 0
 
@@ -112,9 +112,9 @@ class NormativeModel:
         *,
         schedule: str = "cosine",
         diffusion_steps: int = 1000,
-        sampling_steps: int = 50,
+        sampling_steps: int = 20,
         eta: float = 1.0,
-        reference_samples: int = 20_000,
+        reference_samples: int = 10_000,
         grid_points: int = 41,
         max_seconds: float | None = None,
         network: dict | None = None,
