@@ -102,11 +102,19 @@ def test_table_arrays_round_trip():
 
 def test_with_level_appends_a_new_level_and_keeps_the_others():
     rng = np.random.default_rng(3)
-    table = build_reference(_exact_sampler(rng), (20, 80), [2], samples_per_combination=5000, grid_points=11)
-    extended = with_level(table, _exact_sampler(rng), column=0, code=2, samples_per_combination=5000)
+    table = build_reference(
+        _exact_sampler(rng), (20, 80), [2], samples_per_combination=5000, grid_points=11
+    )
+    extended = with_level(
+        table, _exact_sampler(rng), column=0, code=2, samples_per_combination=5000
+    )
     assert extended.n_levels == [3] and extended.quantiles.shape[0] == 3
     assert np.allclose(extended.quantiles[:2], table.quantiles)
     q, _ = extended.lookup(np.array([[2]]), np.array([50.0]))
     assert values_at(q, np.array([0.5]))[0, 0, 0] == pytest.approx(0.5 * 50 + 6, abs=0.15)
-    again = with_level(extended, _exact_sampler(rng), column=0, code=1, samples_per_combination=5000)
-    assert again.n_levels == [3] and np.allclose(again.quantiles[[0, 2]], extended.quantiles[[0, 2]])
+    again = with_level(
+        extended, _exact_sampler(rng), column=0, code=1, samples_per_combination=5000
+    )
+    assert again.n_levels == [3] and np.allclose(
+        again.quantiles[[0, 2]], extended.quantiles[[0, 2]]
+    )
