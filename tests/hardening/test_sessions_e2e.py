@@ -1,0 +1,212 @@
+"""Two people on one dashboard at once, in headless Chromium against a real server.
+
+Each uploads a different cohort (ids carry a random tag) and must see only their own;
+while one trains a model, the other's page switches and control changes are timed
+(test-artifacts/sessions.json). Afterwards the server's HOME, TMPDIR and the repository
+are searched for the uploaded values, and the server's TCP peers, the trap proxy and the
+browsers' requests are checked for anything leaving the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from conftest import REPO, SPEC, Server, is_loopback
+from playwright.sync_api import BrowserContext, Page, expect
+from privacy import Planted, files_holding, planted_cohort
+from streamlit_browser import ARTIFACTS, wait_for_app
+
+#: Generous: on the shared 2-core CI machine an idle page switch takes well under 2 s.
+MAX_RESPONSE_S = 15.0
+MAX_MEDIAN_RESPONSE_S = 6.0
+#: Known, reported to the lead: app.py's page_icon=":material/monitoring:" makes the
+#: browser (not the server) fetch the favicon from Google's font CDN. A local image as the
+#: page icon removes it; then delete this allowance.
+KNOWN_OUTSIDE = ("https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/",)
+
+
+@pytest.fixture(scope="module")
+def cohorts() -> dict[str, Planted]:
+    return {
+        "alpha": planted_cohort(SPEC, 240, seed=31, label="ALPHA"),
+        "bravo": planted_cohort(SPEC, 180, seed=32, label="BRAVO"),
+    }
+
+
+@pytest.fixture(scope="module")
+def outside_requests() -> list[str]:
+    """URLs the browsers asked for that are not on this machine (filled by `users`)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def users(browser, sandboxed_server: Server, outside_requests: list[str]
+          ) -> Iterator[dict[str, Page]]:
+    contexts: list[BrowserContext] = []
+    pages = {}
+    for name in ("alpha", "bravo"):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.set_default_timeout(60_000)
+        context.on("request", lambda r: None if _local(r.url) else outside_requests.append(r.url))
+        contexts.append(context)
+        pages[name] = context.new_page()
+    yield pages
+    for context in contexts:
+        context.close()
+
+
+def _local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("data", "blob", "about") or is_loopback(parsed.hostname or "")
+
+
+def body(page: Page) -> str:
+    return page.locator("body").inner_text()
+
+
+def no_exception(page: Page) -> None:
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+
+
+def timed(page: Page, action) -> float:
+    start = time.monotonic()
+    action()
+    wait_for_app(page, timeout_ms=120_000, settle_ms=100)
+    return time.monotonic() - start
+
+
+def nav(page: Page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).first.click()
+
+
+def fill(page: Page, key: str, value: str) -> None:
+    box = page.locator(f".st-key-{key} input")
+    box.fill(value)
+    box.press("Enter")
+    wait_for_app(page)
+
+
+def other_user_actions(page: Page) -> list[tuple[str, callable]]:
+    """What the other person does: switch pages, change a control on the fan page."""
+    return [
+        ("open Centile fans", lambda: nav(page, "Centile fans")),
+        ("fan columns 1", lambda: page.locator(".st-key-fan_cols label", has_text="1").click()),
+        ("fan columns 3", lambda: page.locator(".st-key-fan_cols label", has_text="3").click()),
+        ("open Data", lambda: nav(page, "Data")),
+        ("open Cohort", lambda: nav(page, "Cohort")),
+        ("open Teach", lambda: nav(page, "Teach")),
+    ]
+
+
+@pytest.mark.timeout(420)
+def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
+    sandboxed_server: Server, users: dict[str, Page], cohorts: dict[str, Planted]
+) -> None:
+    for name, page in users.items():
+        # The root URL, not /data: on a fresh server a deep link runs pages/data.py alone
+        # (Streamlit's pages/ directory mode) until some session has run app.py.
+        page.goto(sandboxed_server.url)
+        wait_for_app(page)
+        nav(page, "Data")
+        wait_for_app(page)
+    for name, page in users.items():  # both uploads in flight at once
+        planted = cohorts[name]
+        page.locator('input[type="file"]').first.set_input_files(files=[{
+            "name": f"{planted.tag}.csv", "mimeType": "text/csv",
+            "buffer": planted.table.to_csv(index=False).encode(),
+        }])
+    for name, page in users.items():
+        wait_for_app(page)
+        no_exception(page)
+    alpha, bravo = users["alpha"], users["bravo"]
+
+    def sees_only_own(name: str, page: Page) -> None:
+        own, other = cohorts[name], cohorts["bravo" if name == "alpha" else "alpha"]
+        text = body(page)
+        assert f"{own.tag}.csv: {len(own.table)} rows" in text, text[:800]
+        assert other.tag not in text
+
+    for name, page in users.items():
+        sees_only_own(name, page)
+    for page in users.values():
+        nav(page, "Model")
+    for page in users.values():
+        wait_for_app(page)
+        nav(page, "Data")
+    for name, page in users.items():
+        wait_for_app(page)
+        sees_only_own(name, page)
+
+    # the other person's responses with nobody training, for comparison (caches warmed
+    # by a first round, as they are during training)
+    for _, act in other_user_actions(bravo):
+        timed(bravo, act)
+    idle = {label: timed(bravo, act) for label, act in other_user_actions(bravo)}
+
+    nav(alpha, "Model")
+    wait_for_app(alpha)
+    alpha.get_by_text("Advanced options").click()
+    fill(alpha, "train_epochs", "5000")
+    fill(alpha, "train_minutes", "0.5")  # trains for 30 s, then builds its centile table
+    fill(alpha, "train_reference", "300")
+    fill(alpha, "train_steps", "10")
+    alpha.locator(".st-key-train_start button").click()
+    expect(alpha.get_by_text("Training: epoch")).to_be_visible(timeout=60_000)
+
+    busy: dict[str, float] = {}
+    rounds = 0
+    while "Training: epoch" in body(alpha) and rounds < 3:
+        for label, act in other_user_actions(bravo):
+            busy[f"{label} #{rounds + 1}"] = timed(bravo, act)
+            no_exception(bravo)
+        rounds += 1
+    assert busy, "training ended before the other person did anything"
+    during_training = len(busy)
+
+    expect(alpha.get_by_text("Training finished")).to_be_visible(timeout=240_000)
+    nav(alpha, "Cohort")
+    wait_for_app(alpha, timeout_ms=120_000)
+    no_exception(alpha)
+    assert f"Scoring {len(cohorts['alpha'].table)} people" in body(alpha)
+    nav(bravo, "Cohort")
+    wait_for_app(bravo, timeout_ms=120_000)
+    text = body(bravo)
+    assert f"Scoring {len(cohorts['bravo'].table)} people" in text, text[:800]
+    assert "Trained this session" not in text  # the other person's model stays theirs
+
+    figures = {
+        "idle_s": {k: round(v, 2) for k, v in idle.items()},
+        "while_other_trains_s": {k: round(v, 2) for k, v in busy.items()},
+        "actions_during_training": during_training,
+        "max_while_training_s": round(max(busy.values()), 2),
+        "median_while_training_s": round(statistics.median(busy.values()), 2),
+        "median_idle_s": round(statistics.median(idle.values()), 2),
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "sessions.json").write_text(json.dumps(figures, indent=2))
+    assert max(busy.values()) < MAX_RESPONSE_S, figures
+    assert statistics.median(busy.values()) < MAX_MEDIAN_RESPONSE_S, figures
+
+
+@pytest.mark.timeout(120)
+def test_server_kept_nothing_and_sent_nothing(
+    sandboxed_server: Server, users: dict[str, Page], cohorts: dict[str, Planted],
+    outside_requests: list[str],
+) -> None:
+    """Runs after the two-user session (same module-scoped server and browsers)."""
+    time.sleep(0.5)  # one more /proc sample after the last page
+    hits = files_holding(
+        cohorts.values(), [REPO, sandboxed_server.home, sandboxed_server.tmp],
+        since=sandboxed_server.started,
+    )
+    assert not hits, f"uploaded values found on disk: {hits}"
+    outbound = {(ip, port) for ip, port in sandboxed_server.peers if not is_loopback(ip)}
+    assert not outbound, f"the server connected off the machine: {outbound}"
+    assert not sandboxed_server.proxy.requests, sandboxed_server.proxy.requests[:3]
+    unexpected = [u for u in outside_requests if not u.startswith(KNOWN_OUTSIDE)]
+    assert not unexpected, unexpected[:5]
