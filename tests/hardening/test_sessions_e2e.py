@@ -107,7 +107,7 @@ def other_user_actions(page: Page) -> list[tuple[str, callable]]:
 def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
     sandboxed_server: Server, users: dict[str, Page], cohorts: dict[str, Planted]
 ) -> None:
-    for name, page in users.items():
+    for page in users.values():
         # The root URL, not /data: on a fresh server a deep link runs pages/data.py alone
         # (Streamlit's pages/ directory mode) until some session has run app.py.
         page.goto(sandboxed_server.url)
@@ -120,7 +120,7 @@ def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
             "name": f"{planted.tag}.csv", "mimeType": "text/csv",
             "buffer": planted.table.to_csv(index=False).encode(),
         }])
-    for name, page in users.items():
+    for page in users.values():
         wait_for_app(page)
         no_exception(page)
     alpha, bravo = users["alpha"], users["bravo"]
