@@ -95,6 +95,7 @@ def test_cli_streams_large_files_with_the_same_output(fitted, cohort, tmp_path, 
     assert main(["score", str(model), str(source), "--out", str(whole)]) == 0
     assert "chunks" not in capsys.readouterr().err
     args = ["score", str(model), str(source), "--out", str(streamed), "--chunk-rows", "1000"]
+    args += ["--device", "cpu"]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "in 3 chunks" in err and "scoring: 2,500" in err
