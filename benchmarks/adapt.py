@@ -55,7 +55,7 @@ def run_site(
     idps = list(schema.idps)
     train = df[df["site"] != site].reset_index(drop=True)
     site_df = df[df["site"] == site].reset_index(drop=True)
-    model, fit_s, _, _ = common.fit_or_load(f"adapt_wo_{site}", BACKBONE, train, schema)
+    model = common.fit_or_load(f"adapt_wo_{site}", BACKBONE, train, schema).model
     work = common.OUT / "adapt" / site
     work.mkdir(parents=True, exist_ok=True)
     train_csv = work / "train.csv"
@@ -80,9 +80,9 @@ def run_site(
                     **calibration_of(model.score(rest), idps, rest),
                 }
             )
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             adapted = model.adapt(controls, steps=ADAPT_STEPS)
-            adapt_s = time.perf_counter() - t0
+            adapt_s = time.process_time() - t0
             rows.append(
                 {
                     **base,
@@ -203,7 +203,8 @@ def markdown(summary: pd.DataFrame, rows: list[dict], args) -> str:
             "inside the central 95% interval (`metrics.coverage`); *ACE*: "
             "`metrics.ace_summary`. The sampling noise of KS at n people is about "
             "0.87/sqrt(n) (0.10 at n = 75, 0.06 at n = 190). *adapt/transfer s*: normcore "
-            "`adapt()` wall time (embedding + that site's reference table); BLR: peers.py fit "
+            "`adapt()` CPU time (embedding + that site's reference table; CPU, as the CPU "
+            "was shared with other jobs); BLR: peers.py fit "
             "time over IDPs (fit on the other sites plus transfer).",
             "",
             common.markdown_table(records, cols),
