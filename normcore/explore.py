@@ -42,7 +42,14 @@ __all__ = [
     "pit_matrix",
     "calibration_summary",
     "truth_long",
+    "curve_distance",
+    "age_slider_range",
+    "category_counts",
+    "planned_adaptation",
+    "unseen_levels_summary",
+    "unseen_levels_message",
     "model_card",
+    "adapted_sites",
 ]
 
 #: The value that asks the model for its 'unknown' level (e.g. a fan over all sites).
@@ -490,6 +497,113 @@ def truth_long(
     )
 
 
+def curve_distance(learned: pd.DataFrame, truth: pd.DataFrame, age_column: str = "age") -> float:
+    """Mean absolute distance between learned and true centile curves (measure units).
+
+    Both are long tables (age, idp, quantile, value) over the same ages; rows are matched
+    on those keys, not on position, so a reordered table cannot give a wrong answer.
+    """
+    keys = [age_column, "idp", "quantile"]
+    both = learned[[*keys, "value"]].merge(
+        truth[[*keys, "value"]], on=keys, suffixes=("_learned", "_true"), validate="one_to_one"
+    )
+    if len(both) != len(truth):
+        raise ValueError("learned and true centiles do not cover the same ages, IDPs and levels")
+    diff = both["value_learned"].to_numpy(dtype=float) - both["value_true"].to_numpy(dtype=float)
+    return float(np.mean(np.abs(diff)))
+
+
+def age_slider_range(
+    age_range: Sequence[float], preferred: float = 30.0
+) -> tuple[float, float, float]:
+    """Whole-year bounds around the training ages and a start value inside them.
+
+    An age slider in whole years must include the youngest and oldest training person,
+    and start at a familiar age (`preferred`) when the model covers it.
+    """
+    lo, hi = (float(a) for a in age_range)
+    return float(np.floor(lo)), float(np.ceil(hi)), float(np.clip(preferred, lo, hi))
+
+
+def category_counts(values: pd.Series) -> dict[str, int]:
+    """How many rows hold each category (as the model reads it: 1, 1.0 and "1" agree)."""
+    found = coerce_categories(values).value_counts(sort=False)
+    return {str(k): int(v) for k, v in found.sort_index().items()}
+
+
+def planned_adaptation(
+    controls: pd.DataFrame,
+    schema: Schema,
+    column: str = "site",
+    levels: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The record an adaptation to these controls will carry, before running it.
+
+    Same keys as `NormativeModel.adaptations_` entries that `adaptation_warnings` reads
+    (column, level, n_controls, counts), so the page can warn about too few controls
+    before the user waits for the fit. `levels` (the model's) adds a zero count for a
+    level with no controls at all (e.g. no men), which the warning must mention too.
+    """
+    sites = coerce_categories(controls[column]).dropna().unique().tolist()
+    if len(sites) != 1:
+        raise DataError(
+            f"Adaptation needs controls from one site, but column '{column}' holds "
+            f"{len(sites)}: {', '.join(map(str, sites[:5]))}."
+        )
+    counts: dict[str, dict[str, int]] = {}
+    for col in schema.categorical:
+        if col == column or col not in controls.columns:
+            continue
+        found = coerce_categories(controls[col]).value_counts()
+        known = [str(v) for v in (levels or {}).get(col, [])]
+        counts[col] = {lv: int(found.get(lv, 0)) for lv in known}
+        counts[col].update({str(k): int(v) for k, v in found.items()})
+    return {"column": column, "level": str(sites[0]), "n_controls": len(controls), "counts": counts}
+
+
+def unseen_levels_summary(scores: pd.DataFrame, table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per covariate column, each value the model has not seen and how many people have it.
+
+    `scores` is `model.score(table)`: its `unseen_levels` flag names the columns ("site",
+    "sex,site") whose value was replaced by the model's 'unknown' level for that row.
+    """
+    flagged = scores.loc[scores["unseen_levels"].astype(str) != "", ["row", "unseen_levels"]]
+    out: dict[str, dict[str, int]] = {}
+    for row, cols in flagged.drop_duplicates("row").itertuples(index=False):
+        for col in str(cols).split(","):
+            if col in table.columns:
+                value = str(coerce_categories(table[col].iloc[[int(row)]]).iloc[0])
+            else:  # the model scores a table without the column with the 'unknown' level
+                value = "(no column)"
+            out.setdefault(col, {})
+            out[col][value] = out[col].get(value, 0) + 1
+    return out
+
+
+def unseen_levels_message(summary: Mapping[str, Mapping[str, int]], safe_per_sex: int) -> str:
+    """Plain words for people scored with the 'unknown' level, and what to do about it."""
+    counts = [sum(v.values()) for v in summary.values()]
+    n = counts[0] if len(counts) == 1 else None  # people may be flagged in several columns
+    who = "Some people have" if n is None else f"{n} {'person has' if n == 1 else 'people have'}"
+    parts = []
+    for col, values in summary.items():
+        shown = ", ".join(f"'{v}' ({k})" for v, k in values.items())
+        parts.append(f"{'site' if col == 'site' else repr(col) + ' value'} {shown}")
+    level = "'unknown site'" if list(summary) == ["site"] else "'unknown'"
+    text = (
+        f"{who} a value the model has not seen in training ({'; '.join(parts)}). "
+        f"Scored with the model's {level} level, which averages over the training "
+        "sites, the centiles and z-scores still contain that scanner's own offset."
+    )
+    if "site" in summary:
+        text += (
+            " To score them fairly, adapt the model to that site on the **Model** page "
+            f"(*Adapt to my site*) with healthy controls scanned there, at least {safe_per_sex} "
+            "per sex."
+        )
+    return text
+
+
 def model_card(model: Any) -> dict[str, Any]:
     """What the sidebar and the Model page say about a fitted model, in plain values."""
     t = model.training_
@@ -503,5 +617,11 @@ def model_card(model: Any) -> dict[str, Any]:
         "covariates": ", ".join(model.schema_.covariates),
         "backbone": model.config.backbone,
         "training time": f"{model.fit_seconds_:.0f} s",
-        "adapted sites": ", ".join(str(a.get("site", a)) for a in model.adaptations_) or "none",
+        "adapted sites": adapted_sites(model.adaptations_),
     }
+
+
+def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:
+    """The adapted levels with their number of controls, latest adaptation of each level."""
+    latest = {str(a["level"]): int(a["n_controls"]) for a in adaptations}
+    return ", ".join(f"{lv} ({n} controls)" for lv, n in latest.items()) or "none"

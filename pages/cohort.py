@@ -3,10 +3,16 @@
 import pandas as pd
 import streamlit as st
 
-from normcore.explore import extreme_rates, z_matrix
+from normcore.explore import (
+    extreme_rates,
+    unseen_levels_message,
+    unseen_levels_summary,
+    z_matrix,
+)
 from normcore.figures.charts import cohort_z_heatmap
 from normcore.figures.charts import extreme_rates as extreme_chart
 from normcore.idp_groups import default_idps, label
+from normcore.model import SAFE_CONTROLS_PER_SEX
 from pages import common
 
 model, key, name = common.require_model()
@@ -32,6 +38,9 @@ if report.warnings:
         st.markdown("\n".join(f"- {p}" for p in report.warnings))
 
 scores = common.score(model, key, group.table, group.key)
+unseen = unseen_levels_summary(scores, group.table)
+if unseen:
+    st.warning(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

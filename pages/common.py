@@ -1,4 +1,5 @@
-"""Shared dashboard plumbing: which model is active, cached tables, background training.
+"""Shared dashboard plumbing: the active model, uploads and their column mapper, caches,
+and background jobs (training, site adaptation).
 
 Pages import from here so that every page agrees on the active model and on the cohort
 table. No numerics: models compute, `normcore.explore` summarises, this file caches and
@@ -12,9 +13,10 @@ import os
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import streamlit as st
@@ -26,9 +28,11 @@ from normcore.explore import (
     apply_mapping,
     calibration_summary,
     guess_mapping,
+    guess_sex_coding,
     model_card,
 )
 from normcore.figures.charts import FAN_QUANTILES
+from normcore.schema import coerce_categories
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +46,7 @@ CHOICES = {
     "demo": "Demo model (fcon1000)",
     "uploaded": "Uploaded bundle",
     "trained": "Trained this session",
+    "adapted": "Adapted this session",
 }
 
 FCON_CITATION = (
@@ -106,7 +111,7 @@ def add_session_model(choice: str, model: NormativeModel, key: str, description:
 
 def available_choices() -> list[str]:
     found = ["demo"] if load_demo() is not None else []
-    return found + [c for c in ("uploaded", "trained") if c in session_models()]
+    return found + [c for c in ("uploaded", "trained", "adapted") if c in session_models()]
 
 
 def active_model() -> tuple[NormativeModel, str, str] | None:
@@ -144,6 +149,11 @@ def bytes_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _choose_model() -> None:
+    """Radio callback: the user's pick becomes the session's active model."""
+    st.session_state["model_choice"] = st.session_state["model_radio"]
+
+
 def sidebar() -> None:
     """The active model at a glance and the switch between demo, uploaded and trained."""
     with st.sidebar:
@@ -157,7 +167,17 @@ def sidebar() -> None:
             return
         if st.session_state.get("model_choice") not in choices:
             st.session_state["model_choice"] = choices[0]
-        st.radio("Active model", choices, format_func=CHOICES.__getitem__, key="model_choice")
+        # The radio keeps its own key and mirrors "model_choice": pages switch the model
+        # by setting "model_choice" (after training or adapting), which Streamlit forbids
+        # for the key of a widget already drawn in the same run.
+        st.session_state["model_radio"] = st.session_state["model_choice"]
+        st.radio(
+            "Active model",
+            choices,
+            format_func=CHOICES.__getitem__,
+            key="model_radio",
+            on_change=_choose_model,
+        )
         model, _, _ = active_model()
         card = model_card(model)
         st.markdown(
@@ -215,49 +235,167 @@ def calibration(
 # --------------------------------------------------------------------- uploaded tables
 
 
-def read_upload() -> None:
+#: Each upload slot's file-uploader key. The cohort/reference table lives under "table"
+#: (Data page), a new site's healthy controls under "controls" (Model page).
+UPLOADERS = {"table": "data_upload", "controls": "adapt_upload"}
+
+
+def mapping_key(slot: str) -> str:
+    """Where a slot's column mapping is kept in session state."""
+    return "mapping" if slot == "table" else f"{slot}_mapping"
+
+
+def read_upload(slot: str = "table") -> None:
     """Upload callback: read the file into session state (memory only) or say why not.
 
-    A callback runs before the page's rerun, so the sidebar already shows the new table.
+    Stores `slot`, `<slot>_key`, `<slot>_name` and `<slot>_error`. A callback runs before
+    the page's rerun, so the sidebar already shows the new table.
     """
-    uploaded = st.session_state.get("data_upload")
+    uploaded = st.session_state.get(UPLOADERS[slot])
     if uploaded is None:
         return
     data = uploaded.getvalue()
+    st.session_state.pop(mapping_key(slot), None)
     try:
         df = read_table(data, name=uploaded.name)
     except DataError as err:
-        for k in ("table", "table_key", "table_name", "mapping"):
+        for k in (slot, f"{slot}_key", f"{slot}_name"):
             st.session_state.pop(k, None)
-        st.session_state["table_error"] = str(err)
+        st.session_state[f"{slot}_error"] = str(err)
         return
     st.session_state.update(
-        table=df, table_name=uploaded.name, table_key=bytes_key(data), table_error=None
+        {
+            slot: df,
+            f"{slot}_name": uploaded.name,
+            f"{slot}_key": bytes_key(data),
+            f"{slot}_error": None,
+        }
     )
-    st.session_state.pop("mapping", None)
 
 
-def mapping_for(model: NormativeModel | None) -> ColumnMapping | None:
-    """The session's column mapping of the uploaded table (guessed on first use)."""
-    table = st.session_state.get("table")
+def mapping_for(model: NormativeModel | None, slot: str = "table") -> ColumnMapping | None:
+    """The session's column mapping of an uploaded table (guessed on first use)."""
+    table = st.session_state.get(slot)
     if table is None:
         return None
+    key = mapping_key(slot)
     schema = model.schema_ if model is not None else None
     levels = model.encoder_.levels if model is not None else None
-    if "mapping" not in st.session_state:
-        st.session_state["mapping"] = guess_mapping(table, schema, levels)
-    elif schema is not None and st.session_state.get("mapping_schema") != schema:
+    if key not in st.session_state:
+        st.session_state[key] = guess_mapping(table, schema, levels)
+    elif schema is not None and st.session_state.get(f"{key}_schema") != schema:
         # Another model became active (e.g. one just trained on this very table): map its
         # IDPs and covariates by name as well, keeping the choices already made, and redo
         # the sex coding, which only means something against a model's own levels.
-        mapping = st.session_state["mapping"]
+        mapping = st.session_state[key]
         guessed = guess_mapping(table, schema, levels)
         mapping.idps = {**guessed.idps, **mapping.idps}
         mapping.covariates = {**guessed.covariates, **mapping.covariates}
         kept = {v: c for v, c in mapping.sex_coding.items() if c in levels.get("sex", [])}
         mapping.sex_coding = {**guessed.sex_coding, **kept}
-    st.session_state["mapping_schema"] = schema
-    return st.session_state["mapping"]
+    st.session_state[f"{key}_schema"] = schema
+    return st.session_state[key]
+
+
+NONE = "(none)"
+
+
+def column_mapper(
+    table: pd.DataFrame,
+    mapping: ColumnMapping,
+    model: NormativeModel | None,
+    model_key: str,
+    prefix: str = "map",
+    site_for_everyone: bool = True,
+) -> None:
+    """Widgets that say which column of `table` is what; they edit `mapping` in place.
+
+    Used for the cohort table (Data page) and a new site's controls (Model page), so both
+    are read the same way. Without a model only id, age, sex and site are asked. With
+    `site_for_everyone`, a table without a site column picks one of the model's sites
+    for all rows; otherwise the caller asks for the site itself.
+    """
+    columns = [str(c) for c in table.columns]
+
+    def pick(label: str, current: str | None, role: str, help: str | None = None) -> str | None:
+        options = [NONE, *columns]
+        index = options.index(current) if current in options else 0
+        value = st.selectbox(label, options, index=index, key=f"{prefix}_{role}", help=help)
+        return None if value == NONE else value
+
+    cols = st.columns(4)
+    with cols[0]:
+        mapping.id = pick("Person id", mapping.id, "id", "Carried through to the results.")
+    with cols[1]:
+        mapping.age = pick("Age (years)", mapping.age, "age")
+    with cols[2]:
+        mapping.sex = pick("Sex", mapping.sex, "sex")
+    with cols[3]:
+        mapping.site = pick("Site / scanner", mapping.site, "site")
+    if model is None:
+        return
+
+    schema = model.schema_
+    levels = model.encoder_.levels
+    if "sex" in schema.categorical and mapping.sex:
+        values = sorted(coerce_categories(table[mapping.sex]).dropna().unique().tolist())[:10]
+        if any(v not in mapping.sex_coding for v in values):
+            mapping.sex_coding = guess_sex_coding(values, levels["sex"])
+        st.markdown("**Sex coding**: which of the model's levels each value in your table means.")
+        for v, box in zip(values, st.columns(max(len(values), 1))):
+            with box:
+                opts = list(levels["sex"])
+                cur = mapping.sex_coding.get(v, opts[0])
+                mapping.sex_coding[v] = st.selectbox(
+                    f"'{v}' means",
+                    opts,
+                    index=opts.index(cur) if cur in opts else 0,
+                    key=f"{prefix}_sexcode_{v}",
+                    format_func=lambda lv: level_name("sex", lv, model_key),
+                )
+    if site_for_everyone and "site" in schema.categorical and not mapping.site:
+        site_opts = [UNKNOWN_LEVEL, *levels["site"]]
+        cur = mapping.site_value if mapping.site_value in site_opts else UNKNOWN_LEVEL
+        mapping.site_value = st.selectbox(
+            "No site column: score everyone as site",
+            site_opts,
+            index=site_opts.index(cur),
+            key=f"{prefix}_site_value",
+            format_func=lambda v: level_name("site", v, model_key),
+            help="'any / unknown' uses the model's site-averaged level.",
+        )
+    for cov in [c for c in schema.categorical if c not in ("sex", "site")]:
+        chosen = pick(f"Covariate '{cov}'", mapping.covariates.get(cov), f"cov_{cov}")
+        if chosen:
+            mapping.covariates[cov] = chosen
+        else:
+            mapping.covariates.pop(cov, None)
+
+    matched = [i for i in schema.idps if mapping.idps.get(i) in columns]
+    st.markdown(
+        f"**Brain measures**: {len(matched)} of the model's {len(schema.idps)} IDPs "
+        "found in the table by name."
+    )
+    with st.expander("Map IDP columns by hand", expanded=len(matched) < len(schema.idps)):
+        editor = pd.DataFrame(
+            {
+                "model IDP": list(schema.idps),
+                "table column": [mapping.idps.get(i) for i in schema.idps],
+            }
+        )
+        edited = st.data_editor(
+            editor,
+            key=f"{prefix}_idps",
+            hide_index=True,
+            width="stretch",
+            disabled=["model IDP"],
+            column_config={"table column": st.column_config.SelectboxColumn(options=columns)},
+        )
+        mapping.idps = {
+            i: c
+            for i, c in zip(edited["model IDP"], edited["table column"])
+            if isinstance(c, str) and c
+        }
 
 
 @dataclass
@@ -288,36 +426,36 @@ def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataEr
 
 def show_problems(err: DataError) -> None:
     """A DataError in plain words: one line per problem, never a traceback."""
-    lines = [f"- {p}" for p in getattr(err, "problems", [])]
-    st.error("\n".join([str(err).splitlines()[0], *lines]) if lines else str(err))
+    st.error(problems_text(err) if getattr(err, "problems", None) else str(err))
 
 
-# ------------------------------------------------------------------- background training
+# ---------------------------------------------------------------------- background jobs
 
 
-@dataclass
-class TrainingJob:
-    """A model fit running in a thread; the page polls `status` and may set `stop`.
+def problems_text(err: DataError) -> str:
+    """A DataError as markdown: its first line, then one bullet per problem."""
+    return "\n".join([str(err).splitlines()[0], *[f"- {p}" for p in err.problems]])
+
+
+@dataclass(kw_only=True)
+class BackgroundJob(ABC):
+    """Slow model work running in a thread; the page polls `status` once a second.
 
     The progress callback only writes to the plain `status` dict (never st.*), because
-    Streamlit calls are only valid in the script thread.
+    Streamlit calls are only valid in the script thread. The result lands in `model`, or
+    a message for the user in `error`.
     """
 
-    table: pd.DataFrame
-    schema: Any
-    settings: dict
-    holdout: pd.DataFrame | None = None
+    failure: ClassVar[str] = "Failed"
     status: dict = field(default_factory=lambda: {"phase": "starting", "fraction": 0.0})
-    history: list = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
     model: NormativeModel | None = None
-    calibration: pd.DataFrame | None = None
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
-    def start(self) -> TrainingJob:
-        threading.Thread(target=self._run, daemon=True, name="normcore-fit").start()
+    def start(self) -> BackgroundJob:
+        name = f"normcore-{type(self).__name__}"
+        threading.Thread(target=self._run, daemon=True, name=name).start()
         return self
 
     @property
@@ -326,26 +464,63 @@ class TrainingJob:
 
     def _progress(self, info: dict) -> None:
         self.status = dict(info)
-        if info.get("phase") == "train":
-            self.history.append({k: info.get(k) for k in ("epoch", "loss", "val_loss")})
+
+    @abstractmethod
+    def _work(self) -> NormativeModel:
+        """The slow part; runs in the thread and returns the finished model."""
 
     def _run(self) -> None:
         try:
-            model = NormativeModel(**self.settings)
-            model.fit(
-                self.table, self.schema, progress=self._progress, should_stop=self.stop.is_set
-            )
-            if self.holdout is not None and len(self.holdout):
-                self.status = {"phase": "calibration", "fraction": 1.0}
-                self.calibration = calibration_summary(model.score(self.holdout))
-            self.model = model
+            self.model = self._work()
         except DataError as err:
-            self.error = "\n".join([str(err).splitlines()[0], *[f"- {p}" for p in err.problems]])
+            self.error = problems_text(err)
         except Exception as err:  # shown to the user in words; the trace goes to the log
             traceback.print_exc()
-            self.error = f"Training failed: {err}"
+            self.error = f"{self.failure}: {err}"
         finally:
             self.finished = time.monotonic()
+
+
+@dataclass
+class TrainingJob(BackgroundJob):
+    """A model fit; the page may set `stop` to end it early with the best weights so far."""
+
+    failure: ClassVar[str] = "Training failed"
+    table: pd.DataFrame
+    schema: Any
+    settings: dict
+    holdout: pd.DataFrame | None = None
+    history: list = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    calibration: pd.DataFrame | None = None
+
+    def _progress(self, info: dict) -> None:
+        self.status = dict(info)
+        if info.get("phase") == "train":
+            self.history.append({k: info.get(k) for k in ("epoch", "loss", "val_loss")})
+
+    def _work(self) -> NormativeModel:
+        model = NormativeModel(**self.settings)
+        model.fit(self.table, self.schema, progress=self._progress, should_stop=self.stop.is_set)
+        if self.holdout is not None and len(self.holdout):
+            self.status = {"phase": "calibration", "fraction": 1.0}
+            self.calibration = calibration_summary(model.score(self.holdout))
+        return model
+
+
+@dataclass
+class AdaptJob(BackgroundJob):
+    """A copy of `base` adapted to one site from its healthy controls (`base` is untouched)."""
+
+    failure: ClassVar[str] = "Adaptation failed"
+    base: NormativeModel
+    base_name: str
+    site: str
+    controls: pd.DataFrame
+    steps: int
+
+    def _work(self) -> NormativeModel:
+        return self.base.adapt(self.controls, steps=self.steps, progress=self._progress)
 
 
 # ------------------------------------------------------------------------ shared widgets

@@ -1,11 +1,12 @@
 """Dependence: does the model reproduce how IDPs vary together, not only each one alone?"""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from normcore.explore import (
+    age_slider_range,
     correlation_pair,
+    fan_grid,
     model_pair_correlation_by_age,
     near_age,
     real_pair_correlation_by_age,
@@ -17,6 +18,9 @@ from normcore.figures.charts import (
 )
 from normcore.idp_groups import default_idps, label
 from pages import common
+
+#: Real people drawn beside the model's samples: those within this many years of the age.
+NEAR_YEARS = 5.0
 
 model, key, name = common.require_model()
 schema = model.schema_
@@ -36,27 +40,20 @@ with c1:
     x = st.selectbox("x", idps, index=idps.index(first[0]), format_func=label, key="dep_x")
 with c2:
     y = st.selectbox("y", idps, index=idps.index(first[1]), format_func=label, key="dep_y")
-lo, hi = model.training_["age_range"]
+age_min, age_max, age_start = age_slider_range(model.training_["age_range"])
 with c3:
-    age = st.slider(
-        "age",
-        float(np.floor(lo)),
-        float(np.ceil(hi)),
-        float(np.clip(30, lo, hi)),
-        1.0,
-        key="dep_age",
-    )
+    age = st.slider("age", age_min, age_max, age_start, 1.0, key="dep_age")
 fixed = common.category_pickers(model, key, "dep")
 cov = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
 draws = common.sample(model, key, cov, 1500)
-near = near_age(real, schema.age, age, 5.0, fixed) if real is not None else None
+near = near_age(real, schema.age, age, NEAR_YEARS, fixed) if real is not None else None
 fig = dependence_contours(
     draws,
     near,
     x,
     y,
-    title=f"model samples at age {age:.0f} (contours) and real people aged "
-    f"{age - 5:.0f}-{age + 5:.0f} (dots)",
+    title=f"model samples at age {age:.0f} (contours) and real people within "
+    f"{NEAR_YEARS:.0f} years of it (dots)",
 )
 st.plotly_chart(fig, width="stretch", key="dep_contours")
 
@@ -83,14 +80,13 @@ else:
         st.plotly_chart(correlation_heatmaps(r_real, r_model), width="stretch", key="dep_heat")
 
     st.subheader(f"How the correlation of {label(x)} and {label(y)} changes with age")
-    ages = np.linspace(lo, hi, 9)
-    grid = pd.DataFrame({schema.age: ages, **{c: [v] * len(ages) for c, v in fixed.items()}})
+    grid = fan_grid(model.training_, schema, fixed, n=9, margin=0.0)
     by_age = common.sample(model, key, grid, 300, seed=2)
     table = pd.concat(
         [
             model_pair_correlation_by_age(by_age, grid, schema.age, x, y),
             real_pair_correlation_by_age(
-                near_age(real, schema.age, age, 1e9, fixed), schema.age, x, y
+                near_age(real, schema.age, age, float("inf"), fixed), schema.age, x, y
             ),
         ]
     )

@@ -4,9 +4,17 @@ import pandas as pd
 import streamlit as st
 
 from normcore import DataError
-from normcore.explore import fan_grid, individual_report_html, model_card, person_profile
+from normcore.explore import (
+    fan_grid,
+    individual_report_html,
+    model_card,
+    person_profile,
+    unseen_levels_message,
+    unseen_levels_summary,
+)
 from normcore.figures.charts import centile_fan, deviation_profile
 from normcore.idp_groups import default_idps, label
+from normcore.model import SAFE_CONTROLS_PER_SEX
 from pages import common
 
 model, key, name = common.require_model()
@@ -65,8 +73,12 @@ try:
 except DataError as exc:
     common.show_problems(exc)
     st.stop()
+unseen = unseen_levels_summary(scores, person)
+if unseen:
+    st.warning(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX))
 for w in report.warnings:
-    st.warning(str(w))
+    if w.column not in unseen:  # said above, with what to do about it
+        st.warning(str(w))
 
 profile = person_profile(scores, 0)
 n_flag = int(profile["extreme"].sum())

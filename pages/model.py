@@ -1,5 +1,6 @@
-"""Model: train on the uploaded reference table, download or upload a bundle, read the card."""
+"""Model: read the card, adapt it to a new site, download or upload a bundle, train one."""
 
+import re
 import uuid
 
 import pandas as pd
@@ -7,11 +8,45 @@ import streamlit as st
 
 from normcore import BundleError, DataError, NormativeModel
 from normcore.data import split_table
-from normcore.explore import model_card, training_schema
+from normcore.explore import (
+    apply_mapping,
+    category_counts,
+    model_card,
+    planned_adaptation,
+    training_schema,
+)
 from normcore.figures.charts import loss_curve
-from normcore.schema import numeric_columns, validate_training
+from normcore.model import MIN_ADAPT_CONTROLS, SAFE_CONTROLS_PER_SEX, adaptation_warnings
+from normcore.schema import coerce_categories, numeric_columns, validate_scoring, validate_training
 from pages import common
 
+#: Learning steps of an adaptation (the engine's default): about 15 s on the demo model.
+ADAPT_STEPS = 400
+
+
+def collect_adaptation() -> None:
+    """Make a finished adaptation the active model once, then redraw the whole app.
+
+    Runs at the top of the page (not only in the polling fragment), so an adaptation
+    that finished while the user was on another page is picked up on return; the full
+    rerun lets the sidebar show the new model and its adapted sites. The cache key is
+    random: caches are shared by every session (see the training key below).
+    """
+    job = st.session_state.get("adapt_job")
+    if job is None or not job.done or st.session_state.get("adapt_collected") is job:
+        return
+    st.session_state["adapt_collected"] = job
+    if job.model is not None:
+        common.add_session_model(
+            "adapted",
+            job.model,
+            f"adapted:{uuid.uuid4().hex}",
+            f"Adapted to site '{job.site}' (from {job.base_name})",
+        )
+    st.rerun()
+
+
+collect_adaptation()
 st.header("Model")
 found = common.active_model()
 
@@ -62,6 +97,193 @@ if found is not None:
     )
     if common.is_demo(key):
         st.caption(common.FCON_CITATION)
+
+
+# -------------------------------------------------------------------- adapt to my site
+@st.fragment(run_every=1.0)
+def adapt_status() -> None:
+    """Poll the background adaptation; when it ends, redraw the app to collect it."""
+    job: common.AdaptJob = st.session_state["adapt_job"]
+    if job.done:
+        st.rerun(scope="app")
+    status = job.status
+    step, fraction = status.get("step"), float(status.get("fraction") or 0.0)
+    if step is None:
+        text = "Starting ..."
+    elif step < job.steps:
+        text = (
+            f"Learning the offset of site '{job.site}': step {step} of {job.steps}, "
+            f"loss {status.get('loss', float('nan')):.3f}"
+        )
+    else:
+        text = f"Offset learned; rebuilding the centile table for site '{job.site}' ..."
+    st.progress(min(max(fraction, 0.0), 1.0), text=text)
+
+
+def adapt_result(job: common.AdaptJob) -> None:
+    """What the last adaptation did, its warnings, and the adapted bundle to download."""
+    if job.error:
+        st.error(job.error)
+        return
+    record = job.model.adaptations_[-1]
+    st.success(
+        f"Adapted to site **{record['level']}** from {record['n_controls']} controls in "
+        f"{job.finished - job.started:.0f} s. The adapted model is now the active model "
+        f"(sidebar: *{common.CHOICES['adapted']}*); score your site's people with it."
+    )
+    warnings = adaptation_warnings(record)
+    if warnings:
+        st.warning("Few controls:\n" + "\n".join(f"- {w}" for w in warnings))
+    st.download_button(
+        "Download the adapted model (.normcore bundle)",
+        data=job.model.to_bytes,
+        on_click="ignore",
+        file_name=f"normcore-{re.sub(r'[^A-Za-z0-9_.-]+', '_', record['level'])}.normcore",
+        mime="application/octet-stream",
+        key="download_adapted",
+        type="primary",
+    )
+
+
+def choose_site(controls: pd.DataFrame, mapping) -> pd.DataFrame | None:
+    """The controls' rows of one site: the site column's only value, the one the user
+    picks among several, or all rows under a name the user types. None until settled."""
+    if mapping.site:
+        sites = category_counts(controls[mapping.site])
+        if len(sites) == 1:
+            return controls
+        st.warning(
+            f"These controls come from {len(sites)} sites ("
+            + ", ".join(f"{s}: {n}" for s, n in sites.items())
+            + "). A model is adapted to one site at a time: choose which."
+        )
+        chosen = st.selectbox("Adapt to site", list(sites), key="adapt_site_pick")
+        return controls[coerce_categories(controls[mapping.site]) == chosen].reset_index(drop=True)
+    name = st.text_input(
+        "No site column: name your site",
+        key="adapt_site_name",
+        placeholder="e.g. MyClinic_3T",
+        help="The model will know the site by this name: use the same name in the site "
+        "column of the tables you score with the adapted model.",
+    ).strip()
+    mapping.site_value = name or None
+    if not name:
+        st.info("Name the site these controls were scanned at, or map a site column.")
+        return None
+    return controls
+
+
+def adapt_section(model: NormativeModel, key: str, name: str) -> None:
+    """Upload a new site's healthy controls, check them, and adapt the active model."""
+    st.subheader("Adapt to my site")
+    st.write(
+        "A scanner the model has not seen shifts brain measures by as much as many clinical "
+        "effects. From healthy controls scanned at your site, adaptation learns only that "
+        "site's offset, keeps the rest of the model, and makes the result the active model. "
+        f"Aim for at least {SAFE_CONTROLS_PER_SEX} controls per sex."
+    )
+    schema = model.schema_
+    if "site" not in schema.categorical:
+        st.info("This model has no site covariate, so there is no site to adapt.")
+        return
+    job = st.session_state.get("adapt_job")
+    if job is not None and not job.done:
+        adapt_status()
+        return
+    if job is not None and st.session_state.get("adapt_collected") is job:
+        adapt_result(job)
+
+    st.file_uploader(
+        "Healthy controls from your site (CSV, TSV, Excel or Parquet)",
+        type=["csv", "tsv", "txt", "xlsx", "xls", "parquet", "pq"],
+        key="adapt_upload",
+        on_change=common.read_upload,
+        args=("controls",),
+    )
+    if st.session_state.get("controls_error"):
+        st.error(f"This file could not be read. {st.session_state['controls_error']}")
+        return
+    controls = st.session_state.get("controls")
+    if controls is None:
+        st.caption(
+            "Same columns as a cohort table (age, sex, site, the model's brain measures); "
+            "the file stays in memory."
+        )
+        return
+    st.markdown(
+        f"**{st.session_state['controls_name']}**: {len(controls)} rows. Which column is what:"
+    )
+    mapping = common.mapping_for(model, "controls")
+    common.column_mapper(controls, mapping, model, key, prefix="adapt_map", site_for_everyone=False)
+    rows = choose_site(controls, mapping)
+    if rows is None:
+        return
+    try:
+        mapped = apply_mapping(rows, mapping, schema)
+    except DataError as err:
+        st.error("These controls cannot be used yet.")
+        common.show_problems(err)
+        return
+    report = validate_scoring(
+        mapped, schema, tuple(model.training_["age_range"]), model.encoder_.levels
+    )
+    if report.errors:
+        st.error("Fix these in the controls table:\n" + "\n".join(f"- {p}" for p in report.errors))
+        return
+    worth_knowing = [p for p in report.warnings if p.column != "site"]  # a new site is the point
+    if worth_knowing:
+        st.warning("\n".join(f"- {p}" for p in worth_knowing))
+
+    plan = planned_adaptation(mapped, schema, "site", model.encoder_.levels)
+    known = plan["level"] in model.encoder_.levels["site"]
+    st.markdown(
+        f"**{plan['n_controls']} controls** from site **{plan['level']}** "
+        + ("(known to the model: adapting again refines it)." if known else "(new to the model).")
+    )
+    for col, counts in plan["counts"].items():
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    col: [common.level_name(col, lv, key) for lv in counts],
+                    "controls": list(counts.values()),
+                }
+            ),
+            hide_index=True,
+            key=f"adapt_counts_{col}",
+        )
+    warnings = adaptation_warnings(plan)
+    if warnings:
+        st.warning(
+            f"**Few controls.** Adapting still works, but with fewer than "
+            f"{SAFE_CONTROLS_PER_SEX} healthy controls per sex the site's offset is only "
+            "roughly estimated and its centiles are less trustworthy. Add controls if you "
+            "can.\n" + "\n".join(f"- {w}" for w in warnings)
+        )
+    too_few = plan["n_controls"] < MIN_ADAPT_CONTROLS
+    if too_few:
+        st.error(f"At least {MIN_ADAPT_CONTROLS} controls are needed to adapt a model.")
+    with st.expander("Advanced options"):
+        steps = st.number_input(
+            "Learning steps",
+            10,
+            5000,
+            ADAPT_STEPS,
+            step=50,
+            key="adapt_steps",
+            help="Optimiser steps for the site's offset; more fit it more closely.",
+        )
+    if st.button(
+        f"Adapt to site {plan['level']}", type="primary", disabled=too_few, key="adapt_start"
+    ):
+        st.session_state["adapt_job"] = common.AdaptJob(
+            base=model, base_name=name, site=plan["level"], controls=mapped, steps=int(steps)
+        ).start()
+        st.rerun()
+
+
+if found is not None:
+    adapt_section(*found)
+
 
 # ------------------------------------------------------------------------ upload bundle
 st.subheader("Use a saved model")
@@ -172,7 +394,6 @@ if job is None or job.done:
         )
         st.session_state["train_job"] = common.TrainingJob(train_df, schema, settings, held).start()
         st.rerun()
-    # Adapting an existing model to a new site will live here (a later issue).
 
 
 @st.fragment(run_every=1.0)

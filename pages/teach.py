@@ -1,10 +1,9 @@
 """Teach: simulate data with a known truth, train a small model live, compare the centiles."""
 
-import numpy as np
 import streamlit as st
 
 from normcore import Schema
-from normcore.explore import fan_grid, truth_long
+from normcore.explore import curve_distance, fan_grid, truth_long
 from normcore.figures.charts import FAN_QUANTILES, centile_fan, loss_curve
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_quantiles
 from pages import common
@@ -91,7 +90,7 @@ def teach_result() -> None:
     grid = fan_grid(model.training_, schema, {"sex": sex, "site": site}, margin=0.0)
     cent = model.centiles(grid, FAN_QUANTILES)
     truth = truth_long(grid, names, FAN_QUANTILES, true_quantiles(spec, grid, FAN_QUANTILES))
-    err = np.abs(cent["value"].to_numpy() - truth["value"].to_numpy())
+    err = curve_distance(cent, truth, schema.age)
     with c2:
         st.plotly_chart(
             centile_fan(cent, idp, truth=truth, title=f"{idp}: learned vs true"),
@@ -99,7 +98,7 @@ def teach_result() -> None:
             key="teach_fan",
         )
     st.caption(
-        f"Mean distance between learned and true centile curves: {err.mean():.3g} "
+        f"Mean distance between learned and true centile curves: {err:.3g} "
         "(in the measure's units)."
     )
 

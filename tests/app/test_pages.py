@@ -21,7 +21,7 @@ def test_app_opens_on_centile_fans_with_demo_model():
     assert at.title[0].value == "normcore"
     assert at.header[0].value == "Centile fans"
     assert len(at.get("plotly_chart")) == 1
-    assert at.sidebar.radio(key="model_choice").value == "demo"
+    assert at.sidebar.radio(key="model_radio").value == "demo"
     assert any("Biswal" in c.value for c in at.caption)
 
 

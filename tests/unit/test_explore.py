@@ -10,7 +10,11 @@ from normcore import DataError, Schema
 from normcore.explore import (
     UNKNOWN_LEVEL,
     ColumnMapping,
+    adapted_sites,
+    age_slider_range,
     apply_mapping,
+    category_counts,
+    curve_distance,
     extreme_rates,
     fan_grid,
     fan_points,
@@ -18,13 +22,17 @@ from normcore.explore import (
     guess_sex_coding,
     individual_report_html,
     person_profile,
+    planned_adaptation,
     real_pair_correlation_by_age,
     training_schema,
     truth_long,
+    unseen_levels_message,
+    unseen_levels_summary,
     z_matrix,
 )
 from normcore.figures.charts import deviation_profile
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
+from normcore.model import adaptation_warnings
 
 SCHEMA = Schema(
     age="age", categorical=("sex", "site"), idps=("Left-Hippocampus", "eTIV"), id="sub_id"
@@ -177,3 +185,67 @@ def test_idp_groups_read_freesurfer_names():
     assert list(groups) == [g for g in GROUP_ORDER if g in groups]
     assert label("lh_G_front_sup_thickness") == "lh G front sup"
     assert default_idps(["x", "eTIV", "Left-Hippocampus"], 2) == ["Left-Hippocampus", "eTIV"]
+
+
+def test_curve_distance_matches_rows_by_key_not_position():
+    grid = pd.DataFrame({"age": [20.0, 30.0]})
+    truth = truth_long(grid, ["a", "b"], [0.5], np.array([[[1.0], [2.0]], [[3.0], [4.0]]]))
+    learned = truth.assign(value=truth["value"] + [0.5, -0.5, 1.0, 0.0]).iloc[::-1]
+    assert curve_distance(learned, truth) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        curve_distance(learned.iloc[1:], truth)
+
+
+@pytest.mark.parametrize(
+    "age_range, expected",
+    [((18.4, 79.6), (18.0, 80.0, 30.0)), ((40.2, 60.0), (40.0, 60.0, 40.2))],
+)
+def test_age_slider_range_covers_training_ages_in_whole_years(age_range, expected):
+    assert age_slider_range(age_range) == pytest.approx(expected)
+
+
+def test_planned_adaptation_counts_controls_per_sex_like_the_engine_record():
+    controls = pd.DataFrame({"age": [30.0] * 5, "sex": [0, 0, 0, 1.0, "1"], "site": "CLINIC"})
+    plan = planned_adaptation(controls, SCHEMA, "site", {"sex": ["0", "1"], "site": ["A"]})
+    assert plan == {
+        "column": "site",
+        "level": "CLINIC",
+        "n_controls": 5,
+        "counts": {"sex": {"0": 3, "1": 2}},
+    }
+    warnings = adaptation_warnings(plan)
+    assert any("only 2 controls with sex = 1" in w for w in warnings)
+    assert any("5 controls in all" in w for w in warnings)
+    women = planned_adaptation(controls.head(3), SCHEMA, "site", {"sex": ["0", "1"]})
+    assert women["counts"]["sex"] == {"0": 3, "1": 0}  # no men at all must be warned about
+    with pytest.raises(DataError, match="one site"):
+        planned_adaptation(controls.assign(site=["A", "B", "A", "A", "A"]), SCHEMA)
+
+
+def test_category_counts_read_codes_as_the_model_does():
+    assert category_counts(pd.Series([1, 1.0, "1", " 2 "])) == {"1": 3, "2": 1}
+
+
+def test_unseen_levels_summary_and_message_name_the_site_and_what_to_do():
+    table = pd.DataFrame(
+        {"sub_id": ["a", "b", "c"], "sex": ["0", "1", "0"], "site": ["S0", "X", "X"]}
+    )
+    scores = scores_for(3, np.zeros(6)).assign(unseen_levels=np.repeat(["", "site", "site"], 2))
+    summary = unseen_levels_summary(scores, table)
+    assert summary == {"site": {"X": 2}}
+    text = unseen_levels_message(summary, 10)
+    assert "2 people have" in text and "site 'X' (2)" in text
+    assert "'unknown site' level" in text and "Adapt to my site" in text and "10 per sex" in text
+    assert unseen_levels_summary(scores.assign(unseen_levels=""), table) == {}
+    both = {"sex": {"9": 1}, "site": {"X": 2}}
+    assert unseen_levels_message(both, 10).startswith("Some people have")
+
+
+def test_model_card_lists_adapted_sites_with_their_controls():
+    records = [
+        {"column": "site", "level": "CLINIC", "n_controls": 12},
+        {"column": "site", "level": "OTHER", "n_controls": 30},
+        {"column": "site", "level": "CLINIC", "n_controls": 25},
+    ]
+    assert adapted_sites(records) == "CLINIC (25 controls), OTHER (30 controls)"
+    assert adapted_sites([]) == "none"
