@@ -63,7 +63,13 @@ def x0_variance(
     repeats: int = 4,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean squared error of the predicted x0 at each timestep, per column: (len(timesteps), D)."""
+    """Estimated Var(x0 | x_t) at each timestep, per column: (len(timesteps), D).
+
+    It is the mean squared error of the predicted x0, capped at the variance of x0 itself:
+    the exact posterior variance never exceeds the prior's, but an imperfect denoiser's
+    error can (at high noise its x0 estimate divides by sqrt(alpha_bar), ~1e-4), and
+    adding that would make every generated distribution far too wide.
+    """
     dev = x0.device
     alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32, device=dev)
     out = torch.zeros(len(timesteps), x0.shape[1], device=dev)
@@ -73,7 +79,7 @@ def x0_variance(
             noise = torch.randn(x0.shape, generator=generator, device=dev)
             xt = q_sample(x0, tt.expand(len(x0)), noise, alpha_bar)
             out[i] += ((_predict_x0(xt, denoise(xt, tt), float(alpha_bar[t])) - x0) ** 2).mean(0)
-    return out / repeats
+    return torch.minimum(out / repeats, x0.var(dim=0))
 
 
 @torch.inference_mode()
