@@ -135,13 +135,22 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------ model cache
 
 
+MODEL_CODE = (
+    "model.py", "bundle.py", "errors.py", "preprocessing.py", "reference.py", "schema.py",
+    "train.py", "denoisers", "diffusion",
+)  # fmt: skip
+"""The normcore modules a fitted model depends on (not the dashboard or report helpers)."""
+
+
 def _code_hash() -> str:
-    """Hash of the normcore sources: a cached model is reused only if the code is the
+    """Hash of the modelling sources: a cached model is reused only if that code is the
     same (the lead may change defaults in code, not only in ModelConfig)."""
     h = hashlib.sha256()
-    for path in sorted((ROOT / "normcore").rglob("*.py")):
-        h.update(path.relative_to(ROOT).as_posix().encode())
-        h.update(path.read_bytes())
+    for name in MODEL_CODE:
+        base = ROOT / "normcore" / name
+        for path in sorted(base.rglob("*.py")) if base.is_dir() else [base]:
+            h.update(path.relative_to(ROOT).as_posix().encode())
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -366,8 +375,9 @@ def _json_default(value: object) -> object:
 
 
 def assemble(commands: Sequence[str], started: str | None = None) -> Path:
-    """Write benchmarks/RESULTS.md: header (date, machine, settings, commands) and the
-    engine, compare and adapt sections; a section without output is listed as not run."""
+    """Write benchmarks/RESULTS.md: header (date, machine, settings, commands), the
+    operator's note on what did not run (out/gaps.md, if written) and the engine, compare
+    and adapt sections; a section without output is listed as not run."""
     info = machine_info()
     lines = [
         "# normcore benchmarks",
@@ -393,6 +403,9 @@ def assemble(commands: Sequence[str], started: str | None = None) -> Path:
         "```",
         "",
     ]
+    gaps = OUT / "gaps.md"
+    if gaps.exists():
+        lines += ["## What did not run, and why", "", gaps.read_text().strip(), ""]
     for name in SECTIONS:
         part = OUT / f"{name}.md"
         if part.exists():

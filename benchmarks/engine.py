@@ -14,6 +14,7 @@ benchmarks/RESULTS.md, not asserted on every commit.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -150,8 +151,8 @@ def direct_sampling(
     }
 
 
-def run(backbones: list[str], dims: list[int]) -> list[dict]:
-    rows = []
+def run(backbones: list[str], dims: list[int], rows: list[dict]) -> list[dict]:
+    """Every (dimension, backbone) model; `rows` are earlier results to keep (--append)."""
     for d in dims:
         spec, train, test, schema = synthetic(d)
         truth = true_cdf(spec, test)
@@ -204,6 +205,8 @@ def run(backbones: list[str], dims: list[int]) -> list[dict]:
                 else None
             )
             rows.append(row)
+            # after every model, so that an interrupted run keeps what finished
+            common.write_section("engine", markdown(rows), {"rows": rows, "quick": QUICK})
     return rows
 
 
@@ -309,11 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="film,saint")
     p.add_argument("--dims", default=",".join(map(str, DIMS)))
+    p.add_argument("--append", action="store_true", help="keep other rows of out/engine.json")
     args = p.parse_args(argv)
     backbones = [b for b in args.backbones.split(",") if b]
     dims = [int(d) for d in args.dims.split(",") if d]
-    rows = run(backbones, dims)
-    common.write_section("engine", markdown(rows), {"rows": rows, "quick": QUICK})
+    previous = common.OUT / "engine.json"
+    rows = []
+    if args.append and previous.exists():
+        rows = [
+            r
+            for r in json.loads(previous.read_text())["rows"]
+            if not (r["backbone"] in backbones and r["n_idps"] in dims)
+        ]
+    run(backbones, dims, rows)
     log("engine done")
     return 0
 
