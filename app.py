@@ -4,11 +4,15 @@ Run with `make run` (or `streamlit run app.py`). The pages live in pages/; this 
 declares the navigation and the sidebar that every page shares.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages.common import sidebar
 
-st.set_page_config(page_title="normcore", page_icon=":material/monitoring:", layout="wide")
+# A local icon: a material-symbol icon would make the browser fetch it from Google's fonts.
+ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
+st.set_page_config(page_title="normcore", page_icon=ICON, layout="wide")
 
 PAGES = {
     "Explore": [
