@@ -2,7 +2,7 @@
 
 Fixtures:
     app_url  (session)  base URL of `streamlit run app.py` started on a free local port
-    browser  (session)  Playwright Chromium launched from /usr/bin/chromium
+    browser  (session)  Playwright Chromium from /usr/bin/chromium (tests/conftest.py)
     page     (function) a fresh browser context (downloads accepted) and page per test
 Helpers (in streamlit_browser.py; `from streamlit_browser import wait_for_app`):
     wait_for_app(page)            block until Streamlit has finished running the script
@@ -26,17 +26,7 @@ from pathlib import Path
 import pytest
 from streamlit_browser import ARTIFACTS, REPO_ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_TIMEOUT_S = 90.0
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,12 +35,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.e2e)
-
-
-def _browser_required() -> bool:
-    """In CI (or when asked) a missing browser is a failure, never a silent skip."""
-    ci = os.environ.get("CI", "").strip().lower()
-    return ci not in ("", "0", "false", "no") or os.environ.get("NORMCORE_REQUIRE_BROWSER") == "1"
 
 
 def _free_port() -> int:
@@ -121,27 +105,6 @@ def app_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """Headless Chromium from Debian (Playwright cannot download its own browser here)."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install it with 'apt-get install chromium'"
-        if _browser_required():
-            pytest.fail(
-                message + " (a browser is required when CI or NORMCORE_REQUIRE_BROWSER=1 is set)",
-                pytrace=False,
-            )
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -48,8 +48,6 @@ def _load_e2e_conftest():
 
 
 _e2e = _load_e2e_conftest()
-browser = _e2e.browser  # the same Chromium launch as tests/e2e (skips/fails without it)
-CHROMIUM_ARGS = _e2e.CHROMIUM_ARGS
 
 SPEC = SyntheticSpec(n_idps=3, n_sites=2)
 TINY = dict(
