@@ -409,17 +409,7 @@ def _dependence(
         "mmd_independent": metrics.mmd_rbf(real_std, independent, max_n=MAX_JOINT_ROWS, seed=seed),
     }
     if len(idps) < 2:
-        empty_pairs = pd.DataFrame(
-            columns=[
-                "idp_a",
-                "idp_b",
-                "energy_joint",
-                "energy_product",
-                "mmd_joint",
-                "mmd_product",
-                "joint_better",
-            ]
-        )
+        empty_pairs = pd.DataFrame(columns=list(metrics.PAIRWISE_COLUMNS))
         empty_corr = pd.DataFrame(
             columns=[
                 "idp_a",

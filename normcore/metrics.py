@@ -652,6 +652,12 @@ def _mmd2(a: np.ndarray, b: np.ndarray, s: float) -> float:
     return float(xx + yy - 2.0 * kxy.mean())
 
 
+PAIRWISE_COLUMNS = (
+    "idp_a", "idp_b", "energy_joint", "energy_product", "mmd_joint", "mmd_product", "joint_better",
+)  # fmt: skip
+"""Columns of `pairwise_dependence`'s table."""
+
+
 def pairwise_dependence(
     real: ArrayLike,
     generated: ArrayLike,
@@ -707,18 +713,7 @@ def pairwise_dependence(
                 e_joint < e_product,
             )
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "idp_a",
-            "idp_b",
-            "energy_joint",
-            "energy_product",
-            "mmd_joint",
-            "mmd_product",
-            "joint_better",
-        ],
-    )
+    return pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
 
 
 def mantel(
