@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.common import sidebar
+from pages.common import declare_navigation, sidebar
 
 # A local icon: a material-symbol icon would make the browser fetch it from Google's fonts.
 ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
@@ -34,5 +34,6 @@ PAGES = {
 }
 
 navigation = st.navigation(PAGES)
+declare_navigation()
 sidebar()
 navigation.run()

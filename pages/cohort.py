@@ -15,6 +15,8 @@ from normcore.idp_groups import default_idps, label
 from normcore.model import SAFE_CONTROLS_PER_SEX
 from pages import common
 
+common.run_through_app()
+
 model, key, name = common.require_model()
 schema = model.schema_
 

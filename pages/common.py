@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import runpy
 import threading
 import time
 import traceback
@@ -152,6 +153,29 @@ def bytes_key(data: bytes) -> str:
 def _choose_model() -> None:
     """Radio callback: the user's pick becomes the session's active model."""
     st.session_state["model_choice"] = st.session_state["model_radio"]
+
+
+_APP = Path(__file__).resolve().parents[1] / "app.py"
+_navigation_declared = False
+
+
+def declare_navigation() -> None:
+    """Called by app.py on every run, after `st.navigation`: pages may now run."""
+    global _navigation_declared
+    _navigation_declared = True
+
+
+def run_through_app() -> None:
+    """Run app.py instead if Streamlit started this page on its own; every page calls it.
+
+    Why: on a server that has not yet run app.py, a request naming a page (a bookmarked
+    `/data`) is served by Streamlit's older pages/-folder mode, which runs the page alone:
+    no sidebar, no model switch, and a navigation listing every file in pages/. Running
+    app.py declares the real navigation, which renders the requested page; this run stops.
+    """
+    if not _navigation_declared:
+        runpy.run_path(str(_APP), run_name="__main__")
+        st.stop()
 
 
 def sidebar() -> None:

@@ -4,6 +4,8 @@ import streamlit as st
 
 from pages import common
 
+common.run_through_app()
+
 st.header("Data")
 st.write(
     "Upload a table with one row per person: age, sex, site and brain measures (IDPs). "

@@ -19,6 +19,8 @@ from normcore.figures.charts import (
 from normcore.idp_groups import default_idps, label
 from pages import common
 
+common.run_through_app()
+
 #: Real people drawn beside the model's samples: those within this many years of the age.
 NEAR_YEARS = 5.0
 

@@ -9,6 +9,8 @@ from normcore.idp_groups import default_idps
 from normcore.report import report_html
 from pages import common
 
+common.run_through_app()
+
 model, key, name = common.require_model()
 
 st.header("Diagnostics")

@@ -7,6 +7,8 @@ from normcore.figures.charts import fan_small_multiples
 from normcore.idp_groups import default_idps, label
 from pages import common
 
+common.run_through_app()
+
 model, key, name = common.require_model()
 schema = model.schema_
 

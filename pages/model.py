@@ -20,6 +20,8 @@ from normcore.model import MIN_ADAPT_CONTROLS, SAFE_CONTROLS_PER_SEX, adaptation
 from normcore.schema import coerce_categories, numeric_columns, validate_scoring, validate_training
 from pages import common
 
+common.run_through_app()
+
 #: Learning steps of an adaptation (the engine's default): about 15 s on the demo model.
 ADAPT_STEPS = 400
 

@@ -8,6 +8,8 @@ from normcore.figures.charts import FAN_QUANTILES, centile_fan, loss_curve
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_quantiles
 from pages import common
 
+common.run_through_app()
+
 st.header("Teach: centiles on data whose truth we know")
 st.write(
     "Real brain data never tell us a person's true centile. Here you set how the synthetic "

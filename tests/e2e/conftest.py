@@ -2,6 +2,7 @@
 
 Fixtures:
     app_url  (session)  base URL of `streamlit run app.py` started on a free local port
+                        (`streamlit_server()` starts another, e.g. a fresh one for a test)
     browser  (session)  Playwright Chromium from /usr/bin/chromium (tests/conftest.py)
     page     (function) a fresh browser context (downloads accepted) and page per test
 Helpers (in streamlit_browser.py; `from streamlit_browser import wait_for_app`):
@@ -13,6 +14,7 @@ Every test collected under tests/e2e is marked `e2e` (deselect with `-m "not e2e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -51,16 +53,16 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def app_url() -> Iterator[str]:
-    """Start `streamlit run app.py` from the repository root and yield its base URL.
+@contextlib.contextmanager
+def streamlit_server(log_name: str) -> Iterator[str]:
+    """Run `streamlit run app.py` from the repository root on a free port; yield its URL.
 
-    The server's output goes to test-artifacts/app-server.log, which is kept for reading
+    The server's output goes to test-artifacts/<log_name>, which is kept for reading
     after a failed run and quoted in the error if the app never becomes healthy.
     """
     port = _free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = ARTIFACTS / "app-server.log"
+    log_path = ARTIFACTS / log_name
     command = [
         sys.executable,
         "-m",
@@ -105,6 +107,13 @@ def app_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="session")
+def app_url() -> Iterator[str]:
+    """The dashboard shared by the e2e tests (log: test-artifacts/app-server.log)."""
+    with streamlit_server("app-server.log") as url:
+        yield url
 
 
 @pytest.fixture

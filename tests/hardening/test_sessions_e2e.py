@@ -24,10 +24,6 @@ from streamlit_browser import ARTIFACTS, wait_for_app
 #: Generous: on the shared 2-core CI machine an idle page switch takes well under 2 s.
 MAX_RESPONSE_S = 15.0
 MAX_MEDIAN_RESPONSE_S = 6.0
-#: Known, reported to the lead: app.py's page_icon=":material/monitoring:" makes the
-#: browser (not the server) fetch the favicon from Google's font CDN. A local image as the
-#: page icon removes it; then delete this allowance.
-KNOWN_OUTSIDE = ("https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/",)
 
 
 @pytest.fixture(scope="module")
@@ -208,5 +204,4 @@ def test_server_kept_nothing_and_sent_nothing(
     outbound = {(ip, port) for ip, port in sandboxed_server.peers if not is_loopback(ip)}
     assert not outbound, f"the server connected off the machine: {outbound}"
     assert not sandboxed_server.proxy.requests, sandboxed_server.proxy.requests[:3]
-    unexpected = [u for u in outside_requests if not u.startswith(KNOWN_OUTSIDE)]
-    assert not unexpected, unexpected[:5]
+    assert not outside_requests, outside_requests[:5]
