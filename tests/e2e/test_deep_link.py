@@ -18,6 +18,8 @@ def test_first_request_to_a_page_address_gets_the_whole_dashboard(page):
         nav = page.locator('[data-testid="stSidebarNav"]')
         expect(nav.get_by_text("Centile fans")).to_be_visible()
         expect(nav.get_by_text("common", exact=True)).to_have_count(0)
-        expect(page.locator('[data-testid="stSidebar"]').get_by_text("normcore").first).to_be_visible()
+        expect(
+            page.locator('[data-testid="stSidebar"]').get_by_text("normcore").first
+        ).to_be_visible()
         expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         save_screenshot(page, "deep-link-data")
