@@ -54,7 +54,7 @@ def training_autocast(device: torch.device) -> contextlib.AbstractContextManager
     """Mixed precision for the training forward pass: bfloat16 on capable GPUs, else nothing.
 
     bfloat16 keeps float32's exponent range, so no loss scaling is needed and the
-    epsilon-prediction loss (targets of unit variance) is not at risk of under/overflow.
+    v-prediction loss (targets of unit variance) is not at risk of under/overflow.
     """
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)

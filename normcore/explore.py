@@ -617,6 +617,9 @@ def model_card(model: Any) -> dict[str, Any]:
         "covariates": ", ".join(model.schema_.covariates),
         "backbone": model.config.backbone,
         "training time": f"{model.fit_seconds_:.0f} s",
+        "dispersion correction": (
+            f"x{model.dispersion_:.2f} (bands widened)" if model.dispersion_ > 1 else "none needed"
+        ),
         "adapted sites": adapted_sites(model.adaptations_),
     }
 

@@ -214,6 +214,52 @@ class LocationScale:
         ls.scale_coef[0] += np.log(z.std(axis=0))
         return ls
 
+    def _level_row(self, k: int, code: int) -> int:
+        """Row of the coefficients that holds level `code` (1-based) of categorical `k`."""
+        return 1 + len(self.knots) + 2 + sum(self.n_levels[:k]) + code - 1
+
+    def with_level(
+        self,
+        k: int,
+        code: int,
+        y: np.ndarray,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        prior_n: float,
+    ) -> LocationScale:
+        """A copy whose level `code` of categorical `k` gets mean and log-spread effects
+        learned from rows `y` that all hold that level (a new site's controls).
+
+        A code one past the known levels adds the level; a known one is re-estimated from
+        its current effects. Each IDP's effect is the controls' mean residual (and log
+        residual spread) shrunk towards the starting value by n / (n + prior_n): a
+        random-effect prior, so that a few controls move a site only part of the way.
+        """
+        if code == self.n_levels[k] + 1:
+            n_levels = list(self.n_levels)
+            n_levels[k] += 1
+            row = 1 + len(self.knots) + 2 + sum(self.n_levels[: k + 1])
+            grown = LocationScale(
+                self.knots,
+                n_levels,
+                np.insert(self.mean_coef, row, 0.0, axis=0),
+                np.insert(self.scale_coef, row, 0.0, axis=0),
+            )
+        elif 1 <= code <= self.n_levels[k]:
+            grown = LocationScale(
+                self.knots, list(self.n_levels), self.mean_coef.copy(), self.scale_coef.copy()
+            )
+        else:
+            raise ValueError(f"level code {code} is neither known nor the next new one")
+        row = grown._level_row(k, code)
+        weight = len(y) / (len(y) + prior_n)
+        x = grown._design(age_z, codes)
+        shift = weight * (y - x @ grown.mean_coef).mean(axis=0)
+        grown.mean_coef[row] += shift
+        z = (y - x @ grown.mean_coef) / np.exp(x @ grown.scale_coef)
+        grown.scale_coef[row] += weight * np.log(np.sqrt(np.mean(z**2, axis=0)))
+        return grown
+
     def transform(self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         x = self._design(age_z, codes)
         return (y - x @ self.mean_coef) / np.exp(x @ self.scale_coef)

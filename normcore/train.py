@@ -1,4 +1,4 @@
-"""The training loop: epsilon-prediction with EMA weights and early stopping.
+"""The training loop: v-prediction (see diffusion.sampler.v_target), EMA weights, early stopping.
 
 Kept apart from the networks and the diffusion process (three objects, as in
 lucidrains' design) so either can change without touching the loop. It has no side
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from normcore.device import training_autocast
-from normcore.diffusion.sampler import q_sample
+from normcore.diffusion.sampler import q_sample, v_target
 from normcore.diffusion.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def train_denoiser(
     device: torch.device | None = None,
     parallel: Parallel | None = None,
 ) -> tuple[nn.Module, list[dict], np.ndarray]:
-    """Train `net` to predict the noise; return the best EMA copy, the loss history and
+    """Train `net` to predict v; return the best EMA copy, the loss history and
     the indices of the held-out validation rows (for estimates that must not be optimistic).
 
     `y` are IDPs in network units (n, D), `age` standardised ages (n,), `codes` category
@@ -126,8 +126,9 @@ def train_denoiser(
         with torch.inference_mode():
             for d in range(val_t.shape[0]):
                 xt = q_sample(Y[vi], val_t[d], val_noise[d], alpha_bar)
-                eps = ema(xt, val_t[d], ema.embed(A[vi], C[vi]))
-                losses.append(torch.mean((eps - val_noise[d]) ** 2).item())
+                v = ema(xt, val_t[d], ema.embed(A[vi], C[vi]))
+                target = v_target(Y[vi], val_t[d], val_noise[d], alpha_bar)
+                losses.append(torch.mean((v - target) ** 2).item())
         return float(np.mean(losses))
 
     history: list[dict] = []
@@ -154,8 +155,8 @@ def train_denoiser(
                 x0, a, c, t, noise = (parallel.shard(v) for v in (x0, a, c, t, noise))
             net.train()
             with training_autocast(device):
-                eps = predict(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c))
-            loss = torch.mean((eps.float() - noise) ** 2)
+                v = predict(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c))
+            loss = torch.mean((v.float() - v_target(x0, t, noise, alpha_bar)) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)

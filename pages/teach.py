@@ -3,12 +3,16 @@
 import streamlit as st
 
 from normcore import Schema
-from normcore.explore import curve_distance, fan_grid, truth_long
+from normcore.explore import curve_distance, fan_grid, pit_matrix, truth_long
 from normcore.figures.charts import FAN_QUANTILES, centile_fan, loss_curve
+from normcore.figures.diagnostics import pit_histogram
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_quantiles
 from pages import common
 
 common.run_through_app()
+
+TEACH_HELD_OUT = 500
+"""New people simulated after training, whose centiles make the PIT histogram."""
 
 st.header("Teach: centiles on data whose truth we know")
 st.write(
@@ -102,6 +106,16 @@ def teach_result() -> None:
     st.caption(
         f"Mean distance between learned and true centile curves: {err:.3g} "
         "(in the measure's units)."
+    )
+    new_people = simulate(spec, TEACH_HELD_OUT, seed=2)
+    st.plotly_chart(
+        pit_histogram(
+            pit_matrix(model.score(new_people)),
+            title=f"PIT histogram of {TEACH_HELD_OUT} new simulated people (not trained on)",
+            height=300,
+        ),
+        width="stretch",
+        key="teach_pit",
     )
 
 

@@ -27,7 +27,7 @@ import torch
 from normcore.diffusion.schedule import Schedule
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""eps_hat = denoise(x_t, t) with the conditioning already bound; t has shape (1,)."""
+"""v_hat = denoise(x_t, t) with the conditioning already bound; t has shape (1,)."""
 
 X0_CLIP = 8.0
 """Predicted clean values are clipped to +-8 network units (data are standardised), which
@@ -42,6 +42,22 @@ def q_sample(
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
 
+def v_target(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
+    """What the denoiser learns to predict: v = sqrt(ab_t) noise - sqrt(1 - ab_t) x0.
+
+    Why v and not the noise (Salimans & Ho, 2022): x0 is recovered from a noise estimate
+    by dividing by sqrt(ab_t), which reaches ~3e-5 at the noisy end of the cosine
+    schedule, so a small error in the noise becomes a huge error in x0 exactly where
+    sampling starts. Measured on fcon1000 (47 IDPs, 523 people) that put samples against
+    the x0 clip and made every band several times too wide. From v, x0 = sqrt(ab) x_t -
+    sqrt(1 - ab) v has an error no larger than v's at every step.
+    """
+    ab = alpha_bar[t].unsqueeze(-1)
+    return ab.sqrt() * noise - (1.0 - ab).sqrt() * x0
+
+
 def ddim_timesteps(schedule: Schedule, n_steps: int) -> list[int]:
     """Evenly spaced timesteps, descending, always starting at T-1 and ending at 0."""
     if not 1 <= n_steps <= schedule.steps:
@@ -50,8 +66,8 @@ def ddim_timesteps(schedule: Schedule, n_steps: int) -> list[int]:
     return [int(t) for t in ts[::-1]]
 
 
-def _predict_x0(x: torch.Tensor, eps: torch.Tensor, ab_t: float) -> torch.Tensor:
-    return ((x - (1.0 - ab_t) ** 0.5 * eps) / ab_t**0.5).clamp_(-X0_CLIP, X0_CLIP)
+def _predict_x0(x: torch.Tensor, v: torch.Tensor, ab_t: float) -> torch.Tensor:
+    return (ab_t**0.5 * x - (1.0 - ab_t) ** 0.5 * v).clamp_(-X0_CLIP, X0_CLIP)
 
 
 @torch.inference_mode()
@@ -67,8 +83,7 @@ def x0_variance(
 
     It is the mean squared error of the predicted x0, capped at the variance of x0 itself:
     the exact posterior variance never exceeds the prior's, but an imperfect denoiser's
-    error can (at high noise its x0 estimate divides by sqrt(alpha_bar), ~1e-4), and
-    adding that would make every generated distribution far too wide.
+    error can, and adding that would make every generated distribution too wide.
     """
     dev = x0.device
     alpha_bar = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32, device=dev)
@@ -106,8 +121,8 @@ def generate(
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_t = float(alpha_bar[t])
         ab_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
-        eps = denoise(x, torch.full((1,), t, dtype=torch.long, device=dev))
-        x0 = _predict_x0(x, eps, ab_t)
+        v = denoise(x, torch.full((1,), t, dtype=torch.long, device=dev))
+        x0 = _predict_x0(x, v, ab_t)
         eps = (x - ab_t**0.5 * x0) / (1.0 - ab_t) ** 0.5
         sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
         c = max(1.0 - ab_prev - sigma**2, 0.0) ** 0.5

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from normcore.diffusion import Schedule, ddim_timesteps, generate, q_sample, x0_variance
+from normcore.diffusion import (
+    Schedule,
+    ddim_timesteps,
+    generate,
+    q_sample,
+    v_target,
+    x0_variance,
+)
 
 
 def test_paper_linear_schedule_matches_its_config():
@@ -29,12 +36,14 @@ def test_ddim_timesteps_are_read_from_an_explicit_descending_list():
 
 
 def _oracle(schedule: Schedule, mu: float, s: float):
-    """Exact E[eps | x_t] for data x0 ~ N(mu, s^2): the ideal denoiser."""
-    ab = torch.as_tensor(schedule.alpha_bar, dtype=torch.float32)
+    """Exact E[v | x_t] for data x0 ~ N(mu, s^2): the ideal denoiser."""
+    ab = torch.as_tensor(schedule.alpha_bar, dtype=torch.float64)
 
     def denoise(x, t):
         a = ab[t]
-        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
+        eps = (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).float()
 
     return denoise
 
@@ -68,3 +77,15 @@ def test_q_sample_has_the_forward_marginal():
     xt = q_sample(x0, t, torch.randn(50_000, 1, generator=torch.Generator().manual_seed(1)), ab)
     assert xt.mean().item() == pytest.approx(2.0 * ab[40].sqrt().item(), abs=0.02)
     assert xt.var().item() == pytest.approx(1 - ab[40].item(), abs=0.02)
+
+
+def test_v_target_lets_the_sampler_recover_x0_and_the_noise_exactly():
+    sched = Schedule("cosine", 1000)
+    ab = torch.as_tensor(sched.alpha_bar, dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    t = torch.tensor([0, 10, 300, 700, 990, 999])
+    xt, v = q_sample(x0, t, noise, ab), v_target(x0, t, noise, ab)
+    a = ab[t].unsqueeze(-1)
+    assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * v, x0, atol=1e-5)
+    assert torch.allclose((1 - a).sqrt() * xt + a.sqrt() * v, noise, atol=1e-5)

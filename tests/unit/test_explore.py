@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from normcore.explore import (
     guess_mapping,
     guess_sex_coding,
     individual_report_html,
+    model_card,
     person_profile,
     planned_adaptation,
     real_pair_correlation_by_age,
@@ -249,3 +252,12 @@ def test_model_card_lists_adapted_sites_with_their_controls():
     ]
     assert adapted_sites(records) == "CLINIC (25 controls), OTHER (30 controls)"
     assert adapted_sites([]) == "none"
+
+
+def test_model_card_says_whether_the_bands_were_widened(fitted):
+    widened = copy.copy(fitted)
+    widened.dispersion_ = 1.3
+    assert model_card(widened)["dispersion correction"] == "x1.30 (bands widened)"
+    widened.dispersion_ = 1.0
+    assert model_card(widened)["dispersion correction"] == "none needed"
+    assert model_card(widened)["IDPs"] == len(fitted.schema_.idps)

@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from normcore.errors import DataError, NotFittedError
@@ -143,3 +144,20 @@ def test_schema_with_only_age_covariate_works(train_df):
     )
     m.fit(train_df, schema)
     assert m.score(train_df.head(4))["centile"].between(0, 100).all()
+
+
+def test_dispersion_measures_how_much_wider_held_out_people_are_than_the_model(fitted, train_df):
+    """People spread twice as wide as the model's own draws need a dispersion of about 2."""
+    n, draws = 150, 50
+    age_z = fitted.encoder_.encode_age(train_df["age"].to_numpy()[:n])
+    codes = fitted.encoder_.encode_categories(train_df.iloc[:n])[0]
+    g = torch.Generator().manual_seed(4)
+    rows = np.repeat(np.arange(n), draws)
+    centre = fitted._sample_residuals(age_z[rows], codes[rows], g).reshape(n, draws, -1).mean(1)
+    same = fitted._sample_residuals(age_z, codes, g)
+    wide = centre + 2.0 * (same - centre)
+    assert fitted._estimate_dispersion(wide, age_z, codes) == pytest.approx(2.0, rel=0.15)
+    assert fitted._estimate_dispersion(same, age_z, codes) == pytest.approx(1.0, rel=0.15)
+    narrow = centre + 0.5 * (same - centre)
+    assert fitted._estimate_dispersion(narrow, age_z, codes) == 1.0  # it only widens
+    assert fitted._estimate_dispersion(same[:10], age_z[:10], codes[:10]) == 1.0  # too few

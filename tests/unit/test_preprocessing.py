@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normcore.preprocessing import CovariateEncoder, IDPTransform
+from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
 from normcore.schema import Schema
 
 
@@ -45,7 +45,6 @@ def test_covariate_encoder_maps_unseen_levels_to_unknown_and_flags_them():
 
 
 def test_location_scale_removes_a_nonlinear_heteroscedastic_age_effect_and_inverts():
-    from normcore.preprocessing import LocationScale
 
     rng = np.random.default_rng(3)
     age = rng.uniform(-2, 2, 4000)
@@ -62,3 +61,39 @@ def test_location_scale_removes_a_nonlinear_heteroscedastic_age_effect_and_inver
     assert np.allclose(again.transform(y, age, codes), z)
     unknown = ls.transform(y[:5], age[:5], np.zeros((5, 1), dtype=int))
     assert np.isfinite(unknown).all()
+
+
+def _site_data(rng, n, site, shift=0.0, sd=1.0):
+    age = rng.uniform(-1.5, 1.5, n)
+    codes = np.c_[rng.integers(1, 3, n), np.full(n, site) if site else rng.integers(1, 4, n)]
+    y = np.c_[np.sin(age) + 0.3 * (codes[:, 1] == 2) + shift, 0.5 * age]
+    y = y + rng.normal(size=(n, 2)) * np.exp(0.2 * age)[:, None] * np.array([1.0, sd])
+    return y, age, codes
+
+
+def test_location_scale_learns_a_new_sites_shift_and_spread_without_touching_the_others():
+    rng = np.random.default_rng(0)
+    y, age, codes = _site_data(rng, 2000, site=None)
+    ls = LocationScale.fit(y, age, codes, [3, 4])
+    new_y, new_age, new_codes = _site_data(rng, 400, site=4, shift=1.0, sd=2.0)
+    adapted = ls.with_level(1, 4, new_y, new_age, new_codes, prior_n=5)
+    z = adapted.transform(new_y, new_age, new_codes)
+    assert np.abs(z.mean(axis=0)).max() < 0.1
+    assert z.std(axis=0) == pytest.approx([1.0, 1.0], abs=0.1)
+    assert np.array_equal(adapted.transform(y, age, codes), ls.transform(y, age, codes))
+    assert LocationScale.from_dict(adapted.to_dict()).n_levels == [2, 4]
+
+
+def test_location_scale_shrinks_a_site_learned_from_few_controls():
+    rng = np.random.default_rng(1)
+    y, age, codes = _site_data(rng, 2000, site=None)
+    ls = LocationScale.fit(y, age, codes, [3, 4])
+    few = _site_data(rng, 5, site=4, shift=1.0)
+    shift = ls.with_level(1, 4, *few, prior_n=5).transform(*few).mean(axis=0)
+    unshrunk = ls.with_level(1, 4, *few, prior_n=0).transform(*few).mean(axis=0)
+    before = ls.transform(*few).mean(axis=0)
+    assert np.abs(unshrunk).max() < 0.1
+    # 5 controls and a prior of 5: the site moves half-way, so half the offset is left
+    assert shift[0] == pytest.approx(before[0] / 2, abs=0.15)
+    with pytest.raises(ValueError, match="neither known nor the next"):
+        ls.with_level(1, 6, *few, prior_n=5)
