@@ -374,6 +374,22 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+def _scale_and_load() -> list[str]:
+    """The scale and load sections (issues 7 and 6), from their scripts' last outputs.
+
+    They are run on their own (`scale.py fit|score`, `load.py`), not by run_all.sh, and
+    measure costs rather than accuracy, so their last results are kept as they are.
+    """
+    lines = []
+    if (OUT / "scale.json").exists():
+        import scale  # noqa: PLC0415 (a sibling script; imported only when its output exists)
+
+        lines += [scale.report(json.loads((OUT / "scale.json").read_text())), ""]
+    if (OUT / "load.md").exists():
+        lines += ["## Load (`benchmarks/load.py`, issue 6)", "", (OUT / "load.md").read_text()]
+    return lines
+
+
 def assemble(commands: Sequence[str], started: str | None = None) -> Path:
     """Write benchmarks/RESULTS.md: header (date, machine, settings, commands), the
     operator's note on what did not run (out/gaps.md, if written) and the engine, compare
@@ -412,6 +428,7 @@ def assemble(commands: Sequence[str], started: str | None = None) -> Path:
             lines.append(part.read_text())
         else:
             lines += [f"## {name}", "", f"Not run: `benchmarks/{name}.py` left no output.", ""]
+    lines += _scale_and_load()
     path = BENCH / "RESULTS.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
