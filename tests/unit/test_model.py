@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from normcore.errors import DataError, NotFittedError
-from normcore.model import NormativeModel
+from normcore.model import NormativeModel, widening
 from normcore.schema import Schema
 
 
@@ -161,3 +161,12 @@ def test_dispersion_measures_how_much_wider_held_out_people_are_than_the_model(f
     narrow = centre + 0.5 * (same - centre)
     assert fitted._estimate_dispersion(narrow, age_z, codes) == 1.0  # it only widens
     assert fitted._estimate_dispersion(same[:10], age_z[:10], codes[:10]) == 1.0  # too few
+
+
+def test_widening_ignores_noise_and_keeps_a_clear_excess():
+    rng = np.random.default_rng(0)
+    calibrated = np.abs(rng.standard_normal((256, 2))) / 0.6745
+    assert widening(calibrated, seed=0) == 1.0
+    narrow = np.abs(1.3 * rng.standard_normal((2000, 20))) / 0.6745
+    assert widening(narrow, seed=0) == pytest.approx(1.3, rel=0.03)
+    assert widening(narrow, seed=0) < np.median(narrow)  # less its noise, never more
