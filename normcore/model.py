@@ -516,8 +516,9 @@ class NormativeModel:
         new.location_scale_ = new.location_scale_.with_level(
             k, code, values, age_z, codes, prior_n=ADAPT_PRIOR_N
         )
+        y = new.location_scale_.transform(values, age_z, codes)
         with torch_threads(self.threads):
-            _learn_level(new, controls, k, code, readapted, steps, progress)
+            _learn_level(new, y, age_z, codes, k, code, readapted, steps, progress)
             new.net_.to(new.device_)
             new.reference_ = with_level(
                 new.reference_,
@@ -695,7 +696,9 @@ def _site_column(schema: Schema) -> str:
 
 def _learn_level(
     model: NormativeModel,
-    controls: pd.DataFrame,
+    y_net: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
     k: int,
     code: int,
     readapted: bool,
@@ -703,6 +706,9 @@ def _learn_level(
     progress: Callable[[dict], None] | None,
 ) -> None:
     """Fit one embedding row of categorical `k` to the controls, all else frozen.
+
+    The controls come in the denoiser's units (`y_net`), with standardised ages and
+    category codes whose column `k` already holds `code`.
 
     A new level's row starts at the 'unknown' row; a gradient mask lets only that row
     move, and an L2 pull towards its start acts as a prior that dominates with few controls.
@@ -721,13 +727,8 @@ def _learn_level(
     only_row = torch.zeros(table.num_embeddings, 1)
     only_row[code] = 1.0
     hook = table.weight.register_hook(lambda grad: grad * only_row)
-    values = controls[list(model.schema_.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-    ages = controls[model.schema_.age].to_numpy(dtype=np.float64)
-    age_np = model.encoder_.encode_age(ages)
-    codes_np = model.encoder_.encode_categories(controls)[0]
-    codes_np[:, k] = code
-    y = torch.as_tensor(model._to_network(values, age_np, codes_np), dtype=torch.float32)
-    age, codes = torch.as_tensor(age_np), torch.as_tensor(codes_np)
+    y = torch.as_tensor(y_net, dtype=torch.float32)
+    age, codes = torch.as_tensor(age_z), torch.as_tensor(codes)
     alpha_bar = torch.as_tensor(model.schedule_.alpha_bar, dtype=torch.float32)
     g = torch.Generator().manual_seed(model.config.seed + 11)
     opt = torch.optim.Adam([table.weight], lr=1e-2)
