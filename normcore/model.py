@@ -209,11 +209,11 @@ class NormativeModel:
             some = val_idx[:MAX_DISPERSION_ROWS]
             self.dispersion_ = self._estimate_dispersion(y[some], age_z[some], codes[some])
             self.train_seconds_ = time.perf_counter() - start
+            self.adaptations_: list[dict] = []
             self._build_reference(progress, parallel)
             self.deviation_scale_ = self._estimate_deviation_scale(df.iloc[val_idx])
         self.fit_seconds_ = time.perf_counter() - start
         self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
-        self.adaptations_: list[dict] = []
         return self
 
     def _build_reference(
@@ -293,10 +293,48 @@ class NormativeModel:
         self, ages: np.ndarray, codes: np.ndarray, seed: int | None = None
     ) -> np.ndarray:
         """Draw one sample per row at the given ages (years) and category codes."""
-        g = generator(self.device_, self.config.seed + 1 if seed is None else seed)
+        seed = self.config.seed + 1 if seed is None else seed
         age_z = self.encoder_.encode_age(ages)
-        resid = self._sample_residuals(age_z, codes, g) * self.dispersion_
+        resid = self._sample_residuals(age_z, codes, generator(self.device_, seed))
+        resid = self._with_site_uncertainty(resid * self.dispersion_, codes, seed)
         return self.transform_.inverse(self.location_scale_.inverse(resid, age_z, codes))
+
+    def _adapted_levels(self) -> list[tuple[int, int, float]]:
+        """(categorical index, level code, prior + controls) of every level that only
+        adaptation has seen (a site with training rows is known well enough)."""
+        names = list(self.encoder_.levels)
+        totals: dict[tuple[int, int], float] = {}
+        for record in self.adaptations_:
+            key = (
+                names.index(record["column"]),
+                self.encoder_.levels[record["column"]].index(record["level"]) + 1,
+            )
+            if key in totals or not record["readapted"]:
+                totals[key] = totals.get(key, ADAPT_PRIOR_N) + record["n_controls"]
+        return [(k, code, n) for (k, code), n in totals.items()]
+
+    def _with_site_uncertainty(self, resid: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
+        """Residuals of rows at an adapted site, drawn from the posterior predictive.
+
+        Why: a site adapted from n controls has its mean and spread estimated from n
+        people, and bands that treat them as known are too narrow for its next people
+        (benchmarks/RESULTS.md, site adaptation). `LocationScale.with_level`'s shrinkage
+        is a normal-inverse-chi-squared prior worth ADAPT_PRIOR_N pseudo-controls at the
+        reference, so with m = n + ADAPT_PRIOR_N each draw gets its own spread factor
+        sqrt(m / chi2_m) and a mean error N(0, 1/m), per IDP: Student-t-like bands that
+        are wide with 5 controls and close to the plug-in ones with 50.
+        """
+        levels = self._adapted_levels()
+        if not levels:
+            return resid
+        rng = np.random.default_rng([seed, 7])
+        out = resid.copy()
+        for k, code, m in levels:
+            rows = np.flatnonzero(codes[:, k] == code)
+            shape = (len(rows), resid.shape[1])
+            spread = np.sqrt(m / rng.chisquare(m, size=shape))
+            out[rows] = spread * (resid[rows] + rng.standard_normal(shape) / np.sqrt(m))
+        return out
 
     def _estimate_deviation_scale(self, rows: pd.DataFrame) -> float:
         """`reference.deviation_scale` on held-out validation rows (1 if too few)."""
@@ -517,17 +555,6 @@ class NormativeModel:
             k, code, values, age_z, codes, prior_n=ADAPT_PRIOR_N
         )
         y = new.location_scale_.transform(values, age_z, codes)
-        with torch_threads(self.threads):
-            _learn_level(new, y, age_z, codes, k, code, readapted, steps, progress)
-            new.net_.to(new.device_)
-            new.reference_ = with_level(
-                new.reference_,
-                new._sample_user_units,
-                column=k,
-                code=code,
-                samples_per_combination=self.config.reference_samples,
-                seed=self.config.seed + len(new.adaptations_) + 1,
-            )
         counts = {}
         for col in self.schema_.categorical:
             if col != column and col in controls.columns:
@@ -547,6 +574,17 @@ class NormativeModel:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         ]
+        with torch_threads(self.threads):
+            _learn_level(new, y, age_z, codes, k, code, readapted, steps, progress)
+            new.net_.to(new.device_)
+            new.reference_ = with_level(
+                new.reference_,
+                new._sample_user_units,
+                column=k,
+                code=code,
+                samples_per_combination=self.config.reference_samples,
+                seed=self.config.seed + len(self.adaptations_) + 1,
+            )
         return new
 
     # ------------------------------------------------------------- persistence

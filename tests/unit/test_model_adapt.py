@@ -63,3 +63,24 @@ def test_controls_with_a_column_missing_name_it(fitted, train_df):
 def test_site_argument_overrides_the_column(fitted, train_df):
     adapted = fitted.adapt(train_df.head(20), site="CLINIC2", steps=10)
     assert adapted.adaptations_[-1]["level"] == "CLINIC2"
+
+
+def test_a_site_adapted_from_few_controls_gets_posterior_predictive_spread(fitted, train_df):
+    """Draws at a site learned from n controls are widened as a normal-inverse-chi-squared
+    predictive with m = n + ADAPT_PRIOR_N: variance m/(m-2) * (1 + 1/m); other sites and
+    re-adapted training sites are left exactly as they were."""
+    from normcore.model import ADAPT_PRIOR_N
+
+    adapted = fitted.adapt(_new_site(train_df.head(5)), steps=10)
+    readapted = fitted.adapt(train_df[train_df["site"] == "S1"].head(5), steps=10)
+    rng = np.random.default_rng(0)
+    resid = rng.standard_normal((40_000, 3))
+    codes = np.zeros((40_000, 2), dtype=np.int64)
+    k = list(adapted.encoder_.levels).index("site")
+    codes[: 20_000, k] = 3  # CLINIC, the level added by adaptation
+    codes[20_000 :, k] = 2  # S1, a training site
+    out = adapted._with_site_uncertainty(resid, codes, seed=1)
+    m = 5 + ADAPT_PRIOR_N
+    assert out[:20_000].var() == pytest.approx(m / (m - 2) * (1 + 1 / m), rel=0.04)
+    assert np.array_equal(out[20_000:], resid[20_000:])
+    assert np.array_equal(readapted._with_site_uncertainty(resid, codes, seed=1), resid)
