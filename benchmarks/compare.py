@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--append",
         action="store_true",
-        help="keep the other datasets' results of the previous run (out/compare.json)",
+        help="keep the other datasets' results of the previous run (results/compare.json)",
     )
     args = p.parse_args(argv)
     args.argv = argv
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     dev: list[dict] = []
     commands = [" ".join(argv)]
-    previous = common.OUT / "compare.json"
+    previous = common.RESULTS / "compare.json"
     if args.append and previous.exists():
         old = json.loads(previous.read_text())
         datasets = {k: v for k, v in old["datasets"].items() if k not in names}

@@ -312,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="film,saint")
     p.add_argument("--dims", default=",".join(map(str, DIMS)))
-    p.add_argument("--append", action="store_true", help="keep other rows of out/engine.json")
+    p.add_argument("--append", action="store_true", help="keep other rows of results/engine.json")
     args = p.parse_args(argv)
     backbones = [b for b in args.backbones.split(",") if b]
     dims = [int(d) for d in args.dims.split(",") if d]
-    previous = common.OUT / "engine.json"
+    previous = common.RESULTS / "engine.json"
     rows = []
     if args.append and previous.exists():
         rows = [

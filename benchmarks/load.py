@@ -8,7 +8,7 @@ session's cohort is different (fresh ids, jittered values), so no one is served 
 another's cache. Measured: each step's response time (click/upload until the app is
 idle), the slowest response, and the server's resident memory (VmRSS from
 /proc/<pid>/status) before, at its peak during, and after each round, once the round's
-browser contexts are closed. Results: benchmarks/out/load.json and a markdown table.
+browser contexts are closed. Results: benchmarks/results/load.json and a markdown table.
 
 The browsers run on the same CPU as the server, so the times include rendering the
 Cohort page's charts in ten browsers: an upper bound on what a server alone would show.
@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=1000)
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds to wait after a round before reading memory")
-    parser.add_argument("--out", type=Path, default=OUT / "load.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ at a time, because the machine is a shared 2-core CPU.
 
     python benchmarks/scale.py fit    [--people 1000,5000,20000,50000] [--idps 2,20,100,200]
     python benchmarks/scale.py score  [--cohorts 1000,10000,100000]
-    python benchmarks/scale.py report          # markdown from benchmarks/out/scale.json
+    python benchmarks/scale.py report          # markdown from benchmarks/results/scale.json
 
 Fits are bounded (`--steps` optimiser steps, `--reference-samples` per level combination)
 so the grid completes; the default network (FiLM-MLP, width 256, depth 4), batch 256 and
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).parent / "out" / "scale.json"
+OUT = Path(__file__).parent / "results" / "scale.json"
 N_SITES = 3
 TEST_PEOPLE = 2_000
 
@@ -144,8 +144,10 @@ def _load() -> dict:
 
 
 def _save(results: dict) -> None:
+    """The raw numbers and their markdown section (read by `common.assemble`)."""
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1))
+    OUT.with_suffix(".md").write_text(report(results).rstrip() + "\n")
 
 
 def run_fits(people: list[int], idps: list[int], steps: int, ref: int, base: tuple) -> None:
