@@ -102,20 +102,32 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "threads": {k: os.environ.get(k) for k in ("NORMCORE_THREADS", "OMP_NUM_THREADS")},
-        "git_head": git_head(),
+        "git_head": CODE_AT_START,
     }
 
 
 def git_head() -> str:
+    """The commit the modelling code is at, marked when normcore/ has uncommitted changes."""
     try:
-        return subprocess.run(
+        head = subprocess.run(
             ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "normcore"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + (" (with uncommitted changes to normcore/)" if dirty else "")
+
+
+CODE_AT_START = git_head()
+"""Read when a script starts, so that a commit made while it runs is not credited to it."""
 
 
 # ----------------------------------------------------------------------------- timing
