@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from normcore.errors import BundleError
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """2: denoisers predict v (format 1 predicted the noise, so its weights mean something else)."""
 MAX_BUNDLE_BYTES = 512 * 1024**2
 

@@ -620,8 +620,16 @@ def model_card(model: Any) -> dict[str, Any]:
         "dispersion correction": (
             f"x{model.dispersion_:.2f} (bands widened)" if model.dispersion_ > 1 else "none needed"
         ),
+        "deviation calibration": _deviation_calibration_text(model.deviation_calibration_),
         "adapted sites": adapted_sites(model.adaptations_),
     }
+
+
+def _deviation_calibration_text(calibration: Sequence[float]) -> str:
+    shift, spread = calibration
+    if (shift, spread) == (0.0, 1.0):
+        return "none (too few validation people to measure it)"
+    return f"shift {shift:+.2f}, spread x{spread:.2f} (measured on validation people)"
 
 
 def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:

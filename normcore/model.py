@@ -39,7 +39,7 @@ from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
 from normcore.reference import (
     ReferenceTable,
     build_reference,
-    deviation_scale,
+    deviation_calibration,
     mahalanobis_centile,
     normal_scores,
     values_at,
@@ -64,10 +64,9 @@ MAX_DISPERSION_ROWS = 256
 """Validation rows used for the dispersion: enough for a pooled scale, and fit stays fast."""
 MIN_DISPERSION_ROWS = 30
 """Fewer validation rows than this leave the dispersion at 1 (too noisy to trust)."""
-MIN_DEVIATION_ROWS = 200
-"""Fewer validation rows than this leave the deviation scale at 1: it is fitted to the
-whole distribution of one distance per person, which 78 rows (the demo's) fix too loosely
-(measured: 0.81 there, while held-out people needed more than 1)."""
+MIN_DEVIATION_ROWS = 60
+"""Fewer validation rows than this leave the deviation centile uncalibrated: a mean and a
+standard deviation from fewer people are too loose to correct anything."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,7 @@ class NormativeModel:
             self.train_seconds_ = time.perf_counter() - start
             self.adaptations_: list[dict] = []
             self._build_reference(progress, parallel)
-            self.deviation_scale_ = self._estimate_deviation_scale(df.iloc[val_idx])
+            self.deviation_calibration_ = self._estimate_deviation_calibration(df.iloc[val_idx])
         self.fit_seconds_ = time.perf_counter() - start
         self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
         return self
@@ -336,12 +335,12 @@ class NormativeModel:
             out[rows] = spread * (resid[rows] + rng.standard_normal(shape) / np.sqrt(m))
         return out
 
-    def _estimate_deviation_scale(self, rows: pd.DataFrame) -> float:
-        """`reference.deviation_scale` on held-out validation rows (1 if too few)."""
+    def _estimate_deviation_calibration(self, rows: pd.DataFrame) -> tuple[float, float]:
+        """`reference.deviation_calibration` on held-out validation rows (none if too few)."""
         if len(rows) < MIN_DEVIATION_ROWS:
-            return 1.0
+            return (0.0, 1.0)
         r = self._normal_scores(rows)
-        return deviation_scale(self.reference_, r["codes"], r["z"])
+        return deviation_calibration(self.reference_, r["codes"], r["z"])
 
     def _estimate_dispersion(self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> float:
         """How much wider the model's residuals must be to fit people it was not trained on.
@@ -479,14 +478,15 @@ class NormativeModel:
         """One multivariate deviation per person: how unusual the whole IDP profile is.
 
         `mahalanobis` is the squared Mahalanobis distance of the person's normal scores
-        under the model's IDP correlation; `deviation_centile` ranks it, divided by the
-        model's `deviation_scale_` (measured on validation rows at fit time), among model
-        samples with the same categorical covariates (100 = more unusual than every sample).
+        under the model's IDP correlation; `deviation_centile` ranks it among model
+        samples with the same categorical covariates (100 = more unusual than every
+        sample), recalibrated by the model's `deviation_calibration_` (measured on
+        validation rows at fit time).
         """
         self._check_fitted()
         r = self._normal_scores(df)
         d2, centile = mahalanobis_centile(
-            self.reference_, r["codes"], r["z"], self.deviation_scale_
+            self.reference_, r["codes"], r["z"], self.deviation_calibration_
         )
         out = pd.DataFrame({"row": np.arange(len(d2))})
         if self.schema_.id and self.schema_.id in df.columns:
@@ -609,7 +609,7 @@ class NormativeModel:
             "fit_seconds": self.fit_seconds_,
             "reference_bandwidth": self.reference_.bandwidth,
             "dispersion": self.dispersion_,
-            "deviation_scale": self.deviation_scale_,
+            "deviation_calibration": list(self.deviation_calibration_),
             "adaptations": self.adaptations_,
         }
         return bundle.to_bytes(tensors, meta)
@@ -639,7 +639,8 @@ class NormativeModel:
             model.created_ = meta["created"]
             model.adaptations_ = list(meta.get("adaptations", []))
             model.dispersion_ = float(meta["dispersion"])
-            model.deviation_scale_ = float(meta["deviation_scale"])
+            shift, spread = meta["deviation_calibration"]
+            model.deviation_calibration_ = (float(shift), float(spread))
             model.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = build_denoiser(
                 cfg.backbone,

@@ -261,3 +261,13 @@ def test_model_card_says_whether_the_bands_were_widened(fitted):
     widened.dispersion_ = 1.0
     assert model_card(widened)["dispersion correction"] == "none needed"
     assert model_card(widened)["IDPs"] == len(fitted.schema_.idps)
+
+
+def test_model_card_says_how_the_deviation_centile_was_recalibrated(fitted):
+    model = copy.copy(fitted)
+    model.deviation_calibration_ = (0.0, 1.0)
+    assert model_card(model)["deviation calibration"].startswith("none")
+    model.deviation_calibration_ = (0.05, 1.21)
+    assert model_card(model)["deviation calibration"] == (
+        "shift +0.05, spread x1.21 (measured on validation people)"
+    )
