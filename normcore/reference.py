@@ -364,9 +364,9 @@ def deviation_calibration(
     people's distances come out too spread in both directions (synthetic, 20 IDPs: 10 %
     above the 95th centile and 7 % below the 5th), so the correction is a shift and a
     spread of the centiles' normal scores rather than one scale of the distance (which
-    left a KS of 0.07 there; this gives 0.04). On validation people the model never trained on, the normal
-    scores of the raw centiles are standardised by their mean and standard deviation
-    (scores clipped to +-4, where ranks beyond the samples are extrapolated).
+    left a KS of 0.07 there; this gives 0.04). On validation people the model never
+    trained on, the normal scores of the raw centiles are standardised by their mean and
+    standard deviation (clipped to +-4, where ranks beyond the samples are extrapolated).
     """
     d2 = np.einsum("ij,jk,ik->i", z, table.precision, z)
     r = np.clip(_raw_deviation_scores(table, codes, d2), -4.0, 4.0)
