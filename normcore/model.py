@@ -35,7 +35,7 @@ from normcore.diffusion import (
 from normcore.distributed import Parallel
 from normcore.distributed import current as current_parallel
 from normcore.errors import BundleError, DataError, NotFittedError
-from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
+from normcore.preprocessing import AgeShape, CovariateEncoder, IDPTransform, LocationScale
 from normcore.reference import (
     ReferenceTable,
     build_reference,
@@ -179,9 +179,11 @@ class NormativeModel:
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
+            resid = self.transform_.transform(values)
             self.location_scale_ = LocationScale.fit(
-                self.transform_.transform(values), age_z, codes, self.encoder_.n_levels
+                resid, age_z, codes, self.encoder_.n_levels
             )
+            self.shape_ = AgeShape.fit(self.location_scale_.transform(resid, age_z, codes), age_z)
             y = self._to_network(values, age_z, codes)
             net = build_denoiser(
                 cfg.backbone,
@@ -236,7 +238,8 @@ class NormativeModel:
     # ----------------------------------------------------------------- sampling
     def _to_network(self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """User units -> the residual units the denoiser models."""
-        return self.location_scale_.transform(self.transform_.transform(values), age_z, codes)
+        resid = self.location_scale_.transform(self.transform_.transform(values), age_z, codes)
+        return self.shape_.transform(resid, age_z)
 
     @torch.inference_mode()
     def _estimate_x0_variance(
@@ -296,6 +299,7 @@ class NormativeModel:
         age_z = self.encoder_.encode_age(ages)
         resid = self._sample_residuals(age_z, codes, generator(self.device_, seed))
         resid = self._with_site_uncertainty(resid * self.dispersion_, codes, seed)
+        resid = self.shape_.inverse(resid, age_z)
         return self.transform_.inverse(self.location_scale_.inverse(resid, age_z, codes))
 
     def _adapted_levels(self) -> list[tuple[int, int, float]]:
@@ -554,7 +558,7 @@ class NormativeModel:
         new.location_scale_ = new.location_scale_.with_level(
             k, code, values, age_z, codes, prior_n=ADAPT_PRIOR_N
         )
-        y = new.location_scale_.transform(values, age_z, codes)
+        y = new.shape_.transform(new.location_scale_.transform(values, age_z, codes), age_z)
         counts = {}
         for col in self.schema_.categorical:
             if col != column and col in controls.columns:
@@ -602,6 +606,7 @@ class NormativeModel:
             "schema": self.schema_.to_dict(),
             "transform": self.transform_.to_dict(),
             "location_scale": self.location_scale_.to_dict(),
+            "shape": self.shape_.to_dict(),
             "encoder": self.encoder_.to_dict(),
             "training": self.training_,
             "history": self.history_,
@@ -631,6 +636,7 @@ class NormativeModel:
             model.schema_ = Schema.from_dict(meta["schema"])
             model.transform_ = IDPTransform.from_dict(meta["transform"])
             model.location_scale_ = LocationScale.from_dict(meta["location_scale"])
+            model.shape_ = AgeShape.from_dict(meta["shape"])
             model.encoder_ = CovariateEncoder.from_dict(meta["encoder"])
             model.training_ = meta["training"]
             model.history_ = meta["history"]

@@ -284,3 +284,89 @@ class LocationScale:
             np.asarray(d["mean_coef"], dtype=np.float64),
             np.asarray(d["scale_coef"], dtype=np.float64),
         )
+
+
+@dataclass
+class AgeShape:
+    """Per-IDP residual shape that changes with age, mapped to a standard normal.
+
+    The first stage (`LocationScale`) removes a smooth mean and spread; what it leaves can
+    still be skewed or bimodal, differently at different ages. Here each IDP's residual
+    quantile function is estimated at a grid of ages (Gaussian-kernel-weighted quantiles
+    of the training residuals), interpolated linearly in age, and used to map residuals
+    to normal scores. The denoiser then models normal-score vectors: nearly standard
+    normal margins at every age, so most of what it must learn is their dependence.
+    Why: on the synthetic benchmark a kernel estimate of the residual distribution alone
+    placed people 2.4 centile points from the truth, the denoiser on raw residuals 2.8.
+    Beyond the outermost levels the map continues linearly (a Gaussian tail with the
+    local spread), so it is defined and invertible on the whole real line.
+    """
+
+    ages: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    quantiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    """(age grid, LEVELS, IDPs) residual quantiles, increasing along axis 1."""
+
+    LEVELS = stats.norm.ppf(np.linspace(0.01, 0.99, 41))
+    """Normal scores of the tabulated probability levels."""
+    _GRID = 15
+    _BANDWIDTH = 0.3
+    """Kernel bandwidth in standardised age (the benchmark's error was flat from 0.2 to 0.5)."""
+    _CHUNK = 4096
+
+    @classmethod
+    def fit(cls, resid: np.ndarray, age_z: np.ndarray) -> AgeShape:
+        ages = np.quantile(age_z, np.linspace(0, 1, cls._GRID))
+        probs = stats.norm.cdf(cls.LEVELS)
+        order = np.argsort(resid, axis=0)
+        q = np.empty((len(ages), len(probs), resid.shape[1]))
+        for g, a in enumerate(ages):
+            w = np.exp(-0.5 * ((age_z - a) / cls._BANDWIDTH) ** 2)
+            for j in range(resid.shape[1]):
+                wj = w[order[:, j]]
+                cw = np.cumsum(wj)
+                q[g, :, j] = np.interp(probs * cw[-1], cw - 0.5 * wj, resid[order[:, j], j])
+        q = np.maximum.accumulate(q, axis=1)  # ties in small samples: keep it non-decreasing
+        q += np.arange(len(probs))[None, :, None] * 1e-9
+        return cls(ages, q)
+
+    def _local(self, age_z: np.ndarray) -> np.ndarray:
+        """Quantile functions at each row's age (rows, LEVELS, IDPs)."""
+        pos = np.clip(np.interp(age_z, self.ages, np.arange(len(self.ages))), 0, len(self.ages) - 1)
+        g = np.minimum(pos.astype(int), len(self.ages) - 2)
+        lam = (pos - g)[:, None, None]
+        return (1 - lam) * self.quantiles[g] + lam * self.quantiles[g + 1]
+
+    @staticmethod
+    def _map(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+        """Piecewise-linear map through points (xp, fp) (rows, LEVELS, IDPs), continued
+        linearly past both ends; xp increasing along axis 1."""
+        k = (xp <= x[:, None, :]).sum(axis=1)
+        k = np.clip(k, 1, xp.shape[1] - 1)
+        take = lambda a, i: np.take_along_axis(a, i[:, None, :], axis=1)[:, 0, :]  # noqa: E731
+        x0, x1, f0, f1 = take(xp, k - 1), take(xp, k), take(fp, k - 1), take(fp, k)
+        return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+
+    def _apply(self, x: np.ndarray, age_z: np.ndarray, forward: bool) -> np.ndarray:
+        out = np.empty_like(x, dtype=np.float64)
+        levels = np.broadcast_to(self.LEVELS[None, :, None], (1, len(self.LEVELS), x.shape[1]))
+        for s in range(0, len(x), self._CHUNK):
+            q = self._local(np.asarray(age_z[s : s + self._CHUNK], dtype=np.float64))
+            u = np.broadcast_to(levels, q.shape)
+            xs = x[s : s + self._CHUNK]
+            out[s : s + self._CHUNK] = self._map(xs, q, u) if forward else self._map(xs, u, q)
+        return out
+
+    def transform(self, resid: np.ndarray, age_z: np.ndarray) -> np.ndarray:
+        return self._apply(resid, age_z, forward=True)
+
+    def inverse(self, z: np.ndarray, age_z: np.ndarray) -> np.ndarray:
+        return self._apply(z, age_z, forward=False)
+
+    def to_dict(self) -> dict:
+        return {"ages": self.ages.tolist(), "quantiles": self.quantiles.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AgeShape:
+        return cls(
+            np.asarray(d["ages"], dtype=np.float64), np.asarray(d["quantiles"], dtype=np.float64)
+        )

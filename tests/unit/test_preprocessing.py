@@ -1,8 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from normcore.preprocessing import CovariateEncoder, IDPTransform, LocationScale
+from normcore.preprocessing import AgeShape, CovariateEncoder, IDPTransform, LocationScale
 from normcore.schema import Schema
 
 
@@ -97,3 +98,48 @@ def test_location_scale_shrinks_a_site_learned_from_few_controls():
     assert shift[0] == pytest.approx(before[0] / 2, abs=0.15)
     with pytest.raises(ValueError, match="neither known nor the next"):
         ls.with_level(1, 6, *few, prior_n=5)
+
+
+def _shape_changing_with_age(rng, n):
+    """Residuals normal at young ages, increasingly right-skewed and bimodal at old ones."""
+    age = rng.uniform(-1.7, 1.7, n)
+    second = rng.random(n) < 0.35 * (age > 0)
+    skewed = rng.exponential(1.0, n) - 1.0
+    x = np.where(age < 0, rng.standard_normal(n), skewed + 2.5 * second)
+    return np.stack([x, rng.standard_normal(n)], axis=1), age
+
+
+def test_age_shape_makes_margins_normal_at_every_age_and_inverts():
+    rng = np.random.default_rng(0)
+    resid, age = _shape_changing_with_age(rng, 8000)
+    shape = AgeShape.fit(resid, age)
+    new, new_age = _shape_changing_with_age(rng, 8000)
+    z = shape.transform(new, new_age)
+    for band in ((-1.7, -0.3), (0.3, 1.0), (1.0, 1.7)):
+        rows = (new_age > band[0]) & (new_age < band[1])
+        assert stats.kstest(z[rows, 0], "norm").statistic < 0.05, band
+        # without the map, the old ages' residuals are far from normal
+    old = new_age > 1.0
+    standardised = (new[old, 0] - new[old, 0].mean()) / new[old, 0].std()
+    assert stats.kstest(standardised, "norm").statistic > 0.1
+    assert np.allclose(shape.inverse(z, new_age), new, atol=1e-9)
+
+
+def test_age_shape_is_monotone_and_finite_far_in_the_tails():
+    rng = np.random.default_rng(1)
+    resid, age = _shape_changing_with_age(rng, 3000)
+    shape = AgeShape.fit(resid, age)
+    grid = np.linspace(-40, 40, 801)
+    for a in (-2.5, 0.0, 1.2, 3.0):  # inside and outside the training ages
+        z = shape.transform(np.stack([grid, grid], axis=1), np.full(len(grid), a))
+        assert np.all(np.isfinite(z)) and np.all(np.diff(z, axis=0) > 0)
+        back = shape.inverse(z, np.full(len(grid), a))
+        assert np.allclose(back[:, 0], grid, atol=1e-6)
+
+
+def test_age_shape_json_round_trip():
+    rng = np.random.default_rng(2)
+    resid, age = _shape_changing_with_age(rng, 1000)
+    shape = AgeShape.fit(resid, age)
+    again = AgeShape.from_dict(shape.to_dict())
+    assert np.allclose(again.transform(resid, age), shape.transform(resid, age))
