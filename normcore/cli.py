@@ -19,8 +19,9 @@ from normcore import distributed, stream
 from normcore.data import read_table
 from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
-from normcore.model import DEFAULT_QUANTILES, NormativeModel, adaptation_warnings
+from normcore.model import DEFAULT_QUANTILES, NormativeModel
 from normcore.schema import Schema, validate_training
+from normcore.site_advice import adaptation_warnings
 
 
 def _split(text: str | None) -> list[str] | None:

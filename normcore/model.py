@@ -683,11 +683,6 @@ class NormativeModel:
 
 
 MIN_ADAPT_CONTROLS = 3
-SAFE_CONTROLS_PER_SEX = 10
-"""Below this many controls per sex an adaptation is flagged (BrainChart's rule of thumb;
-see benchmarks/RESULTS.md for the calibration measured at 5, 10, 20 and 50 controls)."""
-
-
 def widening(ratios: np.ndarray, seed: int, boot: int = 400) -> float:
     """The dispersion factor from per-row, per-IDP |z| / 0.6745 ratios (rows x IDPs).
 
@@ -703,25 +698,6 @@ def widening(ratios: np.ndarray, seed: int, boot: int = 400) -> float:
     rows = rng.integers(0, len(ratios), size=(boot, len(ratios)))
     spread = np.std([np.median(ratios[r]) for r in rows])
     return max(1.0, float(np.median(ratios)) - 2.0 * float(spread))
-
-
-def adaptation_warnings(record: dict) -> list[str]:
-    """Plain-language warnings for an adaptation record (too few controls per sex)."""
-    out = []
-    for column, counts in record.get("counts", {}).items():
-        for level, n in counts.items():
-            if n < SAFE_CONTROLS_PER_SEX:
-                out.append(
-                    f"site '{record['level']}' was adapted from only {n} controls with "
-                    f"{column} = {level}; below {SAFE_CONTROLS_PER_SEX} per group its centiles "
-                    "are less reliable (see the adaptation benchmark in benchmarks/RESULTS.md)."
-                )
-    if record["n_controls"] < 2 * SAFE_CONTROLS_PER_SEX:
-        out.append(
-            f"site '{record['level']}' was adapted from {record['n_controls']} controls in all; "
-            f"at least {2 * SAFE_CONTROLS_PER_SEX} are recommended."
-        )
-    return out
 
 
 ADAPT_PRIOR = 1e-2

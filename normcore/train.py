@@ -38,7 +38,7 @@ class TrainConfig:
     max_epochs: int | None = None
     """Passes over the training rows; None = as many as `max_steps` allows."""
     max_steps: int = 8000
-    patience_steps: int = 1500
+    patience_steps: int = 1000
     """Stop when the validation loss has not improved for this many optimiser steps."""
     val_fraction: float = 0.15
     covariate_dropout: float = 0.1

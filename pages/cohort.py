@@ -12,7 +12,7 @@ from normcore.explore import (
 from normcore.figures.charts import cohort_z_heatmap
 from normcore.figures.charts import extreme_rates as extreme_chart
 from normcore.idp_groups import default_idps, label
-from normcore.model import SAFE_CONTROLS_PER_SEX
+from normcore.site_advice import SAFE_CONTROLS_PER_SEX
 from pages import common
 
 common.run_through_app()

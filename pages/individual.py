@@ -14,7 +14,7 @@ from normcore.explore import (
 )
 from normcore.figures.charts import centile_fan, deviation_profile
 from normcore.idp_groups import default_idps, label
-from normcore.model import SAFE_CONTROLS_PER_SEX
+from normcore.site_advice import SAFE_CONTROLS_PER_SEX
 from pages import common
 
 common.run_through_app()

@@ -16,8 +16,9 @@ from normcore.explore import (
     training_schema,
 )
 from normcore.figures.charts import loss_curve
-from normcore.model import MIN_ADAPT_CONTROLS, SAFE_CONTROLS_PER_SEX, adaptation_warnings
+from normcore.model import MIN_ADAPT_CONTROLS
 from normcore.schema import coerce_categories, numeric_columns, validate_scoring, validate_training
+from normcore.site_advice import SAFE_CONTROLS_PER_SEX, adaptation_warnings
 from pages import common
 
 common.run_through_app()

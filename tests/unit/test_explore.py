@@ -35,7 +35,7 @@ from normcore.explore import (
 )
 from normcore.figures.charts import deviation_profile
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
-from normcore.model import adaptation_warnings
+from normcore.site_advice import adaptation_warnings
 
 SCHEMA = Schema(
     age="age", categorical=("sex", "site"), idps=("Left-Hippocampus", "eTIV"), id="sub_id"
