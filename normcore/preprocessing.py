@@ -298,16 +298,26 @@ class AgeShape:
     normal margins at every age, so most of what it must learn is their dependence.
     Why: on the synthetic benchmark a kernel estimate of the residual distribution alone
     placed people 2.4 centile points from the truth, the denoiser on raw residuals 2.8.
-    Beyond the outermost levels the map continues linearly (a Gaussian tail with the
-    local spread), so it is defined and invertible on the whole real line.
+
+    Guards for small or uneven samples (fcon1000: 523 people, most in their twenties):
+    the kernel widens wherever fewer than MIN_EFFECTIVE people would carry a grid age
+    (so sparse ages borrow the shape of their neighbours, and a tiny table gets one
+    pooled shape); the quantiles stop at 2.5 % and 97.5 %; and neighbouring quantiles
+    are kept at least MIN_SLOPE of a standard normal's spacing apart, so that tied or
+    clumped values cannot stretch the map. Beyond the outermost levels the map continues
+    linearly (a Gaussian tail with the local spread): it is defined and invertible on the
+    whole real line.
     """
 
     ages: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quantiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     """(age grid, LEVELS, IDPs) residual quantiles, increasing along axis 1."""
 
-    LEVELS = stats.norm.ppf(np.linspace(0.01, 0.99, 41))
-    """Normal scores of the tabulated probability levels."""
+    LEVELS = np.linspace(-1.96, 1.96, 33)
+    """Normal scores of the tabulated probability levels (2.5 % to 97.5 %)."""
+    MIN_EFFECTIVE = 200.0
+    """Effective number of people (Kish) below which a grid age's kernel is widened."""
+    MIN_SLOPE = 0.2
     _GRID = 15
     _BANDWIDTH = 0.3
     """Kernel bandwidth in standardised age (the benchmark's error was flat from 0.2 to 0.5)."""
@@ -315,19 +325,34 @@ class AgeShape:
 
     @classmethod
     def fit(cls, resid: np.ndarray, age_z: np.ndarray) -> AgeShape:
-        ages = np.quantile(age_z, np.linspace(0, 1, cls._GRID))
+        ages = np.unique(np.quantile(age_z, np.linspace(0, 1, cls._GRID)))
+        if len(ages) < 2:
+            ages = np.array([ages[0] - 1.0, ages[0] + 1.0])
         probs = stats.norm.cdf(cls.LEVELS)
         order = np.argsort(resid, axis=0)
         q = np.empty((len(ages), len(probs), resid.shape[1]))
         for g, a in enumerate(ages):
-            w = np.exp(-0.5 * ((age_z - a) / cls._BANDWIDTH) ** 2)
+            w = cls._weights(age_z, a)
             for j in range(resid.shape[1]):
                 wj = w[order[:, j]]
                 cw = np.cumsum(wj)
                 q[g, :, j] = np.interp(probs * cw[-1], cw - 0.5 * wj, resid[order[:, j], j])
-        q = np.maximum.accumulate(q, axis=1)  # ties in small samples: keep it non-decreasing
-        q += np.arange(len(probs))[None, :, None] * 1e-9
+        gap = cls.MIN_SLOPE * np.diff(cls.LEVELS)[None, :, None]
+        steps = np.maximum(np.diff(q, axis=1), gap)
+        q[:, 1:, :] = q[:, :1, :] + np.cumsum(steps, axis=1)
         return cls(ages, q)
+
+    @classmethod
+    def _weights(cls, age_z: np.ndarray, at: float) -> np.ndarray:
+        """Gaussian kernel weights around `at`, widened until MIN_EFFECTIVE people carry
+        them (or the whole table does)."""
+        bandwidth = cls._BANDWIDTH
+        target = min(cls.MIN_EFFECTIVE, 0.9 * len(age_z))
+        while True:
+            w = np.exp(-0.5 * ((age_z - at) / bandwidth) ** 2)
+            if w.sum() ** 2 / (w**2).sum() >= target or bandwidth > 100:
+                return w
+            bandwidth *= 1.25
 
     def _local(self, age_z: np.ndarray) -> np.ndarray:
         """Quantile functions at each row's age (rows, LEVELS, IDPs)."""
@@ -336,15 +361,30 @@ class AgeShape:
         lam = (pos - g)[:, None, None]
         return (1 - lam) * self.quantiles[g] + lam * self.quantiles[g + 1]
 
-    @staticmethod
-    def _map(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    TAIL_SPAN = 8
+    """Levels spanned by the slope that continues the map past either end (1 normal-score
+    unit): the outermost segment alone rests on a handful of people and stretched the
+    tails of held-out people's scores (synthetic, 300 people: SD 1.08 instead of 1.0)."""
+
+    @classmethod
+    def _map(cls, x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
         """Piecewise-linear map through points (xp, fp) (rows, LEVELS, IDPs), continued
-        linearly past both ends; xp increasing along axis 1."""
-        k = (xp <= x[:, None, :]).sum(axis=1)
-        k = np.clip(k, 1, xp.shape[1] - 1)
-        take = lambda a, i: np.take_along_axis(a, i[:, None, :], axis=1)[:, 0, :]  # noqa: E731
+        past both ends along the chord of the outermost TAIL_SPAN segments; xp increasing
+        along axis 1."""
+        k = np.clip((xp <= x[:, None, :]).sum(axis=1), 1, xp.shape[1] - 1)
+
+        def take(a: np.ndarray, i: np.ndarray | int) -> np.ndarray:
+            i = np.broadcast_to(np.asarray(i), x.shape)
+            return np.take_along_axis(a, i[:, None, :], axis=1)[:, 0, :]
+
         x0, x1, f0, f1 = take(xp, k - 1), take(xp, k), take(fp, k - 1), take(fp, k)
-        return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+        out = f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+        last, span = xp.shape[1] - 1, cls.TAIL_SPAN
+        lo_x, lo_f, hi_x, hi_f = take(xp, 0), take(fp, 0), take(xp, last), take(fp, last)
+        lo_slope = (take(fp, span) - lo_f) / (take(xp, span) - lo_x)
+        hi_slope = (hi_f - take(fp, last - span)) / (hi_x - take(xp, last - span))
+        out = np.where(x < lo_x, lo_f + (x - lo_x) * lo_slope, out)
+        return np.where(x > hi_x, hi_f + (x - hi_x) * hi_slope, out)
 
     def _apply(self, x: np.ndarray, age_z: np.ndarray, forward: bool) -> np.ndarray:
         out = np.empty_like(x, dtype=np.float64)
