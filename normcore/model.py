@@ -683,6 +683,8 @@ class NormativeModel:
 
 
 MIN_ADAPT_CONTROLS = 3
+
+
 def widening(ratios: np.ndarray, seed: int, boot: int = 400) -> float:
     """The dispersion factor from per-row, per-IDP |z| / 0.6745 ratios (rows x IDPs).
 

@@ -7,6 +7,9 @@ the bundle, so a loaded model maps new people exactly as the fitted one did.
   reduces skew (ventricles, hypointensities) so the denoiser sees near-symmetric targets;
   its lambda is kept inside (0, 2), where the inverse is defined on the whole real line, so
   every generated sample maps back to a finite value.
+* `LocationScale`: a smooth mean and spread in age plus site and sex effects, removed.
+* `AgeShape`: what is left, mapped to normal scores through its quantile function at the
+  person's age, so the denoiser sees near-normal margins whatever the shape.
 * `CovariateEncoder`: age standardised; each categorical covariate mapped to integer
   codes 1..K with 0 reserved for "unknown" (unseen site, missing sex). The network learns
   the unknown level through covariate dropout during training.
