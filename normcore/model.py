@@ -52,7 +52,7 @@ from normcore.schema import (
     validate_scoring,
     validate_training,
 )
-from normcore.train import TrainConfig, train_denoiser
+from normcore.train import TrainConfig, train_denoiser, validation_split
 
 __version__ = "0.1.0"
 
@@ -173,17 +173,23 @@ class NormativeModel:
             torch.manual_seed(cfg.seed)
             values = df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
             self.schema_ = schema
-            self.transform_ = IDPTransform.fit(values)
             self.encoder_ = CovariateEncoder.fit(df, schema)
             self.training_ = _training_summary(df, schema)
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
+            # the IDP transforms (scale, mean, spread, shape) learn from the training rows
+            # only, so that the validation rows stay unseen by every estimate made on them
+            # (dispersion, deviation calibration); with 523 fcon1000 people they were not
+            _, fit_rows = validation_split(len(values), cfg.train, cfg.seed)
+            self.transform_ = IDPTransform.fit(values[fit_rows])
             resid = self.transform_.transform(values)
             self.location_scale_ = LocationScale.fit(
-                resid, age_z, codes, self.encoder_.n_levels
+                resid[fit_rows], age_z[fit_rows], codes[fit_rows], self.encoder_.n_levels
             )
-            self.shape_ = AgeShape.fit(self.location_scale_.transform(resid, age_z, codes), age_z)
+            self.shape_ = AgeShape.fit(
+                self.location_scale_.transform(resid, age_z, codes)[fit_rows], age_z[fit_rows]
+            )
             y = self._to_network(values, age_z, codes)
             net = build_denoiser(
                 cfg.backbone,

@@ -61,6 +61,17 @@ def _validation_draws(
     return t, noise
 
 
+def validation_split(n: int, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, training rows): a seeded random `val_fraction` held out.
+
+    One function, so that the model can fit its first stage on the training rows alone
+    before the denoiser is trained on the same split.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(int(round(n * config.val_fraction)), min(n // 5, 32)) if n >= 40 else 0
+    return order[:n_val], order[n_val:]
+
+
 def train_denoiser(
     net: nn.Module,
     schedule: Schedule,
@@ -87,10 +98,8 @@ def train_denoiser(
     is that of the whole batch and the settings mean the same as in one process.
     """
     n, dim = y.shape
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    n_val = max(int(round(n * config.val_fraction)), min(n // 5, 32)) if n >= 40 else 0
-    val_idx, tr_idx = order[:n_val], order[n_val:]
+    val_idx, tr_idx = validation_split(n, config, seed)
+    n_val = len(val_idx)
     device = device or torch.device("cpu")
     Y = torch.as_tensor(y, dtype=torch.float32).to(device)
     A = torch.as_tensor(age, dtype=torch.float32).to(device)

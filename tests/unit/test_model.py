@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 
@@ -170,3 +171,22 @@ def test_widening_ignores_noise_and_keeps_a_clear_excess():
     narrow = np.abs(1.3 * rng.standard_normal((2000, 20))) / 0.6745
     assert widening(narrow, seed=0) == pytest.approx(1.3, rel=0.03)
     assert widening(narrow, seed=0) < np.median(narrow)  # less its noise, never more
+
+
+def test_first_stage_never_sees_the_validation_rows(fitted, train_df, schema):
+    """Estimates made on validation rows (dispersion, deviation calibration) must not be
+    optimistic: moving the validation rows far away leaves the first stage unchanged."""
+    from normcore.train import validation_split
+
+    val, _ = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
+    moved = train_df.copy()
+    for idp in schema.idps:
+        moved.loc[moved.index[val], idp] += 3 * train_df[idp].std()
+    probe = copy.deepcopy(fitted.config)
+    other = NormativeModel.__new__(NormativeModel)
+    other.config, other.threads, other.device = probe, fitted.threads, fitted.device
+    other.fit(moved, schema)
+    assert other.transform_.to_dict() == fitted.transform_.to_dict()
+    assert np.allclose(other.location_scale_.mean_coef, fitted.location_scale_.mean_coef)
+    assert np.allclose(other.location_scale_.scale_coef, fitted.location_scale_.scale_coef)
+    assert np.allclose(other.shape_.quantiles, fitted.shape_.quantiles)
