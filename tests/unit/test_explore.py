@@ -35,7 +35,7 @@ from normcore.explore import (
 )
 from normcore.figures.charts import deviation_profile
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
-from normcore.site_advice import adaptation_warnings
+from normcore.site_advice import MEASURED_COVERAGE_95, adaptation_warnings, measured_calibration
 
 SCHEMA = Schema(
     age="age", categorical=("sex", "site"), idps=("Left-Hippocampus", "eTIV"), id="sub_id"
@@ -219,6 +219,9 @@ def test_planned_adaptation_counts_controls_per_sex_like_the_engine_record():
     warnings = adaptation_warnings(plan)
     assert any("only 2 controls with sex = 1" in w for w in warnings)
     assert any("5 controls in all" in w for w in warnings)
+    # the warning quotes the calibration measured at that number of controls
+    lo, hi = MEASURED_COVERAGE_95[5]
+    assert any(f"from 5 controls had {lo:.0f}-{hi:.0f} %" in w for w in warnings)
     women = planned_adaptation(controls.head(3), SCHEMA, "site", {"sex": ["0", "1"]})
     assert women["counts"]["sex"] == {"0": 3, "1": 0}  # no men at all must be warned about
     with pytest.raises(DataError, match="one site"):
@@ -271,3 +274,9 @@ def test_model_card_says_how_the_deviation_centile_was_recalibrated(fitted):
     assert model_card(model)["deviation calibration"] == (
         "shift +0.05, spread x1.21 (measured on validation people)"
     )
+
+
+def test_measured_calibration_quotes_the_nearest_tested_number_of_controls():
+    lo, hi = MEASURED_COVERAGE_95[10]
+    assert f"from 10 controls had {lo:.0f}-{hi:.0f} %" in measured_calibration(14)
+    assert "from 5 controls" in measured_calibration(3)  # fewer than any tested: the smallest
