@@ -106,21 +106,17 @@ def machine_info() -> dict:
     }
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def git_head() -> str:
     """The commit the modelling code is at, marked when normcore/ has uncommitted changes."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "normcore"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = _git("log", "-1", "--format=%h %s")
+        dirty = _git("status", "--porcelain", "normcore")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" (with uncommitted changes to normcore/)" if dirty else "")

@@ -187,10 +187,9 @@ class NormativeModel:
             self.location_scale_ = LocationScale.fit(
                 resid[fit_rows], age_z[fit_rows], codes[fit_rows], self.encoder_.n_levels
             )
-            self.shape_ = AgeShape.fit(
-                self.location_scale_.transform(resid, age_z, codes)[fit_rows], age_z[fit_rows]
-            )
-            y = self._to_network(values, age_z, codes)
+            resid = self.location_scale_.transform(resid, age_z, codes)
+            self.shape_ = AgeShape.fit(resid[fit_rows], age_z[fit_rows])
+            y = self.shape_.transform(resid, age_z)
             net = build_denoiser(
                 cfg.backbone,
                 len(schema.idps),
