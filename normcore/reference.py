@@ -225,8 +225,13 @@ _KEEP = 2_000
 """Samples per combination kept for the correlation and the Mahalanobis reference."""
 
 
+def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of each row of normal scores z (n, D)."""
+    return np.einsum("ij,jk,ik->i", z, precision, z)
+
+
 def _d2_quantiles(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    return np.quantile(np.einsum("ij,jk,ik->i", z, precision, z), LEVELS)
+    return np.quantile(_squared_distance(z, precision), LEVELS)
 
 
 def build_reference(
@@ -344,7 +349,7 @@ def mahalanobis_centile(
     spread) then maps its normal score r to (r - shift) / spread: the model's measured
     correction for people it did not train on (see `deviation_calibration`).
     """
-    d2 = np.einsum("ij,jk,ik->i", z, table.precision, z)
+    d2 = _squared_distance(z, table.precision)
     shift, spread = calibration
     return d2, 100.0 * stats.norm.cdf((_raw_deviation_scores(table, codes, d2) - shift) / spread)
 
@@ -368,6 +373,6 @@ def deviation_calibration(
     trained on, the normal scores of the raw centiles are standardised by their mean and
     standard deviation (clipped to +-4, where ranks beyond the samples are extrapolated).
     """
-    d2 = np.einsum("ij,jk,ik->i", z, table.precision, z)
+    d2 = _squared_distance(z, table.precision)
     r = np.clip(_raw_deviation_scores(table, codes, d2), -4.0, 4.0)
     return float(r.mean()), float(r.std())
