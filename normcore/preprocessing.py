@@ -3,11 +3,9 @@
 Everything here is learned from the training table once and saved as plain JSON numbers in
 the bundle, so a loaded model maps new people exactly as the fitted one did.
 
-* `IDPTransform`: per IDP, standardise -> Yeo-Johnson -> standardise. The power step
-  reduces skew (ventricles, hypointensities) so the denoiser sees near-symmetric targets;
-  its lambda is kept inside (0, 2), where the inverse is defined on the whole real line, so
-  every generated sample maps back to a finite value.
-* `LocationScale`: a smooth mean and spread in age plus site and sex effects, removed.
+* `IDPTransform`: per IDP, standardise.
+* `LocationScale`: a smooth mean and spread in age plus site and sex effects, removed;
+  penalised splines whose smoothness is chosen per IDP by generalised cross-validation.
 * `AgeShape`: what is left, mapped to normal scores through its quantile function at the
   person's age, so the denoiser sees near-normal margins whatever the shape.
 * `CovariateEncoder`: age standardised; each categorical covariate mapped to integer
@@ -27,78 +25,42 @@ from sklearn.preprocessing import SplineTransformer
 from normcore.schema import Schema, coerce_categories
 
 UNKNOWN = "<unknown>"
-_LAMBDA_RANGE = (0.2, 1.8)
-
-
-def _yeo_johnson(x: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Yeo-Johnson forward transform, column-wise lambdas in (0, 2)."""
-    pos = x >= 0
-    out = np.empty_like(x)
-    lam_b = np.broadcast_to(lam, x.shape)
-    out[pos] = ((x[pos] + 1.0) ** lam_b[pos] - 1.0) / lam_b[pos]
-    lam2 = 2.0 - lam_b[~pos]
-    out[~pos] = -(((1.0 - x[~pos]) ** lam2) - 1.0) / lam2
-    return out
-
-
-def _yeo_johnson_inverse(y: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Inverse of `_yeo_johnson`; defined for every real y when 0 < lambda < 2."""
-    pos = y >= 0
-    out = np.empty_like(y)
-    lam_b = np.broadcast_to(lam, y.shape)
-    out[pos] = (y[pos] * lam_b[pos] + 1.0) ** (1.0 / lam_b[pos]) - 1.0
-    lam2 = 2.0 - lam_b[~pos]
-    out[~pos] = 1.0 - (1.0 - lam2 * y[~pos]) ** (1.0 / lam2)
-    return out
 
 
 @dataclass
 class IDPTransform:
-    """Per-IDP standardise -> Yeo-Johnson -> standardise, with its exact inverse."""
+    """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing.
+
+    No power transform: the IDPs' skew is handled later, by age, in `AgeShape`. A
+    Yeo-Johnson step here used to bend location-scale structure that `LocationScale`
+    fits best in the original units (synthetic benchmark, 4 IDPs: first-stage centile
+    error 2.58 with it, 2.47 without; fcon1000 held-out calibration unchanged).
+    """
 
     loc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scale: np.ndarray = field(default_factory=lambda: np.ones(0))
-    lam: np.ndarray = field(default_factory=lambda: np.ones(0))
-    loc2: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    scale2: np.ndarray = field(default_factory=lambda: np.ones(0))
 
     @classmethod
     def fit(cls, values: np.ndarray) -> IDPTransform:
         """Learn the transform from an (n, D) array of training values."""
         values = np.asarray(values, dtype=np.float64)
-        loc = values.mean(axis=0)
         scale = values.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
-        u = (values - loc) / scale
-        lam = np.array([stats.yeojohnson_normmax(u[:, j]) for j in range(u.shape[1])])
-        lam = np.clip(lam, *_LAMBDA_RANGE)
-        v = _yeo_johnson(u, lam)
-        loc2 = v.mean(axis=0)
-        scale2 = v.std(axis=0)
-        scale2 = np.where(scale2 > 0, scale2, 1.0)
-        return cls(loc, scale, lam, loc2, scale2)
+        return cls(values.mean(axis=0), np.where(scale > 0, scale, 1.0))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         """User units -> network units (float64)."""
-        u = (np.asarray(values, dtype=np.float64) - self.loc) / self.scale
-        return (_yeo_johnson(u, self.lam) - self.loc2) / self.scale2
+        return (np.asarray(values, dtype=np.float64) - self.loc) / self.scale
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         """Network units -> user units (float64)."""
-        v = np.asarray(z, dtype=np.float64) * self.scale2 + self.loc2
-        return _yeo_johnson_inverse(v, self.lam) * self.scale + self.loc
+        return np.asarray(z, dtype=np.float64) * self.scale + self.loc
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("loc", "scale", "lam", "loc2", "scale2")}
+        return {"loc": self.loc.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> IDPTransform:
-        return cls(
-            **{
-                k: np.asarray(d[k], dtype=np.float64)
-                for k in ("loc", "scale", "lam", "loc2", "scale2")
-            }
-        )
+        return cls(np.asarray(d["loc"], dtype=np.float64), np.asarray(d["scale"], dtype=np.float64))
 
 
 @dataclass
@@ -160,7 +122,7 @@ class CovariateEncoder:
 class LocationScale:
     """Per-IDP heteroscedastic regression on covariates, removed before diffusion.
 
-    A smooth curve in age (cubic B-splines, quantile knots) plus additive effects of each
+    A smooth curve in age (penalised cubic B-splines) plus additive effects of each
     categorical level gives each IDP a conditional mean m(x) and spread s(x); the diffusion
     model then learns the residual (y - m(x)) / s(x): its remaining shape, its dependence
     on covariates and the dependence between IDPs. A well-regularised first stage finds the
@@ -174,9 +136,14 @@ class LocationScale:
     mean_coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     scale_coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
-    _RIDGE = 1.0
-    _LOG_CHI2_MEAN = -1.2704
-    """E[log chi^2_1]: the bias of log squared Gaussian residuals as a log-variance estimate."""
+    KNOT_INTERVALS = 16
+    """Equal-width age intervals of the spline; the penalty, not the knots, sets smoothness."""
+    SMOOTHING = 10.0 ** np.arange(-3.0, 6.01, 0.5)
+    """Candidate weights of the second-difference penalty; GCV picks one per IDP and part."""
+    _LEVEL_RIDGE = 1.0
+    """Ridge on sex and site effects: a weak random-effect prior, so a small site is
+    pulled towards the others rather than fitted to its few people."""
+    _SPREAD_ITERATIONS = 5
 
     def _design(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         spline = SplineTransformer(
@@ -193,26 +160,85 @@ class LocationScale:
             cols.append(onehot)
         return np.hstack(cols)
 
-    @classmethod
-    def _ridge(cls, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        penalty = cls._RIDGE * np.eye(x.shape[1])
-        penalty[0, 0] = 0.0
-        return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    def _penalty(self, smoothing: float) -> np.ndarray:
+        """Second differences of the spline coefficients (a P-spline: at high weight the
+        curve becomes a straight line, which is also how it extrapolates), plus the
+        ridge on level effects. The tiny ridge on the spline separates it from the
+        intercept (B-splines sum to one)."""
+        n_basis = len(self.knots) + 2
+        size = 1 + n_basis + sum(self.n_levels)
+        penalty = np.zeros((size, size))
+        diff = np.diff(np.eye(n_basis), 2, axis=0)
+        spline = slice(1, 1 + n_basis)
+        penalty[spline, spline] = smoothing * diff.T @ diff + 1e-6 * np.eye(n_basis)
+        levels = np.arange(1 + n_basis, size)
+        penalty[levels, levels] = self._LEVEL_RIDGE
+        return penalty
+
+    def _smooth(
+        self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Penalised (weighted) least squares of each column of y on x, each column with
+        the penalty weight in SMOOTHING that minimises its generalised cross-validation
+        score n * RSS / (n - edf)^2. `weights` (n, D) are per row and column."""
+        n, d = y.shape
+        coef = np.zeros((x.shape[1], d))
+        best = np.full(d, np.inf)
+        columns = [slice(None)] if weights is None else [slice(j, j + 1) for j in range(d)]
+        for cols in columns:
+            w = np.ones((n, 1)) if weights is None else weights[:, cols]
+            xtwx = (x * w).T @ x
+            xtwy = (x * w).T @ y[:, cols]
+            for smoothing in self.SMOOTHING:
+                a = xtwx + self._penalty(smoothing)
+                b = np.linalg.solve(a, xtwy)
+                edf = float(np.trace(np.linalg.solve(a, xtwx)))
+                if n - edf < 1.0:
+                    continue
+                score = n * (w * (y[:, cols] - x @ b) ** 2).sum(axis=0) / (n - edf) ** 2
+                better = np.flatnonzero(score < best[cols])
+                coef[:, np.arange(d)[cols][better]] = b[:, better]
+                best[np.arange(d)[cols][better]] = score[better]
+        return coef
+
+    def _log_spread(self, x: np.ndarray, resid: np.ndarray) -> np.ndarray:
+        """Coefficients of log s(x): a gamma GLM with log link on squared residuals,
+        fitted by iteratively reweighted least squares (its weights are all one), each
+        step smoothed like the mean. Squared residuals, not their logs: the log of a
+        squared residual is a noisy and biased spread estimate."""
+        sq = resid**2
+        eta = np.broadcast_to(np.log(sq.mean(axis=0) + 1e-12), sq.shape)
+        for _ in range(self._SPREAD_ITERATIONS):
+            coef = self._smooth(x, eta + sq / np.exp(eta) - 1.0)
+            eta = np.clip(x @ coef, -30.0, 30.0)
+        return coef / 2.0
 
     @classmethod
     def fit(
         cls, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray, n_levels: list[int]
     ) -> LocationScale:
-        """Learn m(x) and s(x) from network-unit IDPs y (n, D)."""
-        n_knots = int(np.clip(len(y) // 150, 4, 8))
-        knots = np.unique(np.quantile(age_z, np.linspace(0, 1, n_knots)))
-        if len(knots) < 2:
-            knots = np.array([float(age_z.min()) - 1.0, float(age_z.max()) + 1.0])
+        """Learn m(x) and s(x) from standardised IDPs y (n, D).
+
+        The mean is refitted by weighted least squares once the spread is known (people
+        at ages of wide spread say less about the mean), and the spread once more from
+        the new residuals. Why splines with a data-chosen penalty: on the synthetic
+        benchmark the spread is log-linear in age and the mean has one sharp step; GCV
+        gives about 9 effective degrees of freedom to the mean and 5 to the spread, where
+        fixed knots had to pick one flexibility for all (first-stage centile error 2.84
+        with 8 fixed knots, 2.47 with GCV, 4 IDPs).
+        """
+        lo, hi = float(np.min(age_z)), float(np.max(age_z))
+        if hi - lo < 1e-6:
+            lo, hi = lo - 1.0, hi + 1.0
+        knots = np.linspace(lo, hi, cls.KNOT_INTERVALS + 1)
         ls = cls(knots, [m - 1 for m in n_levels], np.zeros(0), np.zeros(0))
         x = ls._design(age_z, codes)
-        ls.mean_coef = cls._ridge(x, y)
+        ls.mean_coef = ls._smooth(x, y)
+        for _ in range(2):
+            ls.scale_coef = ls._log_spread(x, y - x @ ls.mean_coef)
+            ls.mean_coef = ls._smooth(x, y, weights=np.exp(-2.0 * x @ ls.scale_coef))
         resid = y - x @ ls.mean_coef
-        ls.scale_coef = cls._ridge(x, np.log(resid**2 + 1e-8) - cls._LOG_CHI2_MEAN) / 2
+        ls.scale_coef = ls._log_spread(x, resid)
         z = resid / np.exp(x @ ls.scale_coef)
         ls.scale_coef[0] += np.log(z.std(axis=0))
         return ls

@@ -13,8 +13,9 @@ from conftest import SPEC, TINY
 from normcore import NormativeModel, Schema
 from normcore.synthetic import idp_names, simulate
 
-SCHEMA = Schema(age="age", categorical=("sex", "site"), idps=tuple(idp_names(SPEC)),
-                id="subject_id")
+SCHEMA = Schema(
+    age="age", categorical=("sex", "site"), idps=tuple(idp_names(SPEC)), id="subject_id"
+)
 
 
 @pytest.fixture
@@ -43,14 +44,14 @@ def test_fit_sample_score_bound_threads_and_restore_them(
     assert seen == {inside}
     assert torch.get_num_threads() == outside_threads
 
-    original = model._sample_user_units
+    original = model._sample_scores
 
     def spy(*args, **kwargs):
         seen.add(torch.get_num_threads())
         return original(*args, **kwargs)
 
     seen.clear()
-    model._sample_user_units = spy
+    model._sample_scores = spy
     model.sample(data.head(3), n=5)
     assert seen == {inside} and torch.get_num_threads() == outside_threads
     model.score(data.head(10))

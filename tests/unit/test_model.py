@@ -173,20 +173,41 @@ def test_widening_ignores_noise_and_keeps_a_clear_excess():
     assert widening(narrow, seed=0) < np.median(narrow)  # less its noise, never more
 
 
-def test_first_stage_never_sees_the_validation_rows(fitted, train_df, schema):
-    """Estimates made on validation rows (dispersion, deviation calibration) must not be
-    optimistic: moving the validation rows far away leaves the first stage unchanged."""
+def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
+    fitted, train_df, schema, monkeypatch
+):
+    """The dispersion is measured on validation rows, so it must see a first stage fitted
+    without them (else it is optimistic); the margins the model keeps come from every row.
+    Moving the validation rows far away leaves the first stage seen by the dispersion
+    unchanged, and moves the final one."""
     from normcore.train import validation_split
 
     val, _ = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
     moved = train_df.copy()
     for idp in schema.idps:
         moved.loc[moved.index[val], idp] += 3 * train_df[idp].std()
-    probe = copy.deepcopy(fitted.config)
-    other = NormativeModel.__new__(NormativeModel)
-    other.config, other.threads, other.device = probe, fitted.threads, fitted.device
-    other.fit(moved, schema)
-    assert other.transform_.to_dict() == fitted.transform_.to_dict()
-    assert np.allclose(other.location_scale_.mean_coef, fitted.location_scale_.mean_coef)
-    assert np.allclose(other.location_scale_.scale_coef, fitted.location_scale_.scale_coef)
-    assert np.allclose(other.shape_.quantiles, fitted.shape_.quantiles)
+    seen = {}
+    measure = NormativeModel._estimate_dispersion
+
+    def spy(self, *args):
+        seen["transform"] = self.transform_.to_dict()
+        seen["mean"] = self.location_scale_.mean_coef.copy()
+        seen["shape"] = self.shape_.quantiles.copy()
+        return measure(self, *args)
+
+    monkeypatch.setattr(NormativeModel, "_estimate_dispersion", spy)
+    models = []
+    for table in (moved, train_df):
+        model = NormativeModel.__new__(NormativeModel)
+        model.config = copy.deepcopy(fitted.config)
+        model.threads, model.device = fitted.threads, fitted.device
+        models.append(model.fit(table, schema))
+        if table is moved:
+            first = seen.copy()
+    assert first["transform"] == seen["transform"]
+    assert np.allclose(first["mean"], seen["mean"])
+    assert np.allclose(first["shape"], seen["shape"])
+    final = [m.location_scale_.mean_coef for m in models]
+    assert not np.allclose(*final)
+    idps = train_df[list(schema.idps)].to_numpy(dtype=np.float64)
+    assert np.allclose(models[1].transform_.loc, idps.mean(axis=0))  # every row
