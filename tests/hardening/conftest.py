@@ -9,7 +9,7 @@ Fixtures:
                                AppTest depends only on what the test uploads or trains
     app             (function) factory: an AppTest of the dashboard on a given page
     browser         (session)  Playwright Chromium from /usr/bin/chromium (from tests/e2e)
-    sandboxed_server(module)   `streamlit run app.py` with its own HOME and TMPDIR, a trap
+    sandboxed_server(module)   the deployed server command with its own HOME and TMPDIR, a trap
                                proxy in its environment and a tiny demo model; yields a
                                `Server` with the URL, pid and the directories to audit
 """
@@ -229,7 +229,7 @@ def sandboxed_server(browser) -> Iterator[Server]:
     log_path = _e2e.ARTIFACTS / "hardening-server.log"
     # Exactly the deployed command (Dockerfile CMD): no usage-statistics flag, so the
     # repository's .streamlit/config.toml is what keeps them off.
-    command = [sys.executable, "-m", "streamlit", "run", "app.py",
+    command = [sys.executable, "-m", "normcore.serve",
                "--server.port", str(port), "--server.address", "127.0.0.1"]
     started = time.time()
     with open(log_path, "wb") as log:

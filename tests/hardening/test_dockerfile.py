@@ -59,7 +59,7 @@ def test_image_properties() -> None:
     assert users and users[-1] not in ("root", "0") and kinds.index("USER") > kinds.index("RUN")
     assert "HEALTHCHECK" in kinds and "/_stcore/health" in dict(steps)["HEALTHCHECK"]
     cmd = dict(steps)["CMD"]
-    assert cmd.startswith('["streamlit", "run", "app.py"') and "make" not in cmd
+    assert cmd.startswith('["python", "-m", "normcore.serve"') and "make" not in cmd
     assert "test -s assets/demo/fcon1000.normcore" in runs  # the build fails without the demo
 
 
