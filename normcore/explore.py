@@ -617,12 +617,19 @@ def model_card(model: Any) -> dict[str, Any]:
         "covariates": ", ".join(model.schema_.covariates),
         "backbone": model.config.backbone,
         "training time": f"{model.fit_seconds_:.0f} s",
+        "spread matching": _margin_text(model.margin_[0]),
         "dispersion correction": (
             f"x{model.dispersion_:.2f} (bands widened)" if model.dispersion_ > 1 else "none needed"
         ),
         "deviation calibration": _deviation_calibration_text(model.deviation_calibration_),
         "adapted sites": adapted_sites(model.adaptations_),
     }
+
+
+def _margin_text(gain: np.ndarray) -> str:
+    if np.all(gain == 1.0):
+        return "none (too few validation people to measure it)"
+    return f"x{gain.min():.2f} to x{gain.max():.2f} across IDPs (denoiser spread matched)"
 
 
 def _deviation_calibration_text(calibration: Sequence[float]) -> str:

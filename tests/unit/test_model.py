@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from normcore.errors import DataError, NotFittedError
-from normcore.model import NormativeModel, widening
+from normcore.model import NormativeModel, margin_match, widening
 from normcore.schema import Schema
 
 
@@ -157,11 +157,38 @@ def test_dispersion_measures_how_much_wider_held_out_people_are_than_the_model(f
     centre = fitted._sample_residuals(age_z[rows], codes[rows], g).reshape(n, draws, -1).mean(1)
     same = fitted._sample_residuals(age_z, codes, g)
     wide = centre + 2.0 * (same - centre)
-    assert fitted._estimate_dispersion(wide, age_z, codes) == pytest.approx(2.0, rel=0.15)
-    assert fitted._estimate_dispersion(same, age_z, codes) == pytest.approx(1.0, rel=0.15)
+    model_draws = fitted._draws_at(age_z, codes)
+    assert fitted._estimate_dispersion(wide, model_draws) == pytest.approx(2.0, rel=0.15)
+    assert fitted._estimate_dispersion(same, model_draws) == pytest.approx(1.0, rel=0.15)
     narrow = centre + 0.5 * (same - centre)
-    assert fitted._estimate_dispersion(narrow, age_z, codes) == 1.0  # it only widens
-    assert fitted._estimate_dispersion(same[:10], age_z[:10], codes[:10]) == 1.0  # too few
+    assert fitted._estimate_dispersion(narrow, model_draws) == 1.0  # it only widens
+    assert fitted._estimate_dispersion(same[:10], model_draws[:10]) == 1.0  # too few
+
+
+def test_margin_match_gives_draws_the_mean_and_spread_of_the_scores():
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((3000, 3))
+    draws = 0.9 * rng.standard_normal((100, 200, 3)) + np.array([0.1, 0.0, -0.2])
+    gain, offset = margin_match(draws, scores)
+    matched = (draws * gain + offset).reshape(-1, 3)
+    assert np.allclose(matched.mean(axis=0), scores.mean(axis=0))
+    assert np.allclose(matched.std(axis=0), scores.std(axis=0))
+    assert gain == pytest.approx(np.full(3, 1 / 0.9), rel=0.05)
+    gain, offset = margin_match(draws, scores, enough=False)
+    assert np.all(gain == 1.0) and np.all(offset == 0.0)
+
+
+def test_fitted_model_draws_have_the_first_stage_spread(fitted, train_df):
+    """The model's draws over the training people's covariates have the SD of their
+    first-stage scores, whatever the (tiny) denoiser learned."""
+    ages, codes, _ = fitted._covariates(train_df)
+    age_z = fitted.encoder_.encode_age(ages)
+    scores = fitted._to_network(
+        train_df[list(fitted.schema_.idps)].to_numpy(dtype=np.float64), age_z, codes
+    )
+    draws = fitted._sample_scores(np.repeat(ages, 20), np.repeat(codes, 20, axis=0), seed=9)
+    ratio = draws.std(axis=0) / (scores.std(axis=0) * fitted.dispersion_)
+    assert ratio == pytest.approx(np.ones(len(ratio)), abs=0.1)
 
 
 def test_widening_ignores_noise_and_keeps_a_clear_excess():
@@ -178,8 +205,8 @@ def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
 ):
     """The dispersion is measured on validation rows, so it must see a first stage fitted
     without them (else it is optimistic); the margins the model keeps come from every row.
-    Moving the validation rows far away leaves the first stage seen by the dispersion
-    unchanged, and moves the final one."""
+    Moving the validation rows far away leaves the first stage in place when the
+    validation draws are made unchanged, and moves the final one."""
     from normcore.train import validation_split
 
     val, _ = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
@@ -187,7 +214,7 @@ def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
     for idp in schema.idps:
         moved.loc[moved.index[val], idp] += 3 * train_df[idp].std()
     seen = {}
-    measure = NormativeModel._estimate_dispersion
+    measure = NormativeModel._draws_at
 
     def spy(self, *args):
         seen["transform"] = self.transform_.to_dict()
@@ -195,7 +222,7 @@ def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
         seen["shape"] = self.shape_.quantiles.copy()
         return measure(self, *args)
 
-    monkeypatch.setattr(NormativeModel, "_estimate_dispersion", spy)
+    monkeypatch.setattr(NormativeModel, "_draws_at", spy)
     models = []
     for table in (moved, train_df):
         model = NormativeModel.__new__(NormativeModel)
