@@ -618,6 +618,7 @@ def model_card(model: Any) -> dict[str, Any]:
         "backbone": model.config.backbone,
         "training time": f"{model.fit_seconds_:.0f} s",
         "spread matching": _margin_text(model.margin_[0]),
+        "new-person spread": _predictive_text(model.predictive_),
         "dispersion correction": (
             f"x{model.dispersion_:.2f} (bands widened)" if model.dispersion_ > 1 else "none needed"
         ),
@@ -630,6 +631,12 @@ def _margin_text(gain: np.ndarray) -> str:
     if np.all(gain == 1.0):
         return "none (too few validation people to measure it)"
     return f"x{gain.min():.2f} to x{gain.max():.2f} across IDPs (denoiser spread matched)"
+
+
+def _predictive_text(predictive: Sequence[float | None]) -> str:
+    scale, dof = predictive
+    tails = "normal tails" if dof is None else f"Student-t tails, {dof:.0f} degrees of freedom"
+    return f"x{scale:.2f}, {tails} (5-fold cross-validation of the first stage)"
 
 
 def _deviation_calibration_text(calibration: Sequence[float]) -> str:

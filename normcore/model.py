@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 from scipy.special import ndtri
 
-from normcore import bundle
+from normcore import bundle, first_stage
 from normcore.denoisers import build_denoiser
 from normcore.device import generator, resolve_device
 from normcore.diffusion import (
@@ -216,7 +216,12 @@ class NormativeModel:
             # calibration below still uses rows the network never saw.
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
             self.margin_ = margin_match(draws, scores, enough=len(some) >= MIN_DISPERSION_ROWS)
-            self.dispersion_ = self._estimate_dispersion(y[some], self._matched(draws))
+            self.predictive_ = first_stage.predictive(
+                values, age_z, codes, self.encoder_.n_levels, cfg.seed
+            )
+            self.dispersion_ = self._estimate_dispersion(
+                y[some], self._predictive(self._matched(draws), cfg.seed + 4)
+            )
             self.train_seconds_ = time.perf_counter() - start
             self.adaptations_: list[dict] = []
             self._build_reference(progress, parallel)
@@ -247,20 +252,15 @@ class NormativeModel:
         self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray, rows: np.ndarray
     ) -> np.ndarray:
         """Fit scaling, location-scale and shape on `rows`; every row in network units."""
-        self.transform_ = IDPTransform.fit(values[rows])
-        resid = self.transform_.transform(values)
-        self.location_scale_ = LocationScale.fit(
-            resid[rows], age_z[rows], codes[rows], self.encoder_.n_levels
-        )
-        resid = self.location_scale_.transform(resid, age_z, codes)
-        self.shape_ = AgeShape.fit(resid[rows], age_z[rows])
-        return self.shape_.transform(resid, age_z)
+        stage = first_stage.fit(values, age_z, codes, self.encoder_.n_levels, rows)
+        self.transform_, self.location_scale_, self.shape_ = stage
+        return first_stage.scores(stage, values, age_z, codes)
 
     # ----------------------------------------------------------------- sampling
     def _to_network(self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """User units -> the residual units the denoiser models."""
-        resid = self.location_scale_.transform(self.transform_.transform(values), age_z, codes)
-        return self.shape_.transform(resid, age_z)
+        stage = (self.transform_, self.location_scale_, self.shape_)
+        return first_stage.scores(stage, values, age_z, codes)
 
     @torch.inference_mode()
     def _estimate_x0_variance(
@@ -289,8 +289,8 @@ class NormativeModel:
     def _sample_residuals(
         self, age_z: np.ndarray, codes: np.ndarray, g: torch.Generator
     ) -> np.ndarray:
-        """One draw per row from the denoiser, in its residual units, before `margin_`
-        and `dispersion_`."""
+        """One draw per row from the denoiser, in its residual units, before `margin_`,
+        `predictive_` and `dispersion_`."""
         cfg = self.config
         steps = ddim_timesteps(self.schedule_, cfg.sampling_steps)
         age_t = torch.as_tensor(age_z).to(self.device_)
@@ -320,7 +320,8 @@ class NormativeModel:
         units of `_to_network`: what the reference table tabulates."""
         seed = self.config.seed + 1 if seed is None else seed
         age_z = self.encoder_.encode_age(ages)
-        resid = self._matched(self._sample_residuals(age_z, codes, generator(self.device_, seed)))
+        resid = self._sample_residuals(age_z, codes, generator(self.device_, seed))
+        resid = self._predictive(self._matched(resid), seed)
         return self._with_site_uncertainty(resid * self.dispersion_, codes, seed)
 
     def _from_network(self, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -385,6 +386,15 @@ class NormativeModel:
         """Denoiser draws with `margin_` applied (gain and offset per IDP)."""
         gain, offset = self.margin_
         return draws * gain + offset
+
+    def _predictive(self, draws: np.ndarray, seed: int) -> np.ndarray:
+        """Draws spread as the first stage's scores of new people are (`predictive_`): a
+        scale, and for heavy tails a Student-t scale mixture, per draw and IDP."""
+        scale, dof = self.predictive_
+        if dof is None:
+            return draws * scale
+        rng = np.random.default_rng([seed, 5])
+        return draws * scale * np.sqrt(dof / rng.chisquare(dof, size=draws.shape))
 
     def _estimate_dispersion(self, y: np.ndarray, draws: np.ndarray) -> float:
         """How much wider the model's residuals must be to fit people it was not trained on.
@@ -657,6 +667,7 @@ class NormativeModel:
             "reference_bandwidth": self.reference_.bandwidth,
             "dispersion": self.dispersion_,
             "margin": {"gain": self.margin_[0].tolist(), "offset": self.margin_[1].tolist()},
+            "predictive": {"scale": self.predictive_[0], "dof": self.predictive_[1]},
             "deviation_calibration": list(self.deviation_calibration_),
             "adaptations": self.adaptations_,
         }
@@ -688,6 +699,11 @@ class NormativeModel:
             model.created_ = meta["created"]
             model.adaptations_ = list(meta.get("adaptations", []))
             model.dispersion_ = float(meta["dispersion"])
+            dof = meta["predictive"]["dof"]
+            model.predictive_ = (
+                float(meta["predictive"]["scale"]),
+                None if dof is None else float(dof),
+            )
             model.margin_ = (
                 np.asarray(meta["margin"]["gain"], dtype=np.float64),
                 np.asarray(meta["margin"]["offset"], dtype=np.float64),

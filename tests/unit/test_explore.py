@@ -266,6 +266,18 @@ def test_model_card_says_whether_the_bands_were_widened(fitted):
     assert model_card(widened)["IDPs"] == len(fitted.schema_.idps)
 
 
+def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitted):
+    model = copy.copy(fitted)
+    model.predictive_ = (1.02, 6.6)
+    assert model_card(model)["new-person spread"] == (
+        "x1.02, Student-t tails, 7 degrees of freedom (5-fold cross-validation of the first stage)"
+    )
+    model.predictive_ = (1.0, None)
+    assert "normal tails" in model_card(model)["new-person spread"]
+    model.margin_ = (np.array([0.97, 1.04]), np.zeros(2))
+    assert model_card(model)["spread matching"].startswith("x0.97 to x1.04")
+
+
 def test_model_card_says_how_the_deviation_centile_was_recalibrated(fitted):
     model = copy.copy(fitted)
     model.deviation_calibration_ = (0.0, 1.0)
