@@ -36,6 +36,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
 
 # .streamlit/config.toml in /app holds the settings (usage statistics off, headless,
-# upload limit); only where to listen is given here. normcore.serve is `streamlit run
-# app.py` with torch and the rest imported before the first visitor (normcore/serve.py).
-CMD ["python", "-m", "normcore.serve", "--server.address=0.0.0.0", "--server.port=8501"]
+# upload limit); only where to listen is given here. serve.py is `streamlit run
+# app.py` with torch and the rest imported before the first visitor.
+CMD ["python", "serve.py", "--server.address=0.0.0.0", "--server.port=8501"]

@@ -33,7 +33,7 @@ $(DEV_STAMP): requirements-dev.txt requirements.txt pyproject.toml | $(PY)
 	touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(PY) -m normcore.serve --server.headless true \
+	$(PY) serve.py --server.headless true \
 		--server.address $(ADDRESS) --server.port $(PORT)
 
 # Playwright drives Debian's chromium: its own browser download is not available here.

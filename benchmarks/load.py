@@ -1,6 +1,6 @@
 """Load: N people at once scoring a 1,000-person cohort each against the demo model.
 
-Starts `python -m normcore.serve` (the deployed command, repository config) on a free port,
+Starts `python serve.py` (the deployed command, repository config) on a free port,
 then runs `--rounds` rounds; in each, `--sessions` browser contexts (headless Debian
 Chromium via Playwright's async API, all at once) open the dashboard, upload their own
 1,000-person cohort on the Data page and open the Cohort page, which scores it. Every
@@ -99,7 +99,7 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "NORMCORE_DEMO_DIR"}
     with open(log, "wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "normcore.serve", "--server.port", str(port),
+            [sys.executable, "serve.py", "--server.port", str(port),
              "--server.address", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
         )

@@ -1,7 +1,7 @@
 """End-to-end fixtures: the real dashboard in a subprocess, driven by headless Debian Chromium.
 
 Fixtures:
-    app_url  (session)  base URL of the dashboard (`python -m normcore.serve`) on a free local port
+    app_url  (session)  base URL of the dashboard (`python serve.py`) on a free local port
                         (`streamlit_server()` starts another, e.g. a fresh one for a test)
     browser  (session)  Playwright Chromium from /usr/bin/chromium (tests/conftest.py)
     page     (function) a fresh browser context (downloads accepted) and page per test
@@ -55,7 +55,7 @@ def _healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def streamlit_server(log_name: str) -> Iterator[str]:
-    """Run the dashboard as users do (`python -m normcore.serve`, i.e. `streamlit run
+    """Run the dashboard as users do (`python serve.py`, i.e. `streamlit run
     app.py` with the heavy imports done first) on a free port; yield its URL.
 
     The server's output goes to test-artifacts/<log_name>, which is kept for reading
@@ -66,8 +66,7 @@ def streamlit_server(log_name: str) -> Iterator[str]:
     log_path = ARTIFACTS / log_name
     command = [
         sys.executable,
-        "-m",
-        "normcore.serve",
+        "serve.py",
         "--server.port",
         str(port),
         "--server.address",

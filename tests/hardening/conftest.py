@@ -229,7 +229,7 @@ def sandboxed_server(browser) -> Iterator[Server]:
     log_path = _e2e.ARTIFACTS / "hardening-server.log"
     # Exactly the deployed command (Dockerfile CMD): no usage-statistics flag, so the
     # repository's .streamlit/config.toml is what keeps them off.
-    command = [sys.executable, "-m", "normcore.serve",
+    command = [sys.executable, "serve.py",
                "--server.port", str(port), "--server.address", "127.0.0.1"]
     started = time.time()
     with open(log_path, "wb") as log:

@@ -59,14 +59,15 @@ def test_image_properties() -> None:
     assert users and users[-1] not in ("root", "0") and kinds.index("USER") > kinds.index("RUN")
     assert "HEALTHCHECK" in kinds and "/_stcore/health" in dict(steps)["HEALTHCHECK"]
     cmd = dict(steps)["CMD"]
-    assert cmd.startswith('["python", "-m", "normcore.serve"') and "make" not in cmd
+    assert cmd.startswith('["python", "serve.py"') and "make" not in cmd
     assert "test -s assets/demo/fcon1000.normcore" in runs  # the build fails without the demo
 
 
 def test_build_context_keeps_the_app_and_drops_the_rest() -> None:
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    for needed in ("app.py", "pages", "normcore", ".streamlit", "assets", "requirements.txt",
+    for needed in ("app.py", "serve.py", "pages", "normcore", ".streamlit", "assets",
+                   "requirements.txt",
                    "pyproject.toml"):
         assert needed not in ignored and f"{needed}/" not in ignored
         assert (REPO / needed).exists() or needed == "assets"

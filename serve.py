@@ -1,4 +1,4 @@
-"""`python -m normcore.serve [streamlit options]`: the dashboard, heavy imports done first.
+"""`python serve.py [streamlit options]`: the dashboard, heavy imports done first.
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
 the script, so the first visitor waited for torch, scipy, pandas and plotly to load:
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP = Path(__file__).resolve().parent / "app.py"
 
 
 def main(argv: list[str] | None = None) -> None:
