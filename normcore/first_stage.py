@@ -62,7 +62,12 @@ def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
 
 
 def predictive(
-    values: np.ndarray, age_z: np.ndarray, codes: np.ndarray, n_levels: list[int], seed: int
+    values: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    n_levels: list[int],
+    seed: int,
+    inside: np.ndarray | None = None,
 ) -> tuple[float, float | None]:
     """How the first stage's scores of new people are spread: (scale, dof) of a Student-t.
 
@@ -72,12 +77,14 @@ def predictive(
     excess over normal is scaled by (K - 1) / K: the model's own first stage sees all n
     people, and estimation error shrinks about as 1 / n. fcon1000 (445 people, 22 sites):
     out of fold, 90.5 % of scores fell in the 95 % band (a t with ~7 dof); synthetic,
-    3,000 people: 94.7 %.
+    3,000 people: 94.7 %. `inside`: the in-sample scores, if the caller already has them.
     """
     n = len(values)
     if n < MIN_ROWS:
         return 1.0, None
-    inside = np.abs(scores(fit(values, age_z, codes, n_levels, np.arange(n)), values, age_z, codes))
+    if inside is None:
+        inside = scores(fit(values, age_z, codes, n_levels, np.arange(n)), values, age_z, codes)
+    inside = np.abs(inside)
     fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
     outside = np.empty_like(inside)
     for k in range(FOLDS):

@@ -217,7 +217,7 @@ class NormativeModel:
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
             self.margin_ = margin_match(draws, scores, enough=len(some) >= MIN_DISPERSION_ROWS)
             self.predictive_ = first_stage.predictive(
-                values, age_z, codes, self.encoder_.n_levels, cfg.seed
+                values, age_z, codes, self.encoder_.n_levels, cfg.seed, inside=scores
             )
             self.dispersion_ = self._estimate_dispersion(
                 y[some], self._predictive(self._matched(draws), cfg.seed + 4)
