@@ -178,10 +178,10 @@ class NormativeModel:
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
-            # The network, and the sampler variance and dispersion measured on the
-            # validation rows, see a first stage fitted without those rows, so those
-            # estimates are not optimistic (fcon1000: 18.5 % of held-out people were above
-            # the 95th deviation centile when the validation rows were in it).
+            # The network, and the sampler variance, dispersion and deviation calibration
+            # measured on the validation rows, see a first stage fitted without those
+            # rows, so those estimates are not optimistic (fcon1000: 18.5 % of held-out
+            # people were above the 95th deviation centile when those rows were in it).
             _, fit_rows = validation_split(len(values), cfg.train, cfg.seed)
             y = self._fit_first_stage(values, age_z, codes, fit_rows)
             net = build_denoiser(
@@ -212,8 +212,7 @@ class NormativeModel:
             # learned near-standard-normal scores and their dependence, which a first stage
             # fitted on 15 % more people leaves as they were, while its estimates of each
             # IDP's mean, spread and shape gain (synthetic, 4 IDPs: first-stage centile
-            # error 2.47 from the training split, 2.09 from every row). The deviation
-            # calibration below still uses rows the network never saw.
+            # error 2.47 from the training split, 2.09 from every row).
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
             self.margin_ = margin_match(draws, scores, enough=len(some) >= MIN_DISPERSION_ROWS)
             self.predictive_ = first_stage.predictive(
@@ -382,11 +381,22 @@ class NormativeModel:
         """
         if len(scores) < MIN_DEVIATION_ROWS:
             return (0.0, 1.0)
-        z = np.empty_like(scores)
-        for s in range(0, len(scores), _CHUNK):
-            q, _ = self.reference_.lookup(codes[s : s + _CHUNK], ages[s : s + _CHUNK])
-            z[s : s + _CHUNK] = normal_scores(q, scores[s : s + _CHUNK])
+        z, _ = self._reference_z(scores, ages, codes)
         return deviation_calibration(self.reference_, codes, z)
+
+    def _reference_z(
+        self, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normal scores within the reference table, and its effective sample sizes, of
+        first-stage `scores` (n, D) at each row's age (years) and levels."""
+        z = np.empty_like(scores)
+        n_eff = np.empty(len(scores))
+        for s in range(0, len(scores), _CHUNK):
+            q, n_eff[s : s + _CHUNK] = self.reference_.lookup(
+                codes[s : s + _CHUNK], ages[s : s + _CHUNK]
+            )
+            z[s : s + _CHUNK] = normal_scores(q, scores[s : s + _CHUNK])
+        return z, n_eff
 
     def _draws_at(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """DISPERSION_DRAWS raw denoiser draws at each row's covariates (rows, draws, D)."""
@@ -494,13 +504,9 @@ class NormativeModel:
         self.check(df).raise_for_errors()
         ages, codes, unseen = self._covariates(df)
         y = df[list(self.schema_.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-        scores = self._to_network(y, self.encoder_.encode_age(ages), codes)
-        z = np.empty_like(y)
-        n_eff = np.empty(len(y))
-        for s in range(0, len(y), _CHUNK):
-            q, ne = self.reference_.lookup(codes[s : s + _CHUNK], ages[s : s + _CHUNK])
-            z[s : s + _CHUNK] = normal_scores(q, scores[s : s + _CHUNK])
-            n_eff[s : s + _CHUNK] = ne
+        z, n_eff = self._reference_z(
+            self._to_network(y, self.encoder_.encode_age(ages), codes), ages, codes
+        )
         lo, hi = self.training_["age_range"]
         names = np.array(list(self.encoder_.levels), dtype=object)
         unseen_txt = (
