@@ -619,9 +619,6 @@ def model_card(model: Any) -> dict[str, Any]:
         "training time": f"{model.fit_seconds_:.0f} s",
         "spread matching": _margin_text(model.margin_[0]),
         "new-person spread": _predictive_text(model.predictive_),
-        "dispersion correction": (
-            f"x{model.dispersion_:.2f} (bands widened)" if model.dispersion_ > 1 else "none needed"
-        ),
         "deviation calibration": _deviation_calibration_text(model.deviation_calibration_),
         "adapted sites": adapted_sites(model.adaptations_),
     }

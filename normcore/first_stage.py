@@ -98,3 +98,11 @@ def predictive(
         ratio = np.quantile(outside, level) / np.quantile(inside, level)
         targets.append(normal * max(1.0, 1.0 + (ratio - 1.0) * shrink))
     return t_match(*targets)
+
+
+def predictive_quantiles(spread: tuple[float, float | None], probs: np.ndarray) -> np.ndarray:
+    """Quantiles at `probs` of standard normal draws given the new-person `spread`
+    (scale, dof) of `predictive`: what the model draws if its denoiser adds nothing to the
+    first stage's margins."""
+    scale, dof = spread
+    return scale * (stats.norm.ppf(probs) if dof is None else stats.t.ppf(probs, dof))

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from scipy.special import ndtri
 
 from normcore import bundle, first_stage
 from normcore.denoisers import build_denoiser
@@ -37,6 +36,7 @@ from normcore.distributed import current as current_parallel
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.preprocessing import AgeShape, CovariateEncoder, IDPTransform, LocationScale
 from normcore.reference import (
+    LEVELS,
     ReferenceTable,
     build_reference,
     deviation_calibration,
@@ -58,12 +58,12 @@ __version__ = "0.1.0"
 
 DEFAULT_QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)
 _CHUNK = 8192
-DISPERSION_DRAWS = 200
-"""Model draws per validation row when measuring the dispersion correction."""
-MAX_DISPERSION_ROWS = 256
-"""Validation rows used for the dispersion: enough for a pooled scale, and fit stays fast."""
-MIN_DISPERSION_ROWS = 30
-"""Fewer validation rows than this leave the dispersion at 1 (too noisy to trust)."""
+VALIDATION_DRAWS = 200
+"""Model draws per validation row when measuring the spread matching."""
+MAX_VALIDATION_ROWS = 256
+"""Validation rows drawn at for the spread matching: enough per IDP, and fit stays fast."""
+MIN_VALIDATION_ROWS = 30
+"""Fewer validation rows than this leave the draws unmatched (too noisy to trust)."""
 MIN_DEVIATION_ROWS = 60
 """Fewer validation rows than this leave the deviation centile uncalibrated: a mean and a
 standard deviation from fewer people are too loose to correct anything."""
@@ -178,8 +178,8 @@ class NormativeModel:
             self.schedule_ = Schedule(cfg.schedule, cfg.diffusion_steps)
             codes, _ = self.encoder_.encode_categories(df)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
-            # The network, and the sampler variance, dispersion and deviation calibration
-            # measured on the validation rows, see a first stage fitted without those
+            # The network, and the sampler variance and deviation calibration measured
+            # on the validation rows, see a first stage fitted without those
             # rows, so those estimates are not optimistic (fcon1000: 18.5 % of held-out
             # people were above the 95th deviation centile when those rows were in it).
             _, fit_rows = validation_split(len(values), cfg.train, cfg.seed)
@@ -206,7 +206,7 @@ class NormativeModel:
             )
             rows = val_idx if len(val_idx) >= 100 else np.arange(len(y))
             self.x0_var_ = self._estimate_x0_variance(y[rows], age_z[rows], codes[rows])
-            some = val_idx[:MAX_DISPERSION_ROWS]
+            some = val_idx[:MAX_VALIDATION_ROWS]
             draws = self._draws_at(age_z[some], codes[some])
             # The margins the model keeps are then refitted on every row: the network has
             # learned near-standard-normal scores and their dependence, which a first stage
@@ -214,12 +214,9 @@ class NormativeModel:
             # IDP's mean, spread and shape gain (synthetic, 4 IDPs: first-stage centile
             # error 2.47 from the training split, 2.09 from every row).
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
-            self.margin_ = margin_match(draws, scores, enough=len(some) >= MIN_DISPERSION_ROWS)
+            self.margin_ = margin_match(draws, scores, enough=len(some) >= MIN_VALIDATION_ROWS)
             self.predictive_ = first_stage.predictive(
                 values, age_z, codes, self.encoder_.n_levels, cfg.seed, inside=scores
-            )
-            self.dispersion_ = self._estimate_dispersion(
-                y[some], self._predictive(self._matched(draws), cfg.seed + 4)
             )
             self.train_seconds_ = time.perf_counter() - start
             self.adaptations_: list[dict] = []
@@ -243,6 +240,7 @@ class NormativeModel:
             self._sample_scores,
             tuple(self.training_["age_range"]),
             self.encoder_.n_levels,
+            first_stage.predictive_quantiles(self.predictive_, LEVELS),
             samples_per_combination=self.config.reference_samples,
             grid_points=self.config.grid_points,
             seed=self.config.seed,
@@ -292,7 +290,7 @@ class NormativeModel:
         self, age_z: np.ndarray, codes: np.ndarray, g: torch.Generator
     ) -> np.ndarray:
         """One draw per row from the denoiser, in its residual units, before `margin_`,
-        `predictive_` and `dispersion_`."""
+        and `predictive_`."""
         cfg = self.config
         steps = ddim_timesteps(self.schedule_, cfg.sampling_steps)
         age_t = torch.as_tensor(age_z).to(self.device_)
@@ -324,7 +322,7 @@ class NormativeModel:
         age_z = self.encoder_.encode_age(ages)
         resid = self._sample_residuals(age_z, codes, generator(self.device_, seed))
         resid = self._predictive(self._matched(resid), seed)
-        return self._with_site_uncertainty(resid * self.dispersion_, codes, seed)
+        return self._with_site_uncertainty(resid, codes, seed)
 
     def _from_network(self, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Normal-score units -> user units at each row's own age and levels (monotone per
@@ -399,11 +397,11 @@ class NormativeModel:
         return z, n_eff
 
     def _draws_at(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """DISPERSION_DRAWS raw denoiser draws at each row's covariates (rows, draws, D)."""
-        reps = np.repeat(np.arange(len(age_z)), DISPERSION_DRAWS)
+        """VALIDATION_DRAWS raw denoiser draws at each row's covariates (rows, draws, D)."""
+        reps = np.repeat(np.arange(len(age_z)), VALIDATION_DRAWS)
         g = generator(self.device_, self.config.seed + 3)
         draws = self._sample_residuals(age_z[reps], codes[reps], g)
-        return draws.reshape(len(age_z), DISPERSION_DRAWS, -1)
+        return draws.reshape(len(age_z), VALIDATION_DRAWS, -1)
 
     def _matched(self, draws: np.ndarray) -> np.ndarray:
         """Denoiser draws with `margin_` applied (gain and offset per IDP)."""
@@ -418,23 +416,6 @@ class NormativeModel:
             return draws * scale
         rng = np.random.default_rng([seed, 5])
         return draws * scale * np.sqrt(dof / rng.chisquare(dof, size=draws.shape))
-
-    def _estimate_dispersion(self, y: np.ndarray, draws: np.ndarray) -> float:
-        """How much wider the model's residuals must be to fit people it was not trained on.
-
-        Why: a denoiser trained on few people per IDP partly memorises them, so its samples
-        hug the training data and its bands are too narrow for anyone else (measured on
-        fcon1000: 523 people, 47 IDPs, 95 % bands covering 88 %). Each held-out validation
-        row's normal score among the model's draws at its covariates (`draws`, rows x
-        DISPERSION_DRAWS x D, as the model will draw them) has median |score| 0.6745 (that
-        of N(0, 1)) for a calibrated model. The ratio, pooled over rows and IDPs, scales
-        every residual the model draws from then on; see `widening` for why it only
-        widens, and only by what is beyond noise.
-        """
-        if len(y) < MIN_DISPERSION_ROWS:
-            return 1.0
-        u = ((draws < y[:, None, :]).sum(axis=1) + 0.5) / (DISPERSION_DRAWS + 1)
-        return widening(np.abs(ndtri(u)) / ndtri(0.75), self.config.seed)
 
     def _covariates(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ages (years), category codes and unseen-level mask of a covariate table."""
@@ -657,6 +638,7 @@ class NormativeModel:
                 new._sample_scores,
                 column=k,
                 code=code,
+                prior=first_stage.predictive_quantiles(new.predictive_, LEVELS),
                 samples_per_combination=self.config.reference_samples,
                 seed=self.config.seed + len(self.adaptations_) + 1,
             )
@@ -684,7 +666,6 @@ class NormativeModel:
             "train_seconds": self.train_seconds_,
             "fit_seconds": self.fit_seconds_,
             "reference_bandwidth": self.reference_.bandwidth,
-            "dispersion": self.dispersion_,
             "margin": {"gain": self.margin_[0].tolist(), "offset": self.margin_[1].tolist()},
             "predictive": {"scale": self.predictive_[0], "dof": self.predictive_[1]},
             "deviation_calibration": list(self.deviation_calibration_),
@@ -717,7 +698,6 @@ class NormativeModel:
             model.fit_seconds_ = float(meta["fit_seconds"])
             model.created_ = meta["created"]
             model.adaptations_ = list(meta.get("adaptations", []))
-            model.dispersion_ = float(meta["dispersion"])
             dof = meta["predictive"]["dof"]
             model.predictive_ = (
                 float(meta["predictive"]["scale"]),
@@ -773,8 +753,7 @@ def margin_match(
     Why: the first stage maps every training person to near-standard-normal scores, so
     that is what the denoiser's draws over the same people's covariates should have;
     a denoiser that regresses a little to the mean draws too narrow ones (synthetic,
-    20 IDPs: SD 0.96, 95 % bands covering 93.7 %), an error per IDP that the pooled,
-    widen-only dispersion check below the noise cannot see. Measured on the same
+    20 IDPs: SD 0.96, 95 % bands covering 93.7 %), an error per IDP. Measured on the same
     validation draws, so it costs no sampling. `draws` (rows, draws, D) are at
     validation people's covariates; with too few of them (`enough` False) it is the
     identity.
@@ -788,25 +767,6 @@ def margin_match(
 
 
 MIN_ADAPT_CONTROLS = 3
-
-
-def widening(ratios: np.ndarray, seed: int, boot: int = 400) -> float:
-    """The dispersion factor from per-row, per-IDP |z| / 0.6745 ratios (rows x IDPs).
-
-    The median ratio, less two bootstrap standard errors (rows resampled, so IDPs of one
-    person count as one draw), and never below 1. Why only beyond noise: with 2 IDPs and
-    256 validation rows the median wanders by ~6 %, and widening by every upward wobble
-    gave 97 % coverage to 95 % bands on the synthetic benchmark. Why never narrower:
-    well-trained synthetic models measured 0.95-0.99 while their 95 % bands already
-    covered only 91-93 % (tails a little thin, centre a little wide), so narrowing would
-    trade a small central error for a larger one in the tails.
-    """
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(ratios), size=(boot, len(ratios)))
-    spread = np.std([np.median(ratios[r]) for r in rows])
-    return max(1.0, float(np.median(ratios)) - 2.0 * float(spread))
-
-
 ADAPT_PRIOR = 1e-2
 """Weight of the pull of a site's embedding towards its starting row (a random-effect prior)."""
 ADAPT_PRIOR_N = 5.0

@@ -215,12 +215,38 @@ def _plan(
     return ages, rng.choice(inside, size=min(_KEEP, len(inside)), replace=False)
 
 
+def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Tabled quantiles (G, Q, D) of one combination, their Monte-Carlo noise shrunk away.
+
+    Why: the first stage already gives every IDP near-standard-normal scores at every age,
+    so the model's draws differ from `prior` (Q,), the quantiles they would have if the
+    denoiser drew exactly N(0, 1), by little, and most of the tabled difference is
+    sampling noise (synthetic, 20 IDPs: the table moved centiles 1.2 points away from
+    the first stage's own, raising the error from 1.6 to 2.1). Empirical Bayes, per IDP:
+    each cell's departure d = q - prior has sampling variance v = p(1 - p) / (n_eff
+    f(q)^2), with the density f from the tabled spacing; the spread tau^2 of the true
+    departures is the mean of d^2 less the mean of v over ages and levels; each d is
+    scaled by tau^2 / (tau^2 + v). A real departure (a shape the first stage missed, the
+    wider scores of an unknown site) is large against the noise and kept; the noise goes.
+    Sorting each quantile vector again (rearrangement) keeps them increasing.
+    """
+    density = stats.norm.pdf(Z_LEVELS)[None, :, None] / np.maximum(
+        np.gradient(q, Z_STEP, axis=1), 1e-12
+    )
+    var = (LEVELS * (1 - LEVELS))[None, :, None] / (n_eff[:, None, None] * density**2)
+    departure = q - prior[None, :, None]
+    tau2 = np.maximum((departure**2).mean(axis=(0, 1)) - var.mean(axis=(0, 1)), 0.0)
+    keep = tau2 / np.maximum(tau2 + var, 1e-300)
+    return np.sort(prior[None, :, None] + keep * departure, axis=1)
+
+
 def _tabulate(
     sampler: Sampler,
     codes: np.ndarray,
     grid: np.ndarray,
     h: float,
     plan: tuple[np.ndarray, np.ndarray],
+    prior: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination."""
     ages, pick = plan
@@ -232,6 +258,7 @@ def _tabulate(
         w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
         q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
         n_eff[gi] = w.sum() ** 2 / (w**2).sum()
+    q = shrink_towards(q, n_eff, prior)
     one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
     qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
     return q, n_eff, normal_scores(qp, y[pick])
@@ -254,6 +281,7 @@ def build_reference(
     sampler: Sampler,
     age_range: tuple[float, float],
     n_levels: list[int],
+    prior: np.ndarray,
     samples_per_combination: int = 20_000,
     grid_points: int = 41,
     seed: int = 0,
@@ -261,6 +289,9 @@ def build_reference(
     parallel: Parallel | None = None,
 ) -> ReferenceTable:
     """Sample the model for every level combination and tabulate its quantiles over age.
+
+    `prior` (Q,): the quantiles at LEVELS the samples would have if the denoiser drew
+    standard normal scores; see `shrink_towards`.
 
     With `parallel` each process samples every world_size-th combination and the parts
     are gathered, so every process returns the table one process would have built.
@@ -277,7 +308,7 @@ def build_reference(
             if n_levels
             else np.zeros(0, np.int64)
         )
-        own[ci] = _tabulate(sampler, codes, grid, h, plans[ci])
+        own[ci] = _tabulate(sampler, codes, grid, h, plans[ci], prior)
         if progress is not None:
             progress((done + 1) / len(mine))
     everything = own if parallel is None else parallel.gather_dicts(own)
@@ -301,6 +332,7 @@ def with_level(
     sampler: Sampler,
     column: int,
     code: int,
+    prior: np.ndarray,
     samples_per_combination: int,
     seed: int = 0,
 ) -> ReferenceTable:
@@ -328,7 +360,7 @@ def with_level(
         maha = np.pad(maha, pad + [(0, 0)])
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
-        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan)
+        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan, prior)
         idx = tuple(codes)
         q[idx], n_eff[idx], maha[idx] = qc, nc, _d2_quantiles(zc, table.precision)
     c = int(np.prod(new_levels))

@@ -257,15 +257,6 @@ def test_model_card_lists_adapted_sites_with_their_controls():
     assert adapted_sites([]) == "none"
 
 
-def test_model_card_says_whether_the_bands_were_widened(fitted):
-    widened = copy.copy(fitted)
-    widened.dispersion_ = 1.3
-    assert model_card(widened)["dispersion correction"] == "x1.30 (bands widened)"
-    widened.dispersion_ = 1.0
-    assert model_card(widened)["dispersion correction"] == "none needed"
-    assert model_card(widened)["IDPs"] == len(fitted.schema_.idps)
-
-
 def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitted):
     model = copy.copy(fitted)
     model.predictive_ = (1.02, 6.6)

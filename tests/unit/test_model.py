@@ -5,11 +5,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 
+from normcore import first_stage
 from normcore.errors import DataError, NotFittedError
-from normcore.model import NormativeModel, margin_match, widening
+from normcore.model import NormativeModel, margin_match
+from normcore.reference import LEVELS
 from normcore.schema import Schema
 
 
@@ -147,24 +148,6 @@ def test_schema_with_only_age_covariate_works(train_df):
     assert m.score(train_df.head(4))["centile"].between(0, 100).all()
 
 
-def test_dispersion_measures_how_much_wider_held_out_people_are_than_the_model(fitted, train_df):
-    """People spread twice as wide as the model's own draws need a dispersion of about 2."""
-    n, draws = 150, 50
-    age_z = fitted.encoder_.encode_age(train_df["age"].to_numpy()[:n])
-    codes = fitted.encoder_.encode_categories(train_df.iloc[:n])[0]
-    g = torch.Generator().manual_seed(4)
-    rows = np.repeat(np.arange(n), draws)
-    centre = fitted._sample_residuals(age_z[rows], codes[rows], g).reshape(n, draws, -1).mean(1)
-    same = fitted._sample_residuals(age_z, codes, g)
-    wide = centre + 2.0 * (same - centre)
-    model_draws = fitted._draws_at(age_z, codes)
-    assert fitted._estimate_dispersion(wide, model_draws) == pytest.approx(2.0, rel=0.15)
-    assert fitted._estimate_dispersion(same, model_draws) == pytest.approx(1.0, rel=0.15)
-    narrow = centre + 0.5 * (same - centre)
-    assert fitted._estimate_dispersion(narrow, model_draws) == 1.0  # it only widens
-    assert fitted._estimate_dispersion(same[:10], model_draws[:10]) == 1.0  # too few
-
-
 def test_margin_match_gives_draws_the_mean_and_spread_of_the_scores():
     rng = np.random.default_rng(5)
     scores = rng.standard_normal((3000, 3))
@@ -187,26 +170,18 @@ def test_fitted_model_draws_have_the_first_stage_spread(fitted, train_df):
         train_df[list(fitted.schema_.idps)].to_numpy(dtype=np.float64), age_z, codes
     )
     draws = fitted._sample_scores(np.repeat(ages, 20), np.repeat(codes, 20, axis=0), seed=9)
-    ratio = draws.std(axis=0) / (scores.std(axis=0) * fitted.dispersion_)
+    ratio = draws.std(axis=0) / scores.std(axis=0)
     assert ratio == pytest.approx(np.ones(len(ratio)), abs=0.1)
-
-
-def test_widening_ignores_noise_and_keeps_a_clear_excess():
-    rng = np.random.default_rng(0)
-    calibrated = np.abs(rng.standard_normal((256, 2))) / 0.6745
-    assert widening(calibrated, seed=0) == 1.0
-    narrow = np.abs(1.3 * rng.standard_normal((2000, 20))) / 0.6745
-    assert widening(narrow, seed=0) == pytest.approx(1.3, rel=0.03)
-    assert widening(narrow, seed=0) < np.median(narrow)  # less its noise, never more
 
 
 def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
     fitted, train_df, schema, monkeypatch
 ):
-    """The dispersion is measured on validation rows, so it must see a first stage fitted
-    without them (else it is optimistic); the margins the model keeps come from every row.
-    Moving the validation rows far away leaves the first stage in place when the
-    validation draws are made unchanged, and moves the final one."""
+    """The sampler variance and deviation calibration are measured on validation rows, so
+    they must see a first stage fitted without them (else they are optimistic); the
+    margins the model keeps come from every row. Moving the validation rows far away
+    leaves the first stage in place when the validation draws are made unchanged, and
+    moves the final one."""
     from normcore.train import validation_split
 
     val, _ = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
@@ -238,3 +213,16 @@ def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
     assert not np.allclose(*final)
     idps = train_df[list(schema.idps)].to_numpy(dtype=np.float64)
     assert np.allclose(models[1].transform_.loc, idps.mean(axis=0))  # every row
+
+
+def test_table_prior_is_what_the_model_draws_from_a_standard_normal_denoiser(fitted):
+    """The reference table shrinks towards `predictive_quantiles`: it must be the law of
+    the model's own spreading of standard normal draws, Student-t tails included."""
+    model = copy.copy(fitted)
+    normal = np.random.default_rng(3).standard_normal((200_000, 1))
+    for spread in ((1.1, 5.0), (0.95, None)):
+        model.predictive_ = spread
+        drawn = np.quantile(model._predictive(normal, seed=1), LEVELS)
+        assert drawn == pytest.approx(
+            first_stage.predictive_quantiles(spread, LEVELS), rel=0.02, abs=0.01
+        )

@@ -10,9 +10,13 @@ from normcore.reference import (
     deviation_calibration,
     mahalanobis_centile,
     normal_scores,
+    shrink_towards,
     values_at,
     with_level,
 )
+
+NORMAL = stats.norm.ppf(LEVELS)
+"""Prior of the tests' tables: what a standard normal sampler would give."""
 
 
 def _gaussian_q(mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -62,6 +66,7 @@ def test_built_table_matches_the_truth_and_never_crosses():
         _exact_sampler(np.random.default_rng(0)),
         (20, 80),
         [3],
+        NORMAL,
         samples_per_combination=20_000,
         grid_points=21,
     )
@@ -80,10 +85,36 @@ def test_built_table_matches_the_truth_and_never_crosses():
     assert np.all(n_eff > 1000)
 
 
+def _sample_quantiles(rng, mean, sd, ages=11, n=2000, idps=3):
+    """Quantile vectors (ages, Q, idps) of n draws of N(mean, sd^2) at each age."""
+    draws = mean + sd * rng.standard_normal((ages, n, idps))
+    return np.quantile(draws, LEVELS, axis=1).transpose(1, 0, 2), np.full(ages, float(n))
+
+
+def test_shrinkage_removes_sampling_noise_around_the_prior():
+    """Draws that are exactly the prior's distribution: what the table holds beyond the
+    prior is noise, and most of it goes (the error falls by far more than half)."""
+    q, n_eff = _sample_quantiles(np.random.default_rng(4), 0.0, 1.0)
+    shrunk = shrink_towards(q, n_eff, NORMAL)
+    raw_error = np.abs(q - NORMAL[None, :, None]).mean()
+    assert np.abs(shrunk - NORMAL[None, :, None]).mean() < 0.3 * raw_error
+    assert np.all(np.diff(shrunk, axis=1) >= 0)
+
+
+def test_shrinkage_keeps_a_real_departure_from_the_prior():
+    """Draws from N(0.5, 1.2^2): the departure is far above the noise and stays."""
+    q, n_eff = _sample_quantiles(np.random.default_rng(5), 0.5, 1.2)
+    truth = 0.5 + 1.2 * NORMAL[None, :, None]
+    shrunk = shrink_towards(q, n_eff, NORMAL)
+    assert np.abs(shrunk - truth).mean() < 1.1 * np.abs(q - truth).mean()
+    median = len(LEVELS) // 2
+    assert shrunk[:, median].mean() == pytest.approx(0.5, abs=0.03)
+
+
 def test_mahalanobis_centile_is_uniform_for_draws_from_the_model():
     rng = np.random.default_rng(1)
     table = build_reference(
-        _exact_sampler(rng), (20, 80), [1], samples_per_combination=20_000, grid_points=11
+        _exact_sampler(rng), (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=11
     )
     ages = rng.uniform(20, 80, 3000)
     codes = np.zeros((3000, 1), dtype=np.int64)
@@ -99,7 +130,7 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     at the top; the calibration measured on one half of them makes the other half uniform."""
     rng = np.random.default_rng(2)
     table = build_reference(
-        _exact_sampler(rng), (20, 80), [1], samples_per_combination=20_000, grid_points=11
+        _exact_sampler(rng), (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=11
     )
     n = 6000
     codes = np.zeros((n, 1), dtype=np.int64)
@@ -121,7 +152,7 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
 
 
 def test_table_arrays_round_trip():
-    table = build_reference(_exact_sampler(np.random.default_rng(2)), (0, 10), [2], 2000, 5)
+    table = build_reference(_exact_sampler(np.random.default_rng(2)), (0, 10), [2], NORMAL, 2000, 5)
     again = ReferenceTable.from_arrays(table.to_arrays(), [2], table.bandwidth)
     assert np.allclose(again.quantiles, table.quantiles, atol=1e-4)
     with pytest.raises(KeyError):
@@ -131,17 +162,17 @@ def test_table_arrays_round_trip():
 def test_with_level_appends_a_new_level_and_keeps_the_others():
     rng = np.random.default_rng(3)
     table = build_reference(
-        _exact_sampler(rng), (20, 80), [2], samples_per_combination=5000, grid_points=11
+        _exact_sampler(rng), (20, 80), [2], NORMAL, samples_per_combination=5000, grid_points=11
     )
     extended = with_level(
-        table, _exact_sampler(rng), column=0, code=2, samples_per_combination=5000
+        table, _exact_sampler(rng), column=0, code=2, prior=NORMAL, samples_per_combination=5000
     )
     assert extended.n_levels == [3] and extended.quantiles.shape[0] == 3
     assert np.allclose(extended.quantiles[:2], table.quantiles)
     q, _ = extended.lookup(np.array([[2]]), np.array([50.0]))
     assert values_at(q, np.array([0.5]))[0, 0, 0] == pytest.approx(0.5 * 50 + 6, abs=0.15)
     again = with_level(
-        extended, _exact_sampler(rng), column=0, code=1, samples_per_combination=5000
+        extended, _exact_sampler(rng), column=0, code=1, prior=NORMAL, samples_per_combination=5000
     )
     assert again.n_levels == [3] and np.allclose(
         again.quantiles[[0, 2]], extended.quantiles[[0, 2]]
