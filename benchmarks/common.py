@@ -148,8 +148,8 @@ def log(msg: str) -> None:
 
 
 MODEL_CODE = (
-    "model.py", "bundle.py", "errors.py", "preprocessing.py", "reference.py", "schema.py",
-    "train.py", "denoisers", "diffusion",
+    "model.py", "bundle.py", "errors.py", "first_stage.py", "preprocessing.py", "reference.py",
+    "schema.py", "train.py", "denoisers", "diffusion",
 )  # fmt: skip
 """The normcore modules a fitted model depends on (not the dashboard or report helpers)."""
 
