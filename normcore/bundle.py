@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from normcore.errors import BundleError
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """2: denoisers predict v (format 1 predicted the noise, so its weights mean something else).
 3: the deviation calibration. 4: the reference table holds normal scores, not user units,
 and the first stage is a penalised-spline location-scale without a power transform."""

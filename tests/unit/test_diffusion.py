@@ -8,7 +8,7 @@ from normcore.diffusion import (
     generate,
     q_sample,
     v_target,
-    x0_variance,
+    x0_covariance,
 )
 
 
@@ -35,37 +35,58 @@ def test_ddim_timesteps_are_read_from_an_explicit_descending_list():
         ddim_timesteps(Schedule("cosine", 10), 11)
 
 
-def _oracle(schedule: Schedule, mu: float, s: float):
-    """Exact E[v | x_t] for data x0 ~ N(mu, s^2): the ideal denoiser."""
+def _oracle(schedule: Schedule, mu: torch.Tensor, cov: torch.Tensor):
+    """Exact E[v | x_t] for data x0 ~ N(mu, cov): the ideal denoiser."""
     ab = torch.as_tensor(schedule.alpha_bar, dtype=torch.float64)
+    mu, cov = mu.double(), cov.double()
+    eye = torch.eye(len(mu), dtype=torch.float64)
 
     def denoise(x, t):
         a = ab[t]
-        eps = (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        return (a.sqrt() * eps - (1 - a).sqrt() * x0).float()
+        gain = a.sqrt() * cov @ torch.linalg.inv(a * cov + (1 - a) * eye)
+        x0 = mu + (x.double() - a.sqrt() * mu) @ gain.T
+        return ((a.sqrt() * x.double() - x0) / (1 - a).sqrt()).float()
 
     return denoise
 
 
+def _gaussian(mu, cov, n, g):
+    return mu + torch.randn(n, len(mu), generator=g) @ torch.linalg.cholesky(cov).T
+
+
 @pytest.mark.parametrize("n_steps, eta", [(10, 1.0), (50, 1.0), (20, 0.0)])
 def test_moment_matched_samplers_recover_a_gaussian_with_the_ideal_denoiser(n_steps, eta):
+    """Means, spreads and the correlation of two IDPs, at any number of steps; the
+    correlation needs the whole covariance of x0 given x_t (its diagonal gave 0.474)."""
     sched = Schedule("cosine", 1000)
     g = torch.Generator().manual_seed(0)
     steps = ddim_timesteps(sched, n_steps)
-    denoise = _oracle(sched, 1.5, 0.3)
-    var = x0_variance(
-        denoise, 1.5 + 0.3 * torch.randn(4000, 1, generator=g), sched, steps, generator=g
-    )
-    x = generate(denoise, 20_000, 1, sched, steps, eta=eta, generator=g, x0_var=var)
-    assert x.mean().item() == pytest.approx(1.5, abs=0.01)
-    assert x.std().item() == pytest.approx(0.3, rel=0.02)
+    mu = torch.tensor([1.5, -0.5])
+    cov = torch.tensor([[0.09, 0.075], [0.075, 0.25]])  # SDs 0.3 and 0.5, correlation 0.5
+    denoise = _oracle(sched, mu, cov)
+    x0_cov = x0_covariance(denoise, _gaussian(mu, cov, 4000, g), sched, steps, generator=g)
+    x = generate(denoise, 40_000, 2, sched, steps, eta=eta, generator=g, x0_cov=x0_cov)
+    assert x.mean(0).numpy() == pytest.approx(mu.numpy(), abs=0.01)
+    assert x.std(0).numpy() == pytest.approx([0.3, 0.5], rel=0.02)
+    assert np.corrcoef(x.T.numpy())[0, 1] == pytest.approx(0.5, abs=0.01)
 
 
-def test_textbook_few_step_sampler_is_too_narrow_which_is_why_x0_variance_exists():
+def test_x0_covariance_never_exceeds_the_data_variance():
+    """A denoiser that predicts nonsense has errors far larger than x0's own spread; what
+    the sampler adds back is capped at that spread, and stays a covariance matrix."""
+    sched = Schedule("cosine", 100)
+    g = torch.Generator().manual_seed(3)
+    x0 = _gaussian(torch.zeros(3), torch.eye(3) * 0.25, 2000, g)
+    cov = x0_covariance(lambda x, t: 10 * torch.ones_like(x), x0, sched, [99, 50, 0], generator=g)
+    assert torch.all(torch.diagonal(cov, dim1=1, dim2=2) <= x0.var(dim=0) + 1e-6)
+    assert torch.all(torch.linalg.eigvalsh(cov) >= -1e-6)
+
+
+def test_textbook_few_step_sampler_is_too_narrow_which_is_why_x0_covariance_exists():
     sched = Schedule("cosine", 1000)
     g = torch.Generator().manual_seed(0)
-    x = generate(_oracle(sched, 0.0, 0.3), 20_000, 1, sched, ddim_timesteps(sched, 20), generator=g)
+    denoise = _oracle(sched, torch.zeros(1), torch.full((1, 1), 0.09))
+    x = generate(denoise, 20_000, 1, sched, ddim_timesteps(sched, 20), generator=g)
     assert x.std().item() < 0.3 * 0.9
 
 

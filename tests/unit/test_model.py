@@ -9,7 +9,7 @@ from scipy import stats
 
 from normcore import first_stage
 from normcore.errors import DataError, NotFittedError
-from normcore.model import NormativeModel, margin_match
+from normcore.model import NormativeModel, moment_match
 from normcore.reference import LEVELS
 from normcore.schema import Schema
 
@@ -148,30 +148,38 @@ def test_schema_with_only_age_covariate_works(train_df):
     assert m.score(train_df.head(4))["centile"].between(0, 100).all()
 
 
-def test_margin_match_gives_draws_the_mean_and_spread_of_the_scores():
+def test_moment_match_gives_draws_the_mean_and_covariance_of_the_scores():
     rng = np.random.default_rng(5)
-    scores = rng.standard_normal((3000, 3))
-    draws = 0.9 * rng.standard_normal((100, 200, 3)) + np.array([0.1, 0.0, -0.2])
-    gain, offset = margin_match(draws, scores)
-    matched = (draws * gain + offset).reshape(-1, 3)
+    target = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 1.0]])
+    scores = rng.multivariate_normal(np.zeros(3), target, size=20_000)
+    weak = np.array([[0.81, 0.2, 0.0], [0.2, 0.9, 0.1], [0.0, 0.1, 1.0]])
+    draws = rng.multivariate_normal([0.1, 0.0, -0.2], weak, size=(100, 200))
+    matrix, offset = moment_match(draws, scores)
+    matched = (draws @ matrix + offset).reshape(-1, 3)
     assert np.allclose(matched.mean(axis=0), scores.mean(axis=0))
-    assert np.allclose(matched.std(axis=0), scores.std(axis=0))
-    assert gain == pytest.approx(np.full(3, 1 / 0.9), rel=0.05)
-    gain, offset = margin_match(draws, scores, enough=False)
-    assert np.all(gain == 1.0) and np.all(offset == 0.0)
+    assert np.allclose(np.cov(matched, rowvar=False), np.cov(scores, rowvar=False), atol=0.01)
+    assert np.allclose(matrix, matrix.T)  # the transport map, not an arbitrary rotation
+    matrix, offset = moment_match(draws, scores, enough=False)
+    assert np.array_equal(matrix, np.eye(3)) and np.all(offset == 0.0)
 
 
-def test_fitted_model_draws_have_the_first_stage_spread(fitted, train_df):
-    """The model's draws over the training people's covariates have the SD of their
-    first-stage scores, whatever the (tiny) denoiser learned."""
+def test_fitted_model_draws_have_the_first_stage_spread_and_correlation(fitted, train_df):
+    """The model's draws over the training people's covariates have the SD (widened by
+    the new-person spread) and the correlations of their first-stage scores, whatever the
+    (tiny) denoiser learned."""
     ages, codes, _ = fitted._covariates(train_df)
     age_z = fitted.encoder_.encode_age(ages)
     scores = fitted._to_network(
         train_df[list(fitted.schema_.idps)].to_numpy(dtype=np.float64), age_z, codes
     )
     draws = fitted._sample_scores(np.repeat(ages, 20), np.repeat(codes, 20, axis=0), seed=9)
-    ratio = draws.std(axis=0) / scores.std(axis=0)
+    scale, dof = fitted.predictive_
+    widening = scale * (1.0 if dof is None else np.sqrt(dof / (dof - 2)))
+    ratio = draws.std(axis=0) / (scores.std(axis=0) * widening)
     assert ratio == pytest.approx(np.ones(len(ratio)), abs=0.1)
+    pairs = np.triu_indices(scores.shape[1], 1)
+    drawn, real = np.corrcoef(draws.T)[pairs], np.corrcoef(scores.T)[pairs]
+    assert drawn == pytest.approx(real, abs=0.1)
 
 
 def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
