@@ -644,7 +644,7 @@ def _predictive_text(predictive: Sequence[float | None]) -> str:
 def _deviation_calibration_text(calibration: Sequence[float]) -> str:
     shift, spread = calibration
     if (shift, spread) == (0.0, 1.0):
-        return "none (too few validation people to measure it)"
+        return "none (validation people matched the model within noise, or were too few)"
     return f"shift {shift:+.2f}, spread x{spread:.2f} (measured on validation people)"
 
 

@@ -141,9 +141,7 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     factor = np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
     z = normal_scores(q, mean + factor * (y - mean))
     same = normal_scores(q, y)
-    assert deviation_calibration(table, codes[:3000], same[:3000]) == pytest.approx(
-        (0.0, 1.0), abs=0.06
-    )
+    assert deviation_calibration(table, codes[:3000], same[:3000]) == (0.0, 1.0)  # noise only
     calibration = deviation_calibration(table, codes[:3000], z[:3000])
     _, raw = mahalanobis_centile(table, codes[3000:], z[3000:])
     _, fixed = mahalanobis_centile(table, codes[3000:], z[3000:], calibration)
