@@ -617,14 +617,14 @@ def model_card(model: Any) -> dict[str, Any]:
         "covariates": ", ".join(model.schema_.covariates),
         "backbone": model.config.backbone,
         "training time": f"{model.fit_seconds_:.0f} s",
-        "moment matching": _margin_text(model.margin_[0]),
+        "moment matching": _moment_map_text(model.moment_map_[0]),
         "new-person spread": _predictive_text(model.predictive_),
         "deviation calibration": _deviation_calibration_text(model.deviation_calibration_),
         "adapted sites": adapted_sites(model.adaptations_),
     }
 
 
-def _margin_text(matrix: np.ndarray) -> str:
+def _moment_map_text(matrix: np.ndarray) -> str:
     """The moment matching's map, told by its diagonal (each IDP's own gain)."""
     if np.array_equal(matrix, np.eye(len(matrix))):
         return "none (too few validation people to measure it)"

@@ -215,7 +215,7 @@ class NormativeModel:
             # IDP's mean, spread and shape gain (synthetic, 4 IDPs: first-stage centile
             # error 2.47 from the training split, 2.09 from every row).
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
-            self.margin_ = moment_match(draws, scores, enough=len(some) >= MIN_VALIDATION_ROWS)
+            self.moment_map_ = moment_match(draws, scores, enough=len(some) >= MIN_VALIDATION_ROWS)
             self.predictive_ = first_stage.predictive(
                 values, age_z, codes, self.encoder_.n_levels, cfg.seed, inside=scores
             )
@@ -291,7 +291,7 @@ class NormativeModel:
     def _sample_residuals(
         self, age_z: np.ndarray, codes: np.ndarray, g: torch.Generator
     ) -> np.ndarray:
-        """One draw per row from the denoiser, in its residual units, before `margin_`,
+        """One draw per row from the denoiser, in its residual units, before `moment_map_`
         and `predictive_`."""
         cfg = self.config
         steps = ddim_timesteps(self.schedule_, cfg.sampling_steps)
@@ -406,8 +406,8 @@ class NormativeModel:
         return draws.reshape(len(age_z), VALIDATION_DRAWS, -1)
 
     def _matched(self, draws: np.ndarray) -> np.ndarray:
-        """Denoiser draws with `margin_` applied (an affine map: mean and covariance)."""
-        matrix, offset = self.margin_
+        """Denoiser draws with `moment_map_` applied (an affine map: mean and covariance)."""
+        matrix, offset = self.moment_map_
         return draws @ matrix + offset
 
     def _predictive(self, draws: np.ndarray, seed: int) -> np.ndarray:
@@ -654,7 +654,7 @@ class NormativeModel:
         tensors = {f"net.{k}": v.detach().cpu().clone() for k, v in state.items()}
         tensors.update(self.reference_.to_arrays())
         tensors["sampler.x0_cov"] = self.x0_cov_.clone()
-        tensors["sampler.margin_matrix"] = torch.as_tensor(self.margin_[0], dtype=torch.float64)
+        tensors["sampler.moment_map"] = torch.as_tensor(self.moment_map_[0], dtype=torch.float64)
         meta = {
             "normcore_version": __version__,
             "created": self.created_,
@@ -669,7 +669,7 @@ class NormativeModel:
             "train_seconds": self.train_seconds_,
             "fit_seconds": self.fit_seconds_,
             "reference_bandwidth": self.reference_.bandwidth,
-            "margin_offset": self.margin_[1].tolist(),
+            "moment_map_offset": self.moment_map_[1].tolist(),
             "predictive": {"scale": self.predictive_[0], "dof": self.predictive_[1]},
             "deviation_calibration": list(self.deviation_calibration_),
             "adaptations": self.adaptations_,
@@ -706,9 +706,9 @@ class NormativeModel:
                 float(meta["predictive"]["scale"]),
                 None if dof is None else float(dof),
             )
-            model.margin_ = (
-                tensors["sampler.margin_matrix"].double().numpy(),
-                np.asarray(meta["margin_offset"], dtype=np.float64),
+            model.moment_map_ = (
+                tensors["sampler.moment_map"].double().numpy(),
+                np.asarray(meta["moment_map_offset"], dtype=np.float64),
             )
             shift, spread = meta["deviation_calibration"]
             model.deviation_calibration_ = (float(shift), float(spread))
@@ -876,7 +876,7 @@ def _check_shapes(model: NormativeModel) -> None:
     if (
         ref.precision.shape != (d, d)
         or len(model.transform_.loc) != d
-        or model.margin_[0].shape != (d, d)
+        or model.moment_map_[0].shape != (d, d)
         or tuple(model.x0_cov_.shape) != (steps, d, d)
     ):
         raise BundleError(

@@ -265,7 +265,7 @@ def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitte
     )
     model.predictive_ = (1.0, None)
     assert "normal tails" in model_card(model)["new-person spread"]
-    model.margin_ = (np.array([[0.97, 0.02], [0.02, 1.04]]), np.zeros(2))
+    model.moment_map_ = (np.array([[0.97, 0.02], [0.02, 1.04]]), np.zeros(2))
     assert model_card(model)["moment matching"].startswith("x0.97 to x1.04")
 
 
