@@ -13,9 +13,11 @@ these units, with that first stage at the person's own age and levels. So the st
 of an age curve are exact at every age rather than interpolated between grid ages, and
 what the table must resolve changes slowly with age: a wide kernel pools many samples
 and keeps Monte-Carlo error low. Samples are also moved along the local linear age trend
-so that pooling does not widen the distribution where it still changes. Quantiles at one
-grid age are sorted values, linear interpolation between two monotone vectors is
-monotone, and the first stage is increasing, so centiles never cross.
+so that pooling does not widen the distribution where it still changes, and their
+departures from the first stage's own quantiles are shrunk by their Monte-Carlo noise
+(`shrink_towards`). Quantiles at one grid age are sorted values, linear interpolation
+between two monotone vectors is monotone, and the first stage is increasing, so
+centiles never cross.
 
 Scoring then costs one interpolation in age and one search among 31 values per person and
 IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
