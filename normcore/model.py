@@ -180,9 +180,9 @@ class NormativeModel:
             codes, _ = self.encoder_.encode_categories(df)
             age_z = self.encoder_.encode_age(df[schema.age].to_numpy(dtype=np.float64))
             # The network, and the sampler covariance and deviation calibration measured
-            # on the validation rows, see a first stage fitted without those
-            # rows, so those estimates are not optimistic (fcon1000: 18.5 % of held-out
-            # people were above the 95th deviation centile when those rows were in it).
+            # on the validation rows, see a first stage fitted without those rows, so
+            # those estimates are not optimistic (fcon1000: 18.5 % of held-out people
+            # were above the 95th deviation centile when those rows were in it).
             _, fit_rows = validation_split(len(values), cfg.train, cfg.seed)
             y = self._fit_first_stage(values, age_z, codes, fit_rows)
             net = build_denoiser(
@@ -241,13 +241,18 @@ class NormativeModel:
             self._sample_scores,
             tuple(self.training_["age_range"]),
             self.encoder_.n_levels,
-            first_stage.predictive_quantiles(self.predictive_, LEVELS),
+            self._table_prior(),
             samples_per_combination=self.config.reference_samples,
             grid_points=self.config.grid_points,
             seed=self.config.seed,
             progress=report,
             parallel=parallel,
         )
+
+    def _table_prior(self) -> np.ndarray:
+        """What the reference table shrinks towards: the quantiles at its LEVELS that the
+        model's draws would have if the denoiser drew exactly N(0, 1)."""
+        return first_stage.predictive_quantiles(self.predictive_, LEVELS)
 
     def _fit_first_stage(
         self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray, rows: np.ndarray
@@ -640,7 +645,7 @@ class NormativeModel:
                 new._sample_scores,
                 column=k,
                 code=code,
-                prior=first_stage.predictive_quantiles(new.predictive_, LEVELS),
+                prior=new._table_prior(),
                 samples_per_combination=self.config.reference_samples,
                 seed=self.config.seed + len(self.adaptations_) + 1,
             )
