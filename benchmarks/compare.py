@@ -44,6 +44,21 @@ FCON_QC_COLUMNS = ("avg_en", "SurfaceHoles", "lhSurfaceHoles", "rhSurfaceHoles")
 """Quality-control counts (Euler number, holes), not brain measures: not modelled."""
 NORMCORE = ("film", "saint")
 PEERS = ("blr", "hbr", "gamlss")
+ROW_ORDER = ("normcore film", "normcore saint", "PCNtoolkit BLR", "PCNtoolkit HBR", "gamlss")
+RAN = f"{time.strftime('%Y-%m-%d', time.gmtime())} {common.CODE_AT_START.split(' ')[0]}"
+"""Stamped on every row: with `--append` a table can mix rows of several runs."""
+
+
+def _model_key(row: dict) -> str:
+    """The --models name that produced a result row ("copula" for the peers' copula)."""
+    name = row["model"]
+    if name.startswith("normcore "):
+        return name.removeprefix("normcore ")
+    if name.startswith("Gaussian copula"):
+        return "copula"
+    return {"PCNtoolkit BLR": "blr", "PCNtoolkit HBR": "hbr", "gamlss": "gamlss"}[name]
+
+
 DEPENDENCE_SEED = 7
 HBR_SKIPPED = (
     "not run: HBR (NUTS via nutpie, 2 chains, 500 tune + 500 draws) takes ~3-5 min per IDP "
@@ -190,6 +205,7 @@ def run_normcore(ds: Dataset, backbone: str, deviation_rows: list[dict]) -> dict
                 "ks_critical": common.ks_critical(n),
                 "above_95": float(np.mean(dev > 0.95)),
                 "uniform": bool(ks.statistic <= common.ks_critical(n)),
+                "ran": RAN,
             }
         )
     return row
@@ -296,7 +312,8 @@ def run_dataset(
 
     def public(rs: list[dict]) -> list[dict]:
         return [
-            {k: v for k, v in r.items() if not k.startswith("_")} | {"dataset": ds.name} for r in rs
+            {k: v for k, v in r.items() if not k.startswith("_")} | {"dataset": ds.name, "ran": RAN}
+            for r in rs
         ]
 
     for backbone in [m for m in args.models if m in NORMCORE]:
@@ -335,6 +352,7 @@ def markdown(
         ("energy", "energy dist."),
         ("memo", "P(r<1)"),
         ("n_idps", "IDPs scored"),
+        ("ran", "ran (date, code)"),
         ("note", "note"),
     ]
     parts = [
@@ -379,10 +397,17 @@ def markdown(
         "row than to a held-out row (training z vs held-out z, balanced subsets); ≈ 0.5 = no "
         "memorisation.",
         "- *IDPs scored*: IDPs entering the marginal columns (peers: those that fitted).",
+        "- *ran*: the date and commit of the run that produced the row (`--append` reruns "
+        "only the models named, so peers' rows can predate normcore's).",
         "",
     ]
     for name, note in datasets.items():
-        sub = [r for r in rows if r["dataset"] == name]
+        sub = sorted(
+            (r for r in rows if r["dataset"] == name),
+            key=lambda r: (
+                ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else len(ROW_ORDER)
+            ),
+        )
         parts += [f"### {name}: {note}", "", common.markdown_table(sub, cols), ""]
     if dev:
         dcols = [
@@ -396,6 +421,7 @@ def markdown(
             ("ks_critical", "KS 95% crit."),
             ("above_95", "share > 95th"),
             ("uniform", "within noise"),
+            ("ran", "ran"),
         ]
         parts += [
             "### Multivariate deviation calibration (synthetic held-out controls)",
@@ -434,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--append",
         action="store_true",
-        help="keep the other datasets' results of the previous run (results/compare.json)",
+        help="keep the previous run's results (results/compare.json) of every dataset and "
+        "model this run does not compute",
     )
     args = p.parse_args(argv)
     args.argv = argv
@@ -448,9 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = common.RESULTS / "compare.json"
     if args.append and previous.exists():
         old = json.loads(previous.read_text())
-        datasets = {k: v for k, v in old["datasets"].items() if k not in names}
-        rows = [r for r in old["rows"] if r["dataset"] not in names]
-        dev = [r for r in old["deviation"] if r["dataset"] not in names]
+        rerun = set(args.models) | ({"copula"} if set(args.models) & set(PEERS) else set())
+
+        def kept(r: dict) -> bool:
+            return r["dataset"] not in names or _model_key(r) not in rerun
+
+        datasets = dict(old["datasets"])
+        rows = [r for r in old["rows"] if kept(r)]
+        dev = [r for r in old["deviation"] if kept(r)]
         commands = [*old.get("commands", []), *commands]
     for name in names:
         if name == "fcon":

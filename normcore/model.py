@@ -215,7 +215,16 @@ class NormativeModel:
             # IDP's mean, spread and shape gain (synthetic, 4 IDPs: first-stage centile
             # error 2.47 from the training split, 2.09 from every row).
             scores = self._fit_first_stage(values, age_z, codes, np.arange(len(values)))
-            self.moment_map_ = moment_match(draws, scores, enough=len(some) >= MIN_VALIDATION_ROWS)
+            # The covariance the draws are matched to leaves the validation people out, so
+            # that the deviation calibration measured on them sees them as new people: a
+            # covariance estimated from n people makes those people look more typical
+            # than new ones, by about D / n in the squared distance (synthetic, 100 IDPs:
+            # held-out people's shift 0.42; the validation people's was 0.15 with them in
+            # the target, 0.40 without, and the held-out deviation KS went from 0.10 to
+            # 0.028).
+            self.moment_map_ = moment_match(
+                draws, scores[fit_rows], enough=len(some) >= MIN_VALIDATION_ROWS
+            )
             self.predictive_ = first_stage.predictive(
                 values, age_z, codes, self.encoder_.n_levels, cfg.seed, inside=scores
             )
@@ -756,7 +765,7 @@ def moment_match(
     draws: np.ndarray, scores: np.ndarray, enough: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """(matrix, offset) such that `draws @ matrix + offset` have the mean and covariance
-    of the first stage's scores of the training people.
+    of the first stage's `scores` (n, D) of the training people.
 
     Why: the first stage maps every training person to near-standard-normal scores, so
     their mean, spread and correlations are what the denoiser's draws over the same
