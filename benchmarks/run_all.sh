@@ -18,11 +18,12 @@ PY=.venv/bin/python
 BENCH_STARTED="$(date -u '+%Y-%m-%d %H:%M')"
 export BENCH_STARTED
 
-# Order = priority: engine figures, the side-by-side at 20 IDPs (reusing the engine's
+# Order = priority: engine figures (and their spread over training draws), the side-by-side at 20 IDPs (reusing the engine's
 # fits), 2 IDPs and fcon1000, site adaptation, then the side-by-side at 100 and 200 IDPs.
 # HBR runs on fcon1000 only (one IDP): minutes per IDP at 3,000 rows.
 STEPS=(
   "benchmarks/engine.py"
+  "benchmarks/draws.py"
   "benchmarks/compare.py --datasets synth20,synth2,fcon --fcon-idps demo --hbr-max-idps 1 --hbr-datasets fcon"
   "benchmarks/adapt.py --sites ICBM,Cambridge_Buckner --repeats 1 --blr-repeats 1"
   "benchmarks/compare.py --append --datasets synth100,synth200 --models film,saint,blr,gamlss"
