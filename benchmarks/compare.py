@@ -43,8 +43,11 @@ FCON_EXCLUDED_SITES = ("NewYork_a_ADHD",)
 FCON_QC_COLUMNS = ("avg_en", "SurfaceHoles", "lhSurfaceHoles", "rhSurfaceHoles")
 """Quality-control counts (Euler number, holes), not brain measures: not modelled."""
 NORMCORE = ("film", "saint")
-PEERS = ("blr", "hbr", "gamlss")
-ROW_ORDER = ("normcore film", "normcore saint", "PCNtoolkit BLR", "PCNtoolkit HBR", "gamlss")
+PEER_NAMES = {"blr": "PCNtoolkit BLR", "hbr": "PCNtoolkit HBR", "gamlss": "gamlss"}
+"""--models name -> the model's name in result rows."""
+PEERS = tuple(PEER_NAMES)
+PEER_KEYS = {name: key for key, name in PEER_NAMES.items()}
+ROW_ORDER = (*(f"normcore {b}" for b in NORMCORE), *PEER_NAMES.values())
 RAN = f"{time.strftime('%Y-%m-%d', time.gmtime())} {common.CODE_AT_START.split(' ')[0]}"
 """Stamped on every row: with `--append` a table can mix rows of several runs."""
 
@@ -56,7 +59,7 @@ def _model_key(row: dict) -> str:
         return name.removeprefix("normcore ")
     if name.startswith("Gaussian copula"):
         return "copula"
-    return {"PCNtoolkit BLR": "blr", "PCNtoolkit HBR": "hbr", "gamlss": "gamlss"}[name]
+    return PEER_KEYS[name]
 
 
 DEPENDENCE_SEED = 7
@@ -213,7 +216,7 @@ def run_normcore(ds: Dataset, backbone: str, deviation_rows: list[dict]) -> dict
 
 def run_peer(ds: Dataset, peer: str, args: argparse.Namespace) -> tuple[dict, np.ndarray | None]:
     """One peer on the dataset; returns its row and training z (for the copula)."""
-    name = {"blr": "PCNtoolkit BLR", "hbr": "PCNtoolkit HBR", "gamlss": "gamlss"}[peer]
+    name = PEER_NAMES[peer]
     if peer == "hbr" and ds.name not in args.hbr_datasets:
         return {"model": name, "note": HBR_SKIPPED}, None
     limit = {"hbr": args.hbr_max_idps, "gamlss": args.gamlss_max_idps, "blr": args.blr_max_idps}
@@ -281,7 +284,7 @@ def copula_row(ds: Dataset, peer_rows: list[dict], train_zs: dict[str, np.ndarra
     if not complete:
         return {"model": "Gaussian copula", "note": "no peer fitted every IDP"}
     best = min(complete, key=lambda r: r["ks"])
-    key = {"PCNtoolkit BLR": "blr", "PCNtoolkit HBR": "hbr", "gamlss": "gamlss"}[best["model"]]
+    key = PEER_KEYS[best["model"]]
     train_z = train_zs[key]
     gen_z, seconds = gaussian_copula(train_z, len(ds.test), identity=False)
     row = {

@@ -18,8 +18,9 @@ PY=.venv/bin/python
 BENCH_STARTED="$(date -u '+%Y-%m-%d %H:%M')"
 export BENCH_STARTED
 
-# Order = priority: engine figures (and their spread over training draws), the side-by-side at 20 IDPs (reusing the engine's
-# fits), 2 IDPs and fcon1000, site adaptation, then the side-by-side at 100 and 200 IDPs.
+# Order = priority: engine figures and their spread over training draws, the side-by-side
+# at 20 IDPs (reusing the engine's fits), 2 IDPs and fcon1000, site adaptation, then the
+# side-by-side at 100 and 200 IDPs.
 # HBR runs on fcon1000 only (one IDP): minutes per IDP at 3,000 rows.
 STEPS=(
   "benchmarks/engine.py"
