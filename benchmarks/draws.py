@@ -115,20 +115,10 @@ def full_model(
     model = common.fit_or_load(name, backbone, train, schema).model
     pit = common.pit_matrix(model.score(test), schema.idps, len(test))
     coverage = metrics.coverage(pit, nominal=(0.95,))["empirical"].to_numpy()
-    row = {
+    return {
         f"{backbone}_err": 100.0 * float(np.mean(np.abs(pit - target))),
         f"{backbone}_cov95": float(coverage.mean()),
     }
-    # The same model with its table replaced by what the table is shrunk towards: the
-    # first stage's own quantiles for new people, i.e. margins without the denoiser's say.
-    table = model.reference_.quantiles
-    model.reference_.quantiles = np.broadcast_to(
-        model._table_prior()[None, None, :, None], table.shape
-    ).copy()
-    pit = common.pit_matrix(model.score(test), schema.idps, len(test))
-    model.reference_.quantiles = table
-    row[f"{backbone}_err_first_stage_margins"] = 100.0 * float(np.mean(np.abs(pit - target)))
-    return row
 
 
 def _with_mean(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -144,7 +134,6 @@ def markdown(rows: list[dict]) -> str:
             for b in BACKBONES
             for k, label in (
                 ("err", "\\|centile − true\\|"),
-                ("err_first_stage_margins", "… first-stage margins"),
                 ("cov95", "95% cov."),
             )
         ],
@@ -166,10 +155,7 @@ def markdown(rows: list[dict]) -> str:
             f"training people drawn with each seed (seed {ENGINE_SEED} is the engine "
             f"benchmark's draw), the engine benchmark's {N_TEST} held-out people (seed "
             f"{TEST_SEED}), `NormativeModel(backbone=..., seed=0)` with default settings. "
-            "Mean |centile − true centile| in points. *first-stage margins*: the same "
-            "fitted model with its reference table replaced by the quantiles the table is "
-            "shrunk towards (the first stage's own, widened for new people), so that the "
-            "denoiser has no say in the margins.",
+            "Mean |centile − true centile| in points.",
             "",
             common.markdown_table(_with_mean(rows, [k for k, _ in model_cols[1:]]), model_cols),
             "",

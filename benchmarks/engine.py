@@ -287,8 +287,11 @@ def markdown(rows: list[dict]) -> str:
             "person's value among them vs the table centile from `model.score()` (centile "
             "points). *MC floor (direct draws)*: the mean |difference| expected from the "
             f"finite draws alone, mean of sqrt(2/π)·sqrt(p(1−p)/{DIRECT_SAMPLES}); *(draws + "
-            "table)* adds the table's own Monte-Carlo SE (`centile_se`). Both estimates are "
-            "also scored against the true centile of the same people.",
+            "table)* adds the table's own Monte-Carlo SE (`centile_se`, 0 where the table "
+            "holds the first stage's margins, as it does for every known sex x site). Both "
+            "estimates are also scored against the true centile of the same people: the "
+            "gap between them is what taking the margins from the first stage, not from "
+            "the denoiser's draws, gains.",
             "",
             common.markdown_table(rows, direct_cols),
             "",

@@ -15,9 +15,12 @@ what the table must resolve changes slowly with age: a wide kernel pools many sa
 and keeps Monte-Carlo error low. Samples are also moved along the local linear age trend
 so that pooling does not widen the distribution where it still changes, and their
 departures from the first stage's own quantiles are shrunk by their Monte-Carlo noise
-(`shrink_towards`). Quantiles at one grid age are sorted values, linear interpolation
-between two monotone vectors is monotone, and the first stage is increasing, so
-centiles never cross.
+(`shrink_towards`). That is for combinations the first stage knows nothing of on its own
+(an unknown level, an adapted site); a combination it learned from its own people takes
+its margins from the first stage, and the denoiser's draws there serve the deviation
+only (`build_reference`). Quantiles at one grid age are sorted values, linear
+interpolation between two monotone vectors is monotone, and the first stage is
+increasing, so centiles never cross.
 
 Scoring then costs one interpolation in age and one search among 31 values per person and
 IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
@@ -50,9 +53,13 @@ Z_BOUND = 6.0
 _TAIL_SPAN = 3
 """Tabled segments used for the tail slope (z 2.4 .. 3.0), steadier than the last one alone."""
 
-Sampler = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""scores = sampler(ages (m,), codes (m, K)), shape (m, D), in the model's normal-score
-units (after its first stage); the model maps tabled scores to user units."""
+Sampler = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+"""scores = sampler(ages (m,), codes (m, K), seed), shape (m, D), in the model's
+normal-score units (after its first stage); the model maps tabled scores to user units.
+Each combination is drawn with its own seed: draws sharing one noise sequence across
+combinations made the deviation reference's Monte-Carlo error the same everywhere, so it
+did not average out over people (synthetic, 20 IDPs: held-out deviation KS 0.051 with one
+seed, 0.024-0.036 with one per combination)."""
 
 
 @dataclass
@@ -93,8 +100,9 @@ class ReferenceTable:
             self.quantiles[c, i] * (1 - w)[:, None, None]
             + self.quantiles[c, i + 1] * w[:, None, None]
         )
-        n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
-        return q, n_eff
+        with np.errstate(invalid="ignore"):  # inf * 0 where margins are exact
+            n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
+        return q, np.where(np.isinf(self.n_eff[c, i]), np.inf, n_eff)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -242,6 +250,35 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
     return np.sort(prior[None, :, None] + keep * departure, axis=1)
 
 
+_KEEP = 2_000
+"""Samples per combination kept for the correlation and the Mahalanobis reference."""
+
+
+def _copula_scores(y: np.ndarray) -> np.ndarray:
+    """Normal scores of each column's ranks: the draws' dependence without their margins."""
+    ranks = np.argsort(np.argsort(y, axis=0), axis=0)
+    return stats.norm.ppf((ranks + 0.5) / len(y))
+
+
+def _first_stage_margins(
+    sampler: Sampler, codes: np.ndarray, grid: np.ndarray, prior: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores of a combination
+    whose margins are the first stage's (see `build_reference`).
+
+    The quantiles are `prior` at every age, exact, so their effective sample size is
+    infinite (no Monte-Carlo error). The draws serve the deviation only: _KEEP of them
+    at ages spread over the grid, scored by their own ranks per IDP, so that the
+    Mahalanobis reference measures the denoiser's dependence on the same standard-normal
+    margins that real people's scores have under `prior`.
+    """
+    jitter = np.random.default_rng(seed).random(_KEEP)
+    ages = grid[0] + (np.arange(_KEEP) + jitter) / _KEEP * (grid[-1] - grid[0])
+    y = sampler(ages, np.tile(codes, (_KEEP, 1)), seed)
+    q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
+    return q, np.full(len(grid), np.inf), _copula_scores(y)
+
+
 def _tabulate(
     sampler: Sampler,
     codes: np.ndarray,
@@ -249,10 +286,11 @@ def _tabulate(
     h: float,
     plan: tuple[np.ndarray, np.ndarray],
     prior: np.ndarray,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination."""
     ages, pick = plan
-    y = sampler(ages, np.tile(codes, (len(ages), 1)))
+    y = sampler(ages, np.tile(codes, (len(ages), 1)), seed)
     q = np.empty((len(grid), len(LEVELS), y.shape[1]))
     n_eff = np.empty(len(grid))
     for gi, g in enumerate(grid):
@@ -266,10 +304,6 @@ def _tabulate(
     return q, n_eff, normal_scores(qp, y[pick])
 
 
-_KEEP = 2_000
-"""Samples per combination kept for the correlation and the Mahalanobis reference."""
-
-
 def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance of each row of normal scores z (n, D)."""
     return np.einsum("ij,jk,ik->i", z, precision, z)
@@ -277,6 +311,11 @@ def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
 
 def _d2_quantiles(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
     return np.quantile(_squared_distance(z, precision), LEVELS)
+
+
+def _combination_seed(seed: int, combination: int) -> int:
+    """The sampler's seed for one level combination (see `Sampler`)."""
+    return int(np.random.default_rng([seed, combination]).integers(2**31))
 
 
 def build_reference(
@@ -289,11 +328,21 @@ def build_reference(
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
     parallel: Parallel | None = None,
+    first_stage_margins: np.ndarray | None = None,
 ) -> ReferenceTable:
     """Sample the model for every level combination and tabulate its quantiles over age.
 
     `prior` (Q,): the quantiles at LEVELS the samples would have if the denoiser drew
     standard normal scores; see `shrink_towards`.
+
+    `first_stage_margins` (C,) bool: combinations whose tabled margins are `prior`
+    itself, not the draws' (see `_first_stage_margins`). Why: where the first stage has
+    learned a combination's mean, spread and shape from its own people, the denoiser's
+    departures from it are mostly its own error, which shrinkage towards `prior` cannot
+    tell from a real departure. Synthetic, 4 IDPs over five training draws: mean
+    |centile - true| 1.96 with the denoiser's margins, 1.81 with the first stage's; 20
+    IDPs 1.81 against 1.61. Where the first stage knows nothing of its own (an unknown
+    level, an adapted site), the draws' margins are tabled and shrunk.
 
     With `parallel` each process samples every world_size-th combination and the parts
     are gathered, so every process returns the table one process would have built.
@@ -301,6 +350,8 @@ def build_reference(
     rng = np.random.default_rng(seed)
     grid, h = age_grid(age_range, grid_points)
     n_combo = int(np.prod(n_levels)) if n_levels else 1
+    if first_stage_margins is None:
+        first_stage_margins = np.zeros(n_combo, dtype=bool)
     plans = [_plan(grid, h, samples_per_combination, rng) for _ in range(n_combo)]
     mine = range(n_combo) if parallel is None else parallel.my_items(n_combo)
     own = {}
@@ -310,7 +361,12 @@ def build_reference(
             if n_levels
             else np.zeros(0, np.int64)
         )
-        own[ci] = _tabulate(sampler, codes, grid, h, plans[ci], prior)
+        draw_seed = _combination_seed(seed, ci)
+        own[ci] = (
+            _first_stage_margins(sampler, codes, grid, prior, draw_seed)
+            if first_stage_margins[ci]
+            else _tabulate(sampler, codes, grid, h, plans[ci], prior, draw_seed)
+        )
         if progress is not None:
             progress((done + 1) / len(mine))
     everything = own if parallel is None else parallel.gather_dicts(own)
@@ -362,7 +418,8 @@ def with_level(
         maha = np.pad(maha, pad + [(0, 0)])
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
-        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan, prior)
+        draw_seed = _combination_seed(seed, int(np.ravel_multi_index(tuple(codes), new_levels)))
+        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan, prior, draw_seed)
         idx = tuple(codes)
         q[idx], n_eff[idx], maha[idx] = qc, nc, _d2_quantiles(zc, table.precision)
     c = int(np.prod(new_levels))

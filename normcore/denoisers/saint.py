@@ -6,6 +6,13 @@ IDPs (feature self-attention), which is how the model keeps dependence between I
 the dimension grows. Intersample attention mixes rows of a batch through their mean
 tokens; it is a training-time regulariser (applied to a random half of the batches) and is
 skipped at sampling, so a person's samples never depend on who else is in the batch.
+
+Small by default (width 32, 2 layers): the first stage has taken out each IDP's margins,
+so the network's job is the dependence, and sampling it (about 100,000 draws for a
+4-IDP model) is most of a fit's cost. On the synthetic benchmark (4 IDPs, seed 1), fit
+CPU time: width 32 with 3 layers 199 s, with 2 layers 140 s (width 64 with 3 layers and
+twice the moment-matching draws: 368 s). All three had the same centile error (2.03);
+held-out deviation KS 0.032, 0.032 and 0.045.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ class SAINT(nn.Module):
         n_idps: int,
         n_levels: list[int],
         steps: int,
-        width: int = 64,
-        depth: int = 3,
+        width: int = 32,
+        depth: int = 2,
         heads: int = 4,
         dropout: float = 0.0,
         intersample_p: float = 0.5,

@@ -53,7 +53,7 @@ def _exact_sampler(rng):
     The steep age slope makes naive pooling of neighbouring ages visibly widen the bands.
     """
 
-    def sample(ages, codes):
+    def sample(ages, codes, seed=0):  # draws come from `rng`; the seed is not needed
         mean = 0.5 * ages + 3.0 * codes[:, 0]
         sd = 1 + ages / 50
         return (mean + sd * rng.standard_normal((2, len(ages)))).T
@@ -175,3 +175,27 @@ def test_with_level_appends_a_new_level_and_keeps_the_others():
     assert again.n_levels == [3] and np.allclose(
         again.quantiles[[0, 2]], extended.quantiles[[0, 2]]
     )
+
+
+def test_first_stage_margins_are_the_prior_and_the_deviation_sees_only_dependence():
+    """A combination marked as known gets `prior` as its margins at every age, with no
+    Monte-Carlo error; its deviation reference comes from the draws' ranks, so draws
+    whose margins differ from the prior (here: 1.5x wider) still rank uniformly."""
+    rng = np.random.default_rng(6)
+    corr = np.array([[1.0, 0.6], [0.6, 1.0]])
+
+    def wide(ages, codes, seed):
+        return 1.5 * rng.multivariate_normal(np.zeros(2), corr, size=len(ages))
+
+    table = build_reference(
+        wide, (20, 80), [2], NORMAL, 5000, 11, first_stage_margins=np.array([False, True])
+    )
+    assert np.allclose(table.quantiles[1], NORMAL[None, :, None], atol=1e-6)
+    assert not np.allclose(table.quantiles[0], table.quantiles[1], atol=0.2)
+    codes = np.ones((3000, 1), dtype=np.int64)
+    ages = rng.uniform(20, 80, 3000)
+    q, n_eff = table.lookup(codes, ages)
+    assert np.all(np.isinf(n_eff))
+    people = rng.multivariate_normal(np.zeros(2), corr, size=3000)  # standard normal margins
+    _, centile = mahalanobis_centile(table, codes, normal_scores(q, people))
+    assert stats.kstest(centile / 100, "uniform").statistic < 0.04
