@@ -54,6 +54,6 @@ test: $(DEV_STAMP) chromium
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 
-# Refit the bundled demo model on assets/demo/fcon1000_train.csv (about 10 minutes).
+# Refit the bundled demo model on assets/demo/fcon1000_train.csv (about 4 minutes).
 demo: $(RUN_STAMP)
 	$(PY) -m normcore.demo

@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         datasets = dict(old["datasets"])
         rows = [r for r in old["rows"] if kept(r)]
         dev = [r for r in old["deviation"] if kept(r)]
-        commands = [*old.get("commands", []), *commands]
+        # Each distinct command once, in the order last run (reruns append the same one).
+        commands = [c for c in old.get("commands", []) if c not in commands] + commands
     for name in names:
         if name == "fcon":
             ds = fcon(args.fcon_idps)
