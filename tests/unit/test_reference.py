@@ -199,3 +199,20 @@ def test_first_stage_margins_are_the_prior_and_the_deviation_sees_only_dependenc
     people = rng.multivariate_normal(np.zeros(2), corr, size=3000)  # standard normal margins
     _, centile = mahalanobis_centile(table, codes, normal_scores(q, people))
     assert stats.kstest(centile / 100, "uniform").statistic < 0.04
+
+
+def test_every_combination_is_drawn_with_its_own_seed():
+    """One noise sequence shared by all combinations would make the deviation
+    reference's Monte-Carlo error the same for everyone (see `Sampler`)."""
+    seeds = []
+    rng = np.random.default_rng(7)
+
+    def recording(ages, codes, seed):
+        seeds.append(seed)
+        return rng.standard_normal((len(ages), 2))
+
+    table = build_reference(
+        recording, (20, 80), [3], NORMAL, 1000, 5, first_stage_margins=np.array([False, True, True])
+    )
+    with_level(table, recording, column=0, code=3, prior=NORMAL, samples_per_combination=1000)
+    assert len(seeds) == 4 and len(set(seeds)) == 4
