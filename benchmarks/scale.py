@@ -10,8 +10,8 @@ at a time, because the machine is a shared 2-core CPU.
     python benchmarks/scale.py report          # markdown from benchmarks/results/scale.json
 
 Fits are bounded (`--steps` optimiser steps, `--reference-samples` per level combination)
-so the grid completes; the default network (FiLM-MLP, width 256, depth 4), batch 256 and
-50 sampling steps are kept, so the measured throughputs are those of a real fit.
+so the grid completes; the default network (FiLM-MLP), batch and sampling steps are kept,
+so the measured throughputs are those of a real fit.
 """
 
 from __future__ import annotations
@@ -160,10 +160,25 @@ def run_fits(people: list[int], idps: list[int], steps: int, ref: int, base: tup
         print(f"  {fits[(n, d)]['fit_s']:.0f}s", file=sys.stderr, flush=True)
         results["fits"] = sorted(fits.values(), key=lambda r: (r["idps"], r["people"]))
         results["fit_settings"] = {"steps": steps, "reference_samples": ref,
-                                   "network": "film width 256 depth 4", "batch": 256,
-                                   "sampling_steps": 50, "sites": N_SITES,
+                                   **_default_settings(), "sites": N_SITES,
                                    "threads": 1, "test_people": TEST_PEOPLE}  # fmt: skip
         _save(results)
+
+
+def _default_settings() -> dict:
+    """The package defaults a fit here runs with (network, batch, sampling steps)."""
+    import inspect
+
+    from normcore.denoisers.film_mlp import FiLMMLP
+    from normcore.model import ModelConfig
+
+    net = inspect.signature(FiLMMLP).parameters
+    config = ModelConfig()
+    return {
+        "network": f"film width {net['width'].default} depth {net['depth'].default}",
+        "batch": config.train.batch_size,
+        "sampling_steps": config.sampling_steps,
+    }
 
 
 def run_scores(cohorts: list[int], idps: int, chunk_rows: int) -> None:
