@@ -260,8 +260,8 @@ class NormativeModel:
         )
 
     def _known_combinations(self) -> np.ndarray:
-        """(C,) bool: level combinations with no 'unknown' level, whose margins the first
-        stage learned from their own people (see `reference.build_reference`)."""
+        """(C,) bool: level combinations with no 'unknown' level, every level of which the
+        first stage learned from training people (see `reference.build_reference`)."""
         n_levels = self.encoder_.n_levels
         if not n_levels:
             return np.ones(1, dtype=bool)

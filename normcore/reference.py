@@ -209,6 +209,12 @@ def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray,
     return np.linspace(lo, hi, n_points), BANDWIDTH * (hi - lo)
 
 
+def _spread_ages(lo: float, hi: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n ages spread evenly over [lo, hi], one in each of n equal slices at a random place
+    in it (stratified: no gaps or clumps that a kernel would feel)."""
+    return lo + (np.arange(n) + rng.random(n)) / n * (hi - lo)
+
+
 def _plan(
     grid: np.ndarray, h: float, per: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -219,8 +225,7 @@ def _plan(
     apart from the (slow) sampling lets several processes each sample their own
     combinations while consuming `rng` exactly as one process does.
     """
-    lo_age, hi_age = grid[0] - 2 * h, grid[-1] + 2 * h
-    ages = lo_age + (np.arange(per) + rng.random(per)) / per * (hi_age - lo_age)
+    ages = _spread_ages(grid[0] - 2 * h, grid[-1] + 2 * h, per, rng)
     inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
     return ages, rng.choice(inside, size=min(_KEEP, len(inside)), replace=False)
 
@@ -272,8 +277,7 @@ def _first_stage_margins(
     Mahalanobis reference measures the denoiser's dependence on the same standard-normal
     margins that real people's scores have under `prior`.
     """
-    jitter = np.random.default_rng(seed).random(_KEEP)
-    ages = grid[0] + (np.arange(_KEEP) + jitter) / _KEEP * (grid[-1] - grid[0])
+    ages = _spread_ages(grid[0], grid[-1], _KEEP, np.random.default_rng(seed))
     y = sampler(ages, np.tile(codes, (_KEEP, 1)), seed)
     q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
     return q, np.full(len(grid), np.inf), _copula_scores(y)
