@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from normcore.errors import DataError
+from normcore.errors import DataError, Problem
 
 __all__ = [
     "Problem",
@@ -45,46 +45,10 @@ RARE_LEVEL_ROWS = 5
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "#n/a"})
 #: Default subject-id column names, in order of preference.
 ID_CANDIDATES = ("sub_id", "subject_id", "participant_id", "id", "ID")
-#: How many row numbers a message lists before summarising the rest.
-_MAX_LISTED_ROWS = 10
 #: How many distinct offending values a message quotes.
 _MAX_LISTED_VALUES = 5
-#: Extra spreadsheet lines above the first data row (one header line, 1-based lines).
-_HEADER_LINES = 2
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _INTEGER_TEXT = re.compile(r"^[+-]?\d+\.0*$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding about a table: where it is and, in plain words, what to do about it."""
-
-    severity: Literal["error", "warning"]
-    column: str | None
-    rows: tuple[int, ...]
-    message: str
-
-    def __str__(self) -> str:
-        where = []
-        if self.column is not None:
-            where.append(f"column '{self.column}'")
-        if self.rows:
-            where.append(_describe_rows(self.rows))
-        return f"{', '.join(where)}: {self.message}" if where else self.message
-
-
-def _list_with_rest(items: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in items[:_MAX_LISTED_ROWS])
-    rest = len(items) - _MAX_LISTED_ROWS
-    return f"{shown} and {rest} more" if rest > 0 else shown
-
-
-def _describe_rows(rows: Sequence[int]) -> str:
-    """'row 3 (spreadsheet line 5)' or 'rows 3, 17 (spreadsheet lines 5, 19)'."""
-    lines = [r + _HEADER_LINES for r in rows]
-    if len(rows) == 1:
-        return f"row {rows[0]} (spreadsheet line {lines[0]})"
-    return f"rows {_list_with_rest(rows)} (spreadsheet lines {_list_with_rest(lines)})"
 
 
 @dataclass(frozen=True)
