@@ -1,9 +1,10 @@
 """The on-disk model format: one safetensors file, tensors plus a JSON header.
 
-A bundle holds network weights and the reference table as tensors, and everything else
-(schema, fitted transforms, training ranges, history, versions) as JSON in the file's
-metadata. Reading it parses JSON and raw little-endian arrays only: no pickle, so a
-crafted file cannot run code. A SHA-256 over the tensors and the JSON detects truncation
+A bundle holds network weights, the reference table and the sampler's matrices as
+tensors, and everything else (schema, first stage, training ranges, history, versions)
+as JSON in the file's metadata; `pack` and `unpack` lay a model's parts out in it.
+Reading it parses JSON and raw little-endian arrays only: no pickle, so a crafted file
+cannot run code. A SHA-256 over the tensors and the JSON detects truncation
 and tampering; a format version detects files from an incompatible normcore.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +22,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from normcore.config import ModelConfig
+from normcore.denoisers import build_denoiser
+from normcore.diffusion import Schedule
 from normcore.errors import BundleError
+from normcore.first_stage import FirstStage, NewPersonSpread
+from normcore.joint import JointModel
+from normcore.preprocessing import CovariateEncoder
+from normcore.reference import ReferenceTable
+from normcore.schema import Schema
 
 FORMAT = "normcore-bundle"
 FORMAT_VERSION = 6
-"""2: denoisers predict v (format 1 predicted the noise, so its weights mean something else).
-3: the deviation calibration. 4: the reference table holds normal scores, not user units,
-and the first stage is a penalised-spline location-scale without a power transform."""
+"""Raised whenever a stored field changes meaning or layout, so that an older or newer
+file is refused with a plain message instead of being read as something else."""
 MAX_BUNDLE_BYTES = 512 * 1024**2
 
 
@@ -126,3 +135,130 @@ def read(path: str | os.PathLike) -> bytes:
             f"{path} is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB model size limit."
         )
     return path.read_bytes()
+
+
+@dataclass
+class SavedModel:
+    """Every fitted part of a NormativeModel, as the bundle stores it."""
+
+    version: str
+    created: str
+    config: ModelConfig
+    schema: Schema
+    encoder: CovariateEncoder
+    first_stage: FirstStage
+    joint: JointModel
+    reference: ReferenceTable
+    deviation_calibration: tuple[float, float]
+    training: dict
+    history: list[dict]
+    adaptations: list[dict]
+    train_seconds: float
+    fit_seconds: float
+
+
+def pack(model: SavedModel) -> bytes:
+    """A fitted model as one bundle: network weights, the reference table and the
+    sampler's matrices as tensors; everything else as JSON."""
+    joint = model.joint
+    tensors = {f"net.{k}": v.detach().cpu().clone() for k, v in joint.net.state_dict().items()}
+    tensors.update(model.reference.to_arrays())
+    tensors["sampler.x0_cov"] = joint.x0_cov.clone()
+    tensors["sampler.moment_map"] = torch.as_tensor(joint.moment_map[0], dtype=torch.float64)
+    meta = {
+        "normcore_version": model.version,
+        "created": model.created,
+        "config": model.config.to_dict(),
+        "schema": model.schema.to_dict(),
+        **model.first_stage.to_dict(),
+        "encoder": model.encoder.to_dict(),
+        "training": model.training,
+        "history": model.history,
+        "train_seconds": model.train_seconds,
+        "fit_seconds": model.fit_seconds,
+        "reference_bandwidth": model.reference.bandwidth,
+        "moment_map_offset": joint.moment_map[1].tolist(),
+        "predictive": joint.spread.to_dict(),
+        "deviation_calibration": list(model.deviation_calibration),
+        "adaptations": model.adaptations,
+    }
+    return to_bytes(tensors, meta)
+
+
+def unpack(data: bytes, device: torch.device) -> SavedModel:
+    """Rebuild every part of a model from bundle bytes, its network on `device`; any
+    inconsistency is a BundleError. Never unpickles anything."""
+    tensors, meta = from_bytes(data)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+        schema = Schema.from_dict(meta["schema"])
+        encoder = CovariateEncoder.from_dict(meta["encoder"])
+        net = build_denoiser(
+            config.backbone, len(schema.idps), encoder.n_levels, config.diffusion_steps,
+            **config.network,
+        )  # fmt: skip
+        net.load_state_dict(
+            {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True
+        )
+        joint = JointModel(
+            net=net.to(device).eval(),
+            schedule=Schedule(config.schedule, config.diffusion_steps),
+            sampling_steps=config.sampling_steps,
+            eta=config.eta,
+            x0_cov=tensors["sampler.x0_cov"].float(),
+            moment_map=(
+                tensors["sampler.moment_map"].double().numpy(),
+                np.asarray(meta["moment_map_offset"], dtype=np.float64),
+            ),
+            spread=NewPersonSpread.from_dict(meta["predictive"]),
+            device=device,
+            seed=config.seed,
+        )
+        arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("reference.")}
+        shift, spread = meta["deviation_calibration"]
+        model = SavedModel(
+            version=meta["normcore_version"],
+            created=meta["created"],
+            config=config,
+            schema=schema,
+            encoder=encoder,
+            first_stage=FirstStage.from_dict(meta),
+            joint=joint,
+            reference=ReferenceTable.from_arrays(
+                arrays, encoder.n_levels, meta["reference_bandwidth"]
+            ),
+            deviation_calibration=(float(shift), float(spread)),
+            training=meta["training"],
+            history=meta["history"],
+            adaptations=list(meta.get("adaptations", [])),
+            train_seconds=float(meta["train_seconds"]),
+            fit_seconds=float(meta["fit_seconds"]),
+        )
+        _check_shapes(model)
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise BundleError(f"This model file is inconsistent and cannot be used: {err}") from err
+    return model
+
+
+def _check_shapes(model: SavedModel) -> None:
+    """Reject bundles whose pieces disagree (e.g. a table built for other IDPs)."""
+    ref, d = model.reference, len(model.schema.idps)
+    n_levels = model.encoder.n_levels
+    n_combo = int(np.prod(n_levels)) if n_levels else 1
+    if ref.quantiles.ndim != 4 or ref.quantiles.shape[0] != n_combo or ref.quantiles.shape[3] != d:
+        raise BundleError(
+            f"This model file is inconsistent: its reference table has shape {ref.quantiles.shape} "
+            f"but the model has {n_combo} covariate combinations and {d} IDPs."
+        )
+    joint = model.joint
+    if (
+        ref.precision.shape != (d, d)
+        or model.first_stage.n_idps != d
+        or joint.moment_map[0].shape != (d, d)
+        or tuple(joint.x0_cov.shape) != (len(joint.timesteps), d, d)
+    ):
+        raise BundleError(
+            "This model file is inconsistent: its IDP transforms do not match its IDPs."
+        )

@@ -19,6 +19,7 @@ from normcore import distributed, stream
 from normcore.data import read_table
 from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
+from normcore.launch import print_progress
 from normcore.model import DEFAULT_QUANTILES, NormativeModel
 from normcore.schema import Schema, validate_training
 from normcore.site_advice import adaptation_warnings
@@ -26,24 +27,6 @@ from normcore.site_advice import adaptation_warnings
 
 def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _progress(p: dict) -> None:
-    if p["phase"] == "train":
-        print(
-            f"\rtraining: epoch {p['epoch']}/{p['max_epochs']}  loss {p['loss']:.4f}  "
-            f"val {p['val_loss']:.4f}  eta {p['eta_seconds']:.0f}s   ",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
-    else:
-        print(
-            f"\rreference table: {100 * p['fraction']:.0f}%        ",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def _warn(model: NormativeModel, df: pd.DataFrame) -> None:
@@ -69,7 +52,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         validate_training(df, schema).raise_for_errors()
         print(f"starting {args.nproc} training processes", file=sys.stderr)
         distributed.spawn(args.nproc, cmd_fit, args)
-        seconds = NormativeModel.load(args.out, device="cpu").fit_seconds_
+        seconds = NormativeModel.load(args.out, device="cpu").fit_seconds
         print(f"saved {args.out} (fit {seconds:.0f}s)", file=sys.stderr)
         return
     with distributed.session(args.device) as parallel:
@@ -83,11 +66,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
         model = NormativeModel(
             backbone=args.backbone, max_epochs=args.epochs, seed=args.seed, device=args.device
         )
-        model.fit(df, schema, progress=_progress if is_main else None)
+        model.fit(df, schema, progress=print_progress if is_main else None)
         if is_main:
             print(file=sys.stderr)
             model.save(args.out)
-            print(f"saved {args.out} (fit {model.fit_seconds_:.0f}s)", file=sys.stderr)
+            print(f"saved {args.out} (fit {model.fit_seconds:.0f}s)", file=sys.stderr)
 
 
 def _score_progress(done: int, total: int) -> None:
@@ -139,10 +122,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _warn_grid(model: NormativeModel, grid: pd.DataFrame) -> None:
     """Grids carry covariates only: check those, not IDP columns."""
-    if model.schema_.age not in grid.columns:
+    if model.schema.age not in grid.columns:
         return
-    lo, hi = model.training_["age_range"]
-    ages = pd.to_numeric(grid[model.schema_.age], errors="coerce")
+    lo, hi = model.age_range
+    ages = pd.to_numeric(grid[model.schema.age], errors="coerce")
     if ((ages < lo) | (ages > hi)).any():
         print(
             f"warning: some grid ages lie outside the training range {lo:g}-{hi:g} (extrapolated)",
@@ -165,9 +148,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_adapt(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
     controls = read_table(args.table)
-    adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=_progress)
+    adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=print_progress)
     print(file=sys.stderr)
-    record = adapted.adaptations_[-1]
+    record = adapted.adaptations[-1]
     for warning in adaptation_warnings(record):
         print(f"warning: {warning}", file=sys.stderr)
     adapted.save(args.out)

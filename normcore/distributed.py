@@ -15,8 +15,9 @@ an initialised process group through `current()`. Then
   process would have built;
 * only rank 0 reports progress and writes the bundle.
 
-Launch with `python -m normcore fit ... --nproc N`, with `torchrun --nproc-per-node N -m
-normcore fit ...`, or from Python with `fit_parallel`.
+This module is the process-group plumbing only; starting a fit in several processes is
+normcore.launch (`python -m normcore fit ... --nproc N`, `torchrun --nproc-per-node N -m
+normcore fit ...`, or `launch.fit_parallel` from Python).
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,16 +35,11 @@ from torch import nn
 
 from normcore.device import resolve_device
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from normcore.model import NormativeModel
-    from normcore.schema import Schema
-
 
 @dataclass
 class Parallel:
-    """This process's place among the processes of one fit, and the collectives it needs."""
+    """This process's place among the processes of one fit, and the collectives it needs
+    (it satisfies parallel_protocol.Collectives, which the numeric code types against)."""
 
     rank: int
     world_size: int
@@ -172,40 +166,3 @@ def spawn(nproc: int, target: Callable, *args: Any) -> None:
         raise RuntimeError(f"a training process failed:\n{err}") from None
     except mp.ProcessExitedException as err:
         raise RuntimeError(f"a training process died: {err}") from None
-
-
-def _fit_and_save(
-    model: NormativeModel, df: pd.DataFrame, schema: Schema | None, out: str, verbose: bool
-) -> None:
-    from normcore.cli import _progress
-
-    with session(model.device) as par:
-        is_main = par is None or par.is_main
-        model.fit(df, schema, progress=_progress if verbose and is_main else None)
-        if is_main:
-            model.save(out)
-
-
-def fit_parallel(
-    model: NormativeModel,
-    df: pd.DataFrame,
-    schema: Schema | None = None,
-    nproc: int = 2,
-    out: str | os.PathLike | None = None,
-    verbose: bool = False,
-) -> NormativeModel:
-    """Fit an unfitted `model` with `nproc` processes and return the fitted model.
-
-    The table is validated here first, so a bad table is one DataError in this process
-    rather than the same error in every worker. Rank 0 writes the bundle to `out` (a
-    temporary file when None), which is then loaded onto `model.device`.
-    """
-    from normcore.model import NormativeModel
-    from normcore.schema import Schema, validate_training
-
-    schema = schema or Schema.infer(df)
-    validate_training(df, schema).raise_for_errors()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(out) if out is not None else Path(tmp) / "model.normcore"
-        spawn(nproc, _fit_and_save, model, df, schema, str(path), verbose)
-        return NormativeModel.load(path, device=model.device)

@@ -1,21 +1,27 @@
-"""The first stage as one unit: fitted, applied, and checked on people it did not see.
+"""The first stage: per-IDP location, spread and shape in age, as one estimator.
 
-The first stage (`normcore.preprocessing`: standardise, location-scale in age, shape in
-age) maps the people it was fitted on to near-standard-normal scores. A new person's
-score also carries the error of its estimates: a site's mean learned from a few people,
-a local quantile of the shape. `predictive` measures that by K-fold cross-validation and
-describes it as a scaled Student-t, which the model applies to its draws so that its
-bands hold for new people and not only for the training ones.
+`FirstStage` chains the three steps of `normcore.preprocessing` (standardise each IDP,
+a location-scale model in age and the categorical covariates, a monotone shape in age)
+and maps the people it was fitted on to near-standard-normal **normal scores**, the
+quantity the denoiser models. Its shape follows scikit-learn's estimators and
+PCNtoolkit's regression models: `fit`, `transform` (forward, values to normal scores),
+`inverse` (backward, scores to values), `with_level` (transfer to a new site).
+
+A new person's score also carries the error of the first stage's estimates: a site's
+mean learned from a few people, a local quantile of the shape. `new_person_spread`
+measures that by K-fold cross-validation and describes it as a scaled Student-t
+(`NewPersonSpread`), which the model applies to its draws so that its bands hold for new
+people and not only for the training ones.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
 
 from normcore.preprocessing import AgeShape, IDPTransform, LocationScale
-
-Stage = tuple[IDPTransform, LocationScale, AgeShape]
 
 FOLDS = 5
 MIN_ROWS = 50
@@ -24,22 +30,110 @@ MAX_DOF = 100.0
 """Tails this close to normal are treated as normal."""
 
 
-def fit(
-    values: np.ndarray, age_z: np.ndarray, codes: np.ndarray, n_levels: list[int], rows: np.ndarray
-) -> Stage:
-    """Scaling, location-scale and shape fitted on `rows` of (n, D) `values`."""
-    transform = IDPTransform.fit(values[rows])
-    resid = transform.transform(values)
-    location_scale = LocationScale.fit(resid[rows], age_z[rows], codes[rows], n_levels)
-    resid = location_scale.transform(resid, age_z, codes)
-    return transform, location_scale, AgeShape.fit(resid[rows], age_z[rows])
+class FirstStage:
+    """Raw IDP values <-> normal scores, given standardised ages and category codes.
+
+    `__init__` takes no settings (the steps' own defaults apply); `fit` learns
+    `transform_` (IDPTransform), `location_scale_` (LocationScale) and `shape_` (AgeShape).
+    """
+
+    def fit(
+        self,
+        values: np.ndarray,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        n_levels: list[int],
+        rows: np.ndarray | None = None,
+    ) -> FirstStage:
+        """Fit the three steps on `rows` (default: all) of (n, D) raw `values`; each step
+        is fitted on the output of the one before."""
+        rows = np.arange(len(values)) if rows is None else rows
+        self.transform_ = IDPTransform.fit(values[rows])
+        resid = self.transform_.transform(values)
+        self.location_scale_ = LocationScale.fit(resid[rows], age_z[rows], codes[rows], n_levels)
+        resid = self.location_scale_.transform(resid, age_z, codes)
+        self.shape_ = AgeShape.fit(resid[rows], age_z[rows])
+        return self
+
+    def transform(self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Raw values (n, D) -> normal scores at each row's age and levels."""
+        resid = self.location_scale_.transform(self.transform_.transform(values), age_z, codes)
+        return self.shape_.transform(resid, age_z)
+
+    def inverse(self, scores: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Normal scores (n, D) -> raw values; monotone per IDP, so quantiles map to
+        quantiles."""
+        resid = self.location_scale_.inverse(self.shape_.inverse(scores, age_z), age_z, codes)
+        return self.transform_.inverse(resid)
+
+    def with_level(
+        self,
+        k: int,
+        code: int,
+        values: np.ndarray,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        prior_n: float,
+    ) -> FirstStage:
+        """A copy whose level `code` of categorical `k` is learned from the raw `values` of
+        controls that all hold it (`LocationScale.with_level`, shrunk towards its start by
+        a prior worth `prior_n` people); the standardisation and the shape are kept."""
+        new = FirstStage()
+        new.transform_, new.shape_ = self.transform_, self.shape_
+        new.location_scale_ = self.location_scale_.with_level(
+            k, code, self.transform_.transform(values), age_z, codes, prior_n=prior_n
+        )
+        return new
+
+    @property
+    def n_idps(self) -> int:
+        return len(self.transform_.loc)
+
+    def to_dict(self) -> dict:
+        """JSON-able parts, under the keys the bundle stores them."""
+        return {
+            "transform": self.transform_.to_dict(),
+            "location_scale": self.location_scale_.to_dict(),
+            "shape": self.shape_.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FirstStage:
+        stage = cls()
+        stage.transform_ = IDPTransform.from_dict(d["transform"])
+        stage.location_scale_ = LocationScale.from_dict(d["location_scale"])
+        stage.shape_ = AgeShape.from_dict(d["shape"])
+        return stage
 
 
-def scores(stage: Stage, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """User units -> the normal-score units the denoiser models."""
-    transform, location_scale, shape = stage
-    resid = location_scale.transform(transform.transform(values), age_z, codes)
-    return shape.transform(resid, age_z)
+class NewPersonSpread(NamedTuple):
+    """How the first stage's scores of people it did not see are spread: a scale and, for
+    heavy tails, the degrees of freedom of a Student-t (None: normal)."""
+
+    scale: float
+    dof: float | None
+
+    def quantiles(self, probs: np.ndarray) -> np.ndarray:
+        """Quantiles at `probs` of standard normal draws given this spread: what the model
+        draws if its denoiser adds nothing to the first stage's margins."""
+        if self.dof is None:
+            return self.scale * stats.norm.ppf(probs)
+        return self.scale * stats.t.ppf(probs, self.dof)
+
+    def widen(self, draws: np.ndarray, seed: int) -> np.ndarray:
+        """`draws` spread as new people's scores are: the scale, and for heavy tails a
+        Student-t scale mixture (a chi-squared factor per draw and IDP)."""
+        if self.dof is None:
+            return draws * self.scale
+        rng = np.random.default_rng([seed, 5])
+        return draws * self.scale * np.sqrt(self.dof / rng.chisquare(self.dof, size=draws.shape))
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "dof": self.dof}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NewPersonSpread:
+        return cls(float(d["scale"]), None if d["dof"] is None else float(d["dof"]))
 
 
 def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
@@ -61,48 +155,39 @@ def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
     return median_abs / stats.t.ppf(0.75, dof), float(dof)
 
 
-def predictive(
+def new_person_spread(
     values: np.ndarray,
     age_z: np.ndarray,
     codes: np.ndarray,
     n_levels: list[int],
     seed: int,
     inside: np.ndarray | None = None,
-) -> tuple[float, float | None]:
-    """How the first stage's scores of new people are spread: (scale, dof) of a Student-t.
+) -> NewPersonSpread:
+    """How the first stage's scores of new people are spread (a scaled Student-t).
 
     K-fold: each person is scored by a first stage fitted without them. Their |score|
     median and 95th percentile, pooled over people and IDPs and taken relative to the
     in-sample ones (so that only what is due to not being seen counts), give the t. The
     excess over normal is scaled by (K - 1) / K: the model's own first stage sees all n
-    people, and estimation error shrinks about as 1 / n. fcon1000 (445 people, 22 sites):
-    out of fold, 90.5 % of scores fell in the 95 % band (a t with ~7 dof); synthetic,
-    3,000 people: 94.7 %. `inside`: the in-sample scores, if the caller already has them.
+    people, and estimation error shrinks about as 1 / n. `inside`: the in-sample scores,
+    if the caller already has them.
     """
     n = len(values)
     if n < MIN_ROWS:
-        return 1.0, None
+        return NewPersonSpread(1.0, None)
     if inside is None:
-        inside = scores(fit(values, age_z, codes, n_levels, np.arange(n)), values, age_z, codes)
+        inside = FirstStage().fit(values, age_z, codes, n_levels).transform(values, age_z, codes)
     inside = np.abs(inside)
     fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
     outside = np.empty_like(inside)
     for k in range(FOLDS):
         held = fold == k
-        stage = fit(values, age_z, codes, n_levels, np.flatnonzero(~held))
-        outside[held] = np.abs(scores(stage, values[held], age_z[held], codes[held]))
+        stage = FirstStage().fit(values, age_z, codes, n_levels, np.flatnonzero(~held))
+        outside[held] = np.abs(stage.transform(values[held], age_z[held], codes[held]))
     shrink = (FOLDS - 1) / FOLDS
     targets = []
     for level in (0.5, 0.95):
         normal = stats.norm.ppf(0.5 + level / 2)
         ratio = np.quantile(outside, level) / np.quantile(inside, level)
         targets.append(normal * max(1.0, 1.0 + (ratio - 1.0) * shrink))
-    return t_match(*targets)
-
-
-def predictive_quantiles(spread: tuple[float, float | None], probs: np.ndarray) -> np.ndarray:
-    """Quantiles at `probs` of standard normal draws given the new-person `spread`
-    (scale, dof) of `predictive`: what the model draws if its denoiser adds nothing to the
-    first stage's margins."""
-    scale, dof = spread
-    return scale * (stats.norm.ppf(probs) if dof is None else stats.t.ppf(probs, dof))
+    return NewPersonSpread(*t_match(*targets))

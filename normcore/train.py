@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ from torch import nn
 from normcore.device import training_autocast
 from normcore.diffusion.sampler import q_sample, v_target
 from normcore.diffusion.schedule import Schedule
-
-if TYPE_CHECKING:
-    from normcore.distributed import Parallel
+from normcore.parallel_protocol import Collectives
 
 Progress = Callable[[dict], None]
 
@@ -64,8 +61,8 @@ def _validation_draws(
 def validation_split(n: int, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(validation rows, training rows): a seeded random `val_fraction` held out.
 
-    One function, so that the model can fit its first stage on the training rows alone
-    before the denoiser is trained on the same split.
+    The model computes it once and hands both parts to its first stage and to
+    `train_denoiser`, so the rows the first stage leaves out are the rows validated on.
     """
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(int(round(n * config.val_fraction)), min(n // 5, 32)) if n >= 40 else 0
@@ -79,17 +76,19 @@ def train_denoiser(
     age: np.ndarray,
     codes: np.ndarray,
     config: TrainConfig,
+    val_rows: np.ndarray,
+    train_rows: np.ndarray,
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
-    parallel: Parallel | None = None,
-) -> tuple[nn.Module, list[dict], np.ndarray]:
-    """Train `net` to predict v; return the best EMA copy, the loss history and
-    the indices of the held-out validation rows (for estimates that must not be optimistic).
+    parallel: Collectives | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """Train `net` to predict v on `train_rows`; return the best EMA copy (by the loss
+    on `val_rows`, which also stops training early) and the loss history.
 
-    `y` are IDPs in network units (n, D), `age` standardised ages (n,), `codes` category
-    codes (n, K). A seeded random `val_fraction` of rows is held out for early stopping.
+    `y` are the first stage's normal scores (n, D), `age` standardised ages (n,), `codes`
+    category codes (n, K); `val_rows`, `train_rows` come from `validation_split`.
 
     `net` must already be on `device` (default CPU). All random draws come from one CPU
     generator whatever the device, so a run is the same draw sequence on CPU and GPU.
@@ -97,8 +96,8 @@ def train_denoiser(
     and trains on its own slice of it through DistributedDataParallel, so the gradient
     is that of the whole batch and the settings mean the same as in one process.
     """
-    n, dim = y.shape
-    val_idx, tr_idx = validation_split(n, config, seed)
+    dim = y.shape[1]
+    val_idx, tr_idx = val_rows, train_rows
     n_val = len(val_idx)
     device = device or torch.device("cpu")
     Y = torch.as_tensor(y, dtype=torch.float32).to(device)
@@ -222,4 +221,4 @@ def train_denoiser(
     ema.load_state_dict(best_state)
     if parallel is not None:
         parallel.broadcast(ema)
-    return ema, history, val_idx
+    return ema, history

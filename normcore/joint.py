@@ -1,0 +1,239 @@
+"""The joint law of the normal scores given covariates: a denoiser, its schedule, and the
+corrections applied to its draws, behind one `draw` method.
+
+As in diffusers, the pieces stay apart: the schedule has no trainable state
+(normcore.diffusion.Schedule), the network predicts v (normcore.denoisers), and this
+object is the pipeline that runs the sampler over an explicit list of timesteps and then
+corrects the draws in a fixed order:
+
+1. the sampler adds back the per-step covariance of x0 given x_t (`x0_cov`; see
+   diffusion.sampler.x0_covariance), which a mean-only denoiser would lose;
+2. `moment_map` gives the draws the mean and covariance of the first stage's scores of
+   the training people (`moment_match`);
+3. `spread` widens them as the first stage's scores of *new* people are spread
+   (first_stage.new_person_spread);
+4. rows at an adapted site get its posterior-predictive spread (`with_site_uncertainty`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import nn
+
+from normcore.device import generator
+from normcore.diffusion import Schedule, ddim_timesteps, generate, x0_covariance
+from normcore.first_stage import NewPersonSpread
+
+CHUNK = 8192
+"""Rows sampled at once: bounds memory whatever the number of rows asked for."""
+VALIDATION_DRAWS = 100
+"""Model draws per validation row when measuring the moment matching."""
+MAX_VALIDATION_ROWS = 256
+"""Validation rows drawn at for the moment matching: enough per IDP, and fit stays fast."""
+MIN_VALIDATION_ROWS = 30
+"""Fewer validation rows than this leave the draws unmatched (too noisy to trust)."""
+MIN_COVARIANCE_ROWS = 100
+"""Fewer validation rows than this estimate `x0_cov` on every row instead."""
+
+AdaptedLevel = tuple[int, int, float]
+"""(categorical index, level code, prior + controls) of a level known only from adaptation."""
+
+
+@dataclass
+class JointModel:
+    """A trained denoiser and everything its draws need, in normal-score units.
+
+    `seed` is the model's seed: the x0 covariance and the moment matching's draws use
+    their own seeds derived from it, so a fit is reproducible.
+    """
+
+    net: nn.Module
+    schedule: Schedule
+    sampling_steps: int
+    eta: float
+    """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM."""
+    x0_cov: torch.Tensor
+    moment_map: tuple[np.ndarray, np.ndarray]
+    spread: NewPersonSpread
+    device: torch.device
+    seed: int = 0
+
+    @classmethod
+    def calibrate(
+        cls,
+        net: nn.Module,
+        schedule: Schedule,
+        *,
+        sampling_steps: int,
+        eta: float,
+        device: torch.device,
+        seed: int,
+        split_scores: np.ndarray,
+        kept_scores: np.ndarray,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        val_rows: np.ndarray,
+        train_rows: np.ndarray,
+        spread: NewPersonSpread,
+    ) -> JointModel:
+        """Measure the draws' corrections for a trained `net`.
+
+        `split_scores` are every row's scores under the first stage fitted on `train_rows`
+        only (what the network was trained on); `kept_scores` under the first stage the
+        model keeps (fitted on every row). The x0 covariance and the moment matching's
+        draws are measured at validation rows, which the network did not train on.
+
+        The moment map's target covariance leaves the validation people out, so that the
+        deviation calibration later measured on them sees them as new people: a
+        covariance estimated from n people makes those same people look more typical
+        than new ones, by about D / n in the squared distance (benchmarks/RESULTS.md).
+        """
+        identity = (np.eye(split_scores.shape[1]), np.zeros(split_scores.shape[1]))
+        joint = cls(
+            net, schedule, sampling_steps, eta, torch.empty(0), identity, spread, device, seed
+        )
+        rows = val_rows if len(val_rows) >= MIN_COVARIANCE_ROWS else np.arange(len(split_scores))
+        joint.x0_cov = joint._estimate_x0_covariance(split_scores[rows], age_z[rows], codes[rows])
+        some = val_rows[:MAX_VALIDATION_ROWS]
+        draws = joint._draws_at(age_z[some], codes[some])
+        joint.moment_map = moment_match(
+            draws, kept_scores[train_rows], enough=len(some) >= MIN_VALIDATION_ROWS
+        )
+        return joint
+
+    @property
+    def timesteps(self) -> list[int]:
+        return ddim_timesteps(self.schedule, self.sampling_steps)
+
+    def draw(
+        self,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        seed: int,
+        adapted: Sequence[AdaptedLevel] = (),
+    ) -> np.ndarray:
+        """One draw per row of the normal scores at standardised ages `age_z` (n,) and
+        category codes (n, K), with every correction of the module docstring applied;
+        `adapted` lists the levels known only from adaptation (see normcore.adapt)."""
+        raw = self.raw_draws(age_z, codes, generator(self.device, seed))
+        scores = self.spread.widen(self.matched(raw), seed)
+        return with_site_uncertainty(scores, codes, seed, adapted)
+
+    @torch.inference_mode()
+    def raw_draws(self, age_z: np.ndarray, codes: np.ndarray, g: torch.Generator) -> np.ndarray:
+        """One draw per row from the sampler (step 1 only), before the other corrections."""
+        age_t = torch.as_tensor(age_z).to(self.device)
+        codes_t = torch.as_tensor(codes, dtype=torch.long).to(self.device)
+        out = np.empty((len(age_z), self.x0_cov.shape[-1]))
+        steps = self.timesteps
+        self.net.eval()
+        for s in range(0, len(age_z), CHUNK):
+            a, c = age_t[s : s + CHUNK], codes_t[s : s + CHUNK]
+            h = self.net.embed(a, c)
+            x = generate(
+                lambda xt, t, h=h: self.net(xt, t, h),
+                len(a),
+                out.shape[1],
+                self.schedule,
+                steps,
+                eta=self.eta,
+                generator=g,
+                x0_cov=self.x0_cov,
+            )
+            out[s : s + CHUNK] = x.cpu().numpy()
+        return out
+
+    def matched(self, draws: np.ndarray) -> np.ndarray:
+        """`draws` with the moment map applied (an affine map: mean and covariance)."""
+        matrix, offset = self.moment_map
+        return draws @ matrix + offset
+
+    @torch.inference_mode()
+    def _estimate_x0_covariance(
+        self, scores: np.ndarray, age_z: np.ndarray, codes: np.ndarray
+    ) -> torch.Tensor:
+        """Per-step covariance of x0 given x_t over the IDPs, at these rows' covariates."""
+        dev = self.device
+        h = self.net.embed(
+            torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
+        )
+        return x0_covariance(
+            lambda xt, t: self.net(xt, t, h),
+            torch.as_tensor(scores, dtype=torch.float32).to(dev),
+            self.schedule,
+            self.timesteps,
+            generator=generator(dev, self.seed + 2),
+        ).cpu()
+
+    def _draws_at(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """VALIDATION_DRAWS raw draws at each row's covariates (rows, draws, D)."""
+        reps = np.repeat(np.arange(len(age_z)), VALIDATION_DRAWS)
+        g = generator(self.device, self.seed + 3)
+        draws = self.raw_draws(age_z[reps], codes[reps], g)
+        return draws.reshape(len(age_z), VALIDATION_DRAWS, -1)
+
+
+def moment_match(
+    draws: np.ndarray, scores: np.ndarray, enough: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset) such that `draws @ matrix + offset` have the mean and covariance
+    of the first stage's `scores` (n, D) of the training people.
+
+    Why: the first stage maps every training person to near-standard-normal scores, so
+    their mean, spread and correlations are what the denoiser's draws over the same
+    people's covariates should have. A denoiser that regresses a little to the mean draws
+    too narrow ones, and one that under-learns the dependence draws too weak correlations,
+    which makes real people look more typical than the model's own samples (measured in
+    benchmarks/RESULTS.md). The matrix is the optimal-transport map between the two
+    Gaussians (the symmetric one; Olkin & Pukelsheim 1982, Knott & Smith 1984), so draws
+    move no more than needed; the scores' covariance is Ledoit-Wolf-shrunk (Ledoit & Wolf
+    2004) so that it stays well-conditioned with many IDPs. `draws` (rows, draws, D) are at
+    validation people's covariates; with too few of them (`enough` False) it is the
+    identity.
+    """
+    d = scores.shape[1]
+    if not enough:
+        return np.eye(d), np.zeros(d)
+    flat = draws.reshape(-1, d)
+    root = _sqrtm(np.atleast_2d(np.cov(flat, rowvar=False)))
+    inv_root = np.linalg.pinv(root)
+    target = LedoitWolf().fit(scores).covariance_
+    matrix = inv_root @ _sqrtm(root @ target @ root) @ inv_root
+    return matrix, scores.mean(axis=0) - flat.mean(axis=0) @ matrix
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix."""
+    eigval, eigvec = np.linalg.eigh((a + a.T) / 2)
+    return (eigvec * np.sqrt(np.clip(eigval, 0.0, None))) @ eigvec.T
+
+
+def with_site_uncertainty(
+    scores: np.ndarray, codes: np.ndarray, seed: int, adapted: Sequence[AdaptedLevel]
+) -> np.ndarray:
+    """Draws of rows at an adapted site, from that site's posterior predictive.
+
+    Why: a site adapted from n controls has its mean and spread estimated from n people,
+    and bands that treat them as known are too narrow for its next people
+    (benchmarks/RESULTS.md, site adaptation). `LocationScale.with_level`'s shrinkage is a
+    normal-inverse-chi-squared prior worth `adapt.PRIOR_N` pseudo-controls at the
+    reference (Gelman et al., Bayesian Data Analysis, 3rd ed., section 3.3), so with
+    m = n + PRIOR_N each draw gets its own spread factor sqrt(m / chi2_m) and a mean error
+    N(0, 1/m), per IDP: Student-t-like bands, wide with 5 controls and close to the
+    plug-in ones with 50.
+    """
+    if not adapted:
+        return scores
+    rng = np.random.default_rng([seed, 7])
+    out = scores.copy()
+    for k, code, m in adapted:
+        rows = np.flatnonzero(codes[:, k] == code)
+        shape = (len(rows), scores.shape[1])
+        spread = np.sqrt(m / rng.chisquare(m, size=shape))
+        out[rows] = spread * (scores[rows] + rng.standard_normal(shape) / np.sqrt(m))
+    return out
