@@ -4,12 +4,13 @@ Sampling a diffusion model is slow (hundreds of network passes per draw), so cen
 not computed per person. Once per model we draw samples for every combination of
 categorical levels (sex x site x ..., the "unknown" level included) at ages spread evenly
 over the training range, and store, at each grid age, Gaussian-kernel-weighted quantiles of
-those samples at 31 levels evenly spaced in normal-score (z = -3.0 .. 3.0).
+those samples at 31 z-levels evenly spaced from -3.0 to 3.0 (`Z_LEVELS`; their
+probabilities are `PROBABILITY_LEVELS`).
 
-The samples are tabulated in the network's own units: normal scores, from which the
-model's first stage (`normcore.preprocessing`) has removed each IDP's age curves of mean,
-spread and shape. The model maps tabled values to user units, and a person's value to
-these units, with that first stage at the person's own age and levels. So the steep parts
+The samples are normal scores: the first stage (`normcore.first_stage`) has removed each
+IDP's age curves of mean, spread and shape. The model maps tabled normal scores to raw
+values, and a person's raw values to normal scores, with that first stage at the
+person's own age and levels. So the steep parts
 of an age curve are exact at every age rather than interpolated between grid ages, and
 what the table must resolve changes slowly with age: a wide kernel pools many samples
 and keeps Monte-Carlo error low. Samples are also moved along the local linear age trend
@@ -23,13 +24,17 @@ interpolation between two monotone vectors is monotone, and the first stage is
 increasing, so centiles never cross.
 
 Scoring then costs one interpolation in age and one search among 31 values per person and
-IDP, whatever the model. Beyond z = +-3 the tail is extrapolated linearly in z from the
-outermost tabled segment (a Gaussian tail) and z is clipped to +-Z_BOUND.
+IDP, whatever the model: a person's z is the z-level at which their normal score falls in
+the tabled quantiles. Beyond z = +-3 the tail is extrapolated linearly in z along the
+outermost tabled segments (a Gaussian tail) and z is clipped to +-Z_BOUND.
 
-The same pass yields the multivariate deviation: the samples' normal scores give a
-shrunk correlation matrix of the IDPs, and the squared Mahalanobis distance of the
-samples' normal-score vectors gives, per covariate combination, the reference
-distribution in which a person's own distance is ranked.
+Stored, the table holds the first stage's margins (`prior`) once and only the combinations
+the denoiser's draws were tabled for (`ReferenceTable.to_arrays`).
+
+The same pass yields the multivariate deviation: the samples' z give a shrunk correlation
+matrix of the IDPs, and the squared Mahalanobis distance of the samples' z vectors gives,
+per covariate combination, the reference distribution in which a person's own distance
+is ranked.
 """
 
 from __future__ import annotations
@@ -42,29 +47,42 @@ import numpy as np
 from scipy import stats
 from sklearn.covariance import LedoitWolf
 
+from normcore.numeric import (
+    kish_effective_size,
+    rank_normal_scores,
+    values_of_z,
+    weighted_quantiles,
+    z_of_values,
+)
+
 if TYPE_CHECKING:
-    from normcore.distributed import Parallel
+    from normcore.parallel_protocol import Collectives as Parallel
 
 Z_STEP = 0.2
 Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
-LEVELS = stats.norm.cdf(Z_LEVELS)
+"""The z-levels at which quantiles are tabled."""
+PROBABILITY_LEVELS = stats.norm.cdf(Z_LEVELS)
+"""The probabilities of `Z_LEVELS`."""
 Z_BOUND = 6.0
 """|z| is clipped here (centile 1e-7 %); beyond |z| = 3 values are Gaussian-tail extrapolations."""
 _TAIL_SPAN = 3
-"""Tabled segments used for the tail slope (z 2.4 .. 3.0), steadier than the last one alone."""
+"""Tabled segments spanned by the tail slope (z 2.4 .. 3.0), steadier than the last one alone."""
 
 Sampler = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-"""scores = sampler(ages (m,), codes (m, K), seed), shape (m, D), in the model's
-normal-score units (after its first stage); the model maps tabled scores to user units.
-Each combination is drawn with its own seed: draws sharing one noise sequence across
-combinations made the deviation reference's Monte-Carlo error the same everywhere, so it
-did not average out over people (synthetic, 20 IDPs: held-out deviation KS 0.051 with one
-seed, 0.024-0.036 with one per combination)."""
+"""scores = sampler(ages (m,), codes (m, K), seed): normal scores (m, D), one draw per row.
+
+Each combination is drawn with its own seed: with one noise sequence shared by every
+combination, the deviation reference's Monte-Carlo error is the same everywhere and does
+not average out over people (benchmarks/RESULTS.md, "What did not run, and why")."""
 
 
 @dataclass
 class ReferenceTable:
-    """Quantiles (C, G, Q, D) over C level combinations and G grid ages, plus deviation data."""
+    """Quantiles (C, G, Q, D) over C level combinations and G grid ages, plus deviation data.
+
+    `quantiles` are normal scores at `Z_LEVELS`; `n_eff` (C, G) their effective sample
+    sizes, infinite where a combination's margins are the first stage's own (exact).
+    """
 
     ages: np.ndarray
     n_levels: list[int]
@@ -72,7 +90,7 @@ class ReferenceTable:
     n_eff: np.ndarray
     bandwidth: float
     precision: np.ndarray
-    """(D, D) inverse of the shrunk normal-score correlation of model samples."""
+    """(D, D) inverse of the shrunk correlation of model samples' z."""
     mahalanobis: np.ndarray
     """(C, Q) quantiles of squared Mahalanobis distance of model samples, per combination."""
 
@@ -104,11 +122,35 @@ class ReferenceTable:
             n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
         return q, np.where(np.isinf(self.n_eff[c, i]), np.inf, n_eff)
 
+    def _from_prior(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C,) bool: combinations whose stored quantiles are the first stage's margins at
+        every age and IDP, and those margins (Q,), as float32 (the stored precision)."""
+        stored = self.quantiles.astype(np.float32)
+        exact = np.flatnonzero(np.isinf(self.n_eff).all(axis=1))
+        if len(exact) == 0:
+            return np.zeros(len(stored), dtype=bool), np.zeros(0, dtype=np.float32)
+        prior = stored[exact[0], 0, :, 0]
+        same = np.zeros(len(stored), dtype=bool)
+        same[exact] = (stored[exact] == prior[None, None, :, None]).all(axis=(1, 2, 3))
+        return same, prior
+
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays for the bundle: the first stage's margins once (`reference.prior`)
+        and a mask of the combinations that use them, quantiles and effective sizes of the
+        other (tabled) combinations only.
+
+        Why: most combinations (every sex x site seen in training) take their margins from
+        the first stage (`build_reference`); a copy of the same (G, Q, D) block for each of
+        them would be most of a model file.
+        """
+        from_prior, prior = self._from_prior()
+        tabled = ~from_prior
         return {
             "reference.ages": self.ages.astype(np.float64),
-            "reference.quantiles": self.quantiles.astype(np.float32),
-            "reference.n_eff": self.n_eff.astype(np.float32),
+            "reference.prior": prior,
+            "reference.from_prior": from_prior,
+            "reference.quantiles": self.quantiles[tabled].astype(np.float32),
+            "reference.n_eff": self.n_eff[tabled].astype(np.float32),
             "reference.precision": self.precision.astype(np.float32),
             "reference.mahalanobis": self.mahalanobis.astype(np.float32),
         }
@@ -117,66 +159,51 @@ class ReferenceTable:
     def from_arrays(
         cls, arrays: dict[str, np.ndarray], n_levels: list[int], bandwidth: float
     ) -> ReferenceTable:
+        """The table `to_arrays` stored. Arrays without `reference.prior` are the layout
+        that stored every combination's quantiles in full; they are read as they are."""
+        quantiles = np.asarray(arrays["reference.quantiles"], dtype=np.float64)
+        n_eff = np.asarray(arrays["reference.n_eff"], dtype=np.float64)
+        if "reference.prior" in arrays:
+            from_prior = np.asarray(arrays["reference.from_prior"], dtype=bool)
+            prior = np.asarray(arrays["reference.prior"], dtype=np.float64)
+            if quantiles.ndim != 4 or len(quantiles) != int((~from_prior).sum()):
+                raise ValueError(
+                    f"the reference table stores {len(quantiles)} tabled combinations but "
+                    f"marks {int((~from_prior).sum())} of {len(from_prior)} as tabled"
+                )
+            full = np.empty((len(from_prior), *quantiles.shape[1:]))
+            full[~from_prior] = quantiles
+            if from_prior.any():
+                full[from_prior] = prior[None, :, None]
+            grid = quantiles.shape[1]
+            full_n_eff = np.full((len(from_prior), grid), np.inf)
+            full_n_eff[~from_prior] = n_eff
+            quantiles, n_eff = full, full_n_eff
         return cls(
             ages=np.asarray(arrays["reference.ages"], dtype=np.float64),
             n_levels=list(n_levels),
-            quantiles=np.asarray(arrays["reference.quantiles"], dtype=np.float64),
-            n_eff=np.asarray(arrays["reference.n_eff"], dtype=np.float64),
+            quantiles=quantiles,
+            n_eff=n_eff,
             bandwidth=float(bandwidth),
             precision=np.asarray(arrays["reference.precision"], dtype=np.float64),
             mahalanobis=np.asarray(arrays["reference.mahalanobis"], dtype=np.float64),
         )
 
 
-def normal_scores(q: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """z of each value y (n, D) within its quantile vector q (n, Q, D) of the z-grid.
+def z_of_scores(q: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """z (n, D) of each row's normal scores (n, D) within its quantile vector q (n, Q, D).
 
-    Linear in z between tabled quantiles; outside them, linear extrapolation with the
-    slope of the outermost `_TAIL_SPAN` segments; clipped to +-Z_BOUND.
+    Linear in z between tabled quantiles; outside them, linear extrapolation along the
+    outermost `_TAIL_SPAN` segments (`numeric.z_of_values`); clipped to +-Z_BOUND.
     """
-    n_q = q.shape[1]
-    k = (q < y[:, None, :]).sum(axis=1)
-    lo = np.clip(k - 1, 0, n_q - 2)
-    q_lo = np.take_along_axis(q, lo[:, None, :], axis=1)[:, 0]
-    q_hi = np.take_along_axis(q, (lo + 1)[:, None, :], axis=1)[:, 0]
-    frac = (y - q_lo) / np.maximum(q_hi - q_lo, 1e-12)
-    z = Z_LEVELS[lo] + np.clip(frac, 0.0, 1.0) * Z_STEP
-    span = _TAIL_SPAN * Z_STEP
-    low_slope = span / np.maximum(q[:, _TAIL_SPAN] - q[:, 0], 1e-12)
-    high_slope = span / np.maximum(q[:, -1] - q[:, -1 - _TAIL_SPAN], 1e-12)
-    z = np.where(k == 0, Z_LEVELS[0] - (q[:, 0] - y) * low_slope, z)
-    z = np.where(k == n_q, Z_LEVELS[-1] + (y - q[:, -1]) * high_slope, z)
-    return np.clip(z, -Z_BOUND, Z_BOUND)
+    return np.clip(z_of_values(q, scores, Z_LEVELS, _TAIL_SPAN), -Z_BOUND, Z_BOUND)
 
 
-def values_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Values (n, P, D) at probability levels `probs` from quantile vectors q (n, Q, D)."""
+def scores_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Normal scores (n, P, D) at probability levels `probs` (P,) from quantile vectors
+    q (n, Q, D): the inverse of `z_of_scores`, with the same tails."""
     z = stats.norm.ppf(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12))
-    pos = (z - Z_LEVELS[0]) / Z_STEP
-    lo = np.clip(np.floor(pos).astype(int), 0, len(Z_LEVELS) - 2)
-    frac = pos - lo
-    inside = q[:, lo] + (q[:, lo + 1] - q[:, lo]) * frac[None, :, None]
-    span = _TAIL_SPAN * Z_STEP
-    low = q[:, [0]] - (Z_LEVELS[0] - z)[None, :, None] * (q[:, [_TAIL_SPAN]] - q[:, [0]]) / span
-    high = (
-        q[:, [-1]]
-        + (z - Z_LEVELS[-1])[None, :, None] * (q[:, [-1]] - q[:, [-1 - _TAIL_SPAN]]) / span
-    )
-    below = (z < Z_LEVELS[0])[None, :, None]
-    above = (z > Z_LEVELS[-1])[None, :, None]
-    return np.where(below, low, np.where(above, high, inside))
-
-
-def _weighted_quantiles(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Quantiles at LEVELS (Q, D) of each column of `values` (m, D) under `weights` (m,)."""
-    order = np.argsort(values, axis=0)
-    out = np.empty((len(LEVELS), values.shape[1]))
-    total = weights.sum()
-    for j in range(values.shape[1]):
-        w = weights[order[:, j]]
-        cdf = (np.cumsum(w) - 0.5 * w) / total
-        out[:, j] = np.interp(LEVELS, cdf, values[order[:, j], j])
-    return out
+    return values_of_z(q, z[None, :, None], Z_LEVELS, _TAIL_SPAN)
 
 
 def _detrend(y: np.ndarray, ages: np.ndarray, w: np.ndarray, at: float) -> np.ndarray:
@@ -248,7 +275,8 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
     density = stats.norm.pdf(Z_LEVELS)[None, :, None] / np.maximum(
         np.gradient(q, Z_STEP, axis=1), 1e-12
     )
-    var = (LEVELS * (1 - LEVELS))[None, :, None] / (n_eff[:, None, None] * density**2)
+    p = PROBABILITY_LEVELS
+    var = (p * (1 - p))[None, :, None] / (n_eff[:, None, None] * density**2)
     departure = q - prior[None, :, None]
     tau2 = np.maximum((departure**2).mean(axis=(0, 1)) - var.mean(axis=(0, 1)), 0.0)
     keep = tau2 / np.maximum(tau2 + var, 1e-300)
@@ -257,12 +285,6 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
 
 _KEEP = 2_000
 """Samples per combination kept for the correlation and the Mahalanobis reference."""
-
-
-def _copula_scores(y: np.ndarray) -> np.ndarray:
-    """Normal scores of each column's ranks: the draws' dependence without their margins."""
-    ranks = np.argsort(np.argsort(y, axis=0), axis=0)
-    return stats.norm.ppf((ranks + 0.5) / len(y))
 
 
 def _first_stage_margins(
@@ -280,7 +302,7 @@ def _first_stage_margins(
     ages = _spread_ages(grid[0], grid[-1], _KEEP, np.random.default_rng(seed))
     y = sampler(ages, np.tile(codes, (_KEEP, 1)), seed)
     q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
-    return q, np.full(len(grid), np.inf), _copula_scores(y)
+    return q, np.full(len(grid), np.inf), rank_normal_scores(y)
 
 
 def _tabulate(
@@ -295,17 +317,17 @@ def _tabulate(
     """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination."""
     ages, pick = plan
     y = sampler(ages, np.tile(codes, (len(ages), 1)), seed)
-    q = np.empty((len(grid), len(LEVELS), y.shape[1]))
+    q = np.empty((len(grid), len(PROBABILITY_LEVELS), y.shape[1]))
     n_eff = np.empty(len(grid))
     for gi, g in enumerate(grid):
         lo, hi = np.searchsorted(ages, [g - 3 * h, g + 3 * h])
         w = np.exp(-0.5 * ((ages[lo:hi] - g) / h) ** 2)
-        q[gi] = _weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w)
-        n_eff[gi] = w.sum() ** 2 / (w**2).sum()
+        q[gi] = weighted_quantiles(_detrend(y[lo:hi], ages[lo:hi], w, g), w, PROBABILITY_LEVELS)
+        n_eff[gi] = kish_effective_size(w)
     q = shrink_towards(q, n_eff, prior)
     one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
     qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
-    return q, n_eff, normal_scores(qp, y[pick])
+    return q, n_eff, z_of_scores(qp, y[pick])
 
 
 def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -314,7 +336,7 @@ def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
 
 
 def _d2_quantiles(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    return np.quantile(_squared_distance(z, precision), LEVELS)
+    return np.quantile(_squared_distance(z, precision), PROBABILITY_LEVELS)
 
 
 def _combination_seed(seed: int, combination: int) -> int:
@@ -336,7 +358,7 @@ def build_reference(
 ) -> ReferenceTable:
     """Sample the model for every level combination and tabulate its quantiles over age.
 
-    `prior` (Q,): the quantiles at LEVELS the samples would have if the denoiser drew
+    `prior` (Q,): the quantiles at PROBABILITY_LEVELS the samples would have if the denoiser drew
     standard normal scores; see `shrink_towards`.
 
     `first_stage_margins` (C,) bool: combinations whose tabled margins are `prior`
@@ -413,7 +435,7 @@ def with_level(
     grid_shape = table.quantiles.shape[1:]
     q = table.quantiles.reshape(*levels, *grid_shape)
     n_eff = table.n_eff.reshape(*levels, grid_shape[0])
-    maha = table.mahalanobis.reshape(*levels, len(LEVELS))
+    maha = table.mahalanobis.reshape(*levels, len(PROBABILITY_LEVELS))
     if appended:
         pad = [(0, 0)] * len(levels)
         pad[column] = (0, 1)
@@ -467,7 +489,8 @@ def mahalanobis_centile(
 
 def _raw_deviation_scores(table: ReferenceTable, codes: np.ndarray, d2: np.ndarray) -> np.ndarray:
     """Normal score of each distance's rank among the model's own samples' distances."""
-    return normal_scores(table.mahalanobis[table.combo_index(codes)][:, :, None], d2[:, None])[:, 0]
+    d2_quantiles = table.mahalanobis[table.combo_index(codes)][:, :, None]
+    return z_of_scores(d2_quantiles, d2[:, None])[:, 0]
 
 
 BEYOND_NOISE = 3.0

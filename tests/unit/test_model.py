@@ -10,7 +10,7 @@ from scipy import stats
 from normcore import first_stage
 from normcore.errors import DataError, NotFittedError
 from normcore.model import NormativeModel, moment_match
-from normcore.reference import LEVELS
+from normcore.reference import PROBABILITY_LEVELS
 from normcore.schema import Schema
 
 
@@ -233,7 +233,7 @@ def test_table_prior_is_what_the_model_draws_from_a_standard_normal_denoiser(fit
     normal = np.random.default_rng(3).standard_normal((200_000, 1))
     for spread in ((1.1, 5.0), (0.95, None)):
         model.predictive_ = spread
-        drawn = np.quantile(model._predictive(normal, seed=1), LEVELS)
+        drawn = np.quantile(model._predictive(normal, seed=1), PROBABILITY_LEVELS)
         assert drawn == pytest.approx(
-            first_stage.predictive_quantiles(spread, LEVELS), rel=0.02, abs=0.01
+            first_stage.predictive_quantiles(spread, PROBABILITY_LEVELS), rel=0.02, abs=0.01
         )

@@ -3,47 +3,47 @@ import pytest
 from scipy import stats
 
 from normcore.reference import (
-    LEVELS,
+    PROBABILITY_LEVELS,
     Z_BOUND,
     ReferenceTable,
     build_reference,
     deviation_calibration,
     mahalanobis_centile,
-    normal_scores,
+    scores_at,
     shrink_towards,
-    values_at,
     with_level,
+    z_of_scores,
 )
 
-NORMAL = stats.norm.ppf(LEVELS)
+NORMAL = stats.norm.ppf(PROBABILITY_LEVELS)
 """Prior of the tests' tables: what a standard normal sampler would give."""
 
 
 def _gaussian_q(mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """Exact quantile vectors (n, Q, D) of N(mu, sd^2) at the table's levels."""
-    z = stats.norm.ppf(LEVELS)
+    z = stats.norm.ppf(PROBABILITY_LEVELS)
     return mu[:, None, :] + sd[:, None, :] * z[None, :, None]
 
 
-def test_normal_scores_recover_z_inside_and_beyond_the_table():
+def test_z_of_scores_recover_z_inside_and_beyond_the_table():
     mu, sd = np.array([[10.0, -2.0]]), np.array([[2.0, 0.5]])
     q = np.repeat(_gaussian_q(mu, sd), 7, axis=0)
     z_true = np.array([-5.0, -3.5, -1.0, 0.0, 0.77, 2.9, 4.0])
     y = mu + sd * z_true[:, None]
-    z = normal_scores(q, y)
+    z = z_of_scores(q, y)
     assert np.allclose(z, z_true[:, None], atol=1e-6)
 
 
-def test_normal_scores_are_bounded():
+def test_z_of_scores_are_bounded():
     q = _gaussian_q(np.zeros((1, 1)), np.ones((1, 1)))
-    assert normal_scores(q, np.array([[1e9]]))[0, 0] == Z_BOUND
-    assert normal_scores(q, np.array([[-1e9]]))[0, 0] == -Z_BOUND
+    assert z_of_scores(q, np.array([[1e9]]))[0, 0] == Z_BOUND
+    assert z_of_scores(q, np.array([[-1e9]]))[0, 0] == -Z_BOUND
 
 
-def test_values_at_inverts_normal_scores():
+def test_values_at_inverts_z_of_scores():
     q = _gaussian_q(np.array([[5.0]]), np.array([[3.0]]))
     probs = np.array([0.0005, 0.02, 0.25, 0.5, 0.98, 0.9995])
-    v = values_at(q, probs)[0, :, 0]
+    v = scores_at(q, probs)[0, :, 0]
     assert np.allclose(v, stats.norm.ppf(probs, 5, 3), atol=1e-6)
 
 
@@ -70,12 +70,12 @@ def test_built_table_matches_the_truth_and_never_crosses():
         samples_per_combination=20_000,
         grid_points=21,
     )
-    assert table.quantiles.shape == (3, 21, len(LEVELS), 2)
+    assert table.quantiles.shape == (3, 21, len(PROBABILITY_LEVELS), 2)
     assert np.all(np.diff(table.quantiles, axis=2) >= 0)
     ages = np.array([23.3, 50.0, 77.7])
     codes = np.array([[2], [1], [0]])
     q, n_eff = table.lookup(codes, ages)
-    v = values_at(q, np.array([0.05, 0.5, 0.95]))
+    v = scores_at(q, np.array([0.05, 0.5, 0.95]))
     sd = 1 + ages / 50
     truth = (
         stats.norm.ppf([0.05, 0.5, 0.95])[None, :] * sd[:, None]
@@ -88,7 +88,8 @@ def test_built_table_matches_the_truth_and_never_crosses():
 def _sample_quantiles(rng, mean, sd, ages=11, n=2000, idps=3):
     """Quantile vectors (ages, Q, idps) of n draws of N(mean, sd^2) at each age."""
     draws = mean + sd * rng.standard_normal((ages, n, idps))
-    return np.quantile(draws, LEVELS, axis=1).transpose(1, 0, 2), np.full(ages, float(n))
+    quantiles = np.quantile(draws, PROBABILITY_LEVELS, axis=1).transpose(1, 0, 2)
+    return quantiles, np.full(ages, float(n))
 
 
 def test_shrinkage_removes_sampling_noise_around_the_prior():
@@ -107,7 +108,7 @@ def test_shrinkage_keeps_a_real_departure_from_the_prior():
     truth = 0.5 + 1.2 * NORMAL[None, :, None]
     shrunk = shrink_towards(q, n_eff, NORMAL)
     assert np.abs(shrunk - truth).mean() < 1.1 * np.abs(q - truth).mean()
-    median = len(LEVELS) // 2
+    median = len(PROBABILITY_LEVELS) // 2
     assert shrunk[:, median].mean() == pytest.approx(0.5, abs=0.03)
 
 
@@ -120,7 +121,7 @@ def test_mahalanobis_centile_is_uniform_for_draws_from_the_model():
     codes = np.zeros((3000, 1), dtype=np.int64)
     y = _exact_sampler(rng)(ages, codes)
     q, _ = table.lookup(codes, ages)
-    _, centile = mahalanobis_centile(table, codes, normal_scores(q, y))
+    _, centile = mahalanobis_centile(table, codes, z_of_scores(q, y))
     assert stats.kstest(centile / 100, "uniform").pvalue > 0.01
 
 
@@ -139,8 +140,8 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     y = _exact_sampler(rng)(ages, codes)
     mean = (0.5 * ages)[:, None]
     factor = np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
-    z = normal_scores(q, mean + factor * (y - mean))
-    same = normal_scores(q, y)
+    z = z_of_scores(q, mean + factor * (y - mean))
+    same = z_of_scores(q, y)
     assert deviation_calibration(table, codes[:3000], same[:3000]) == (0.0, 1.0)  # noise only
     calibration = deviation_calibration(table, codes[:3000], z[:3000])
     _, raw = mahalanobis_centile(table, codes[3000:], z[3000:])
@@ -149,12 +150,62 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     assert stats.kstest(fixed / 100, "uniform").statistic < 0.04
 
 
-def test_table_arrays_round_trip():
+def test_table_arrays_round_trip_exactly():
+    """A built table is already at the stored precision, so storing it loses nothing."""
     table = build_reference(_exact_sampler(np.random.default_rng(2)), (0, 10), [2], NORMAL, 2000, 5)
     again = ReferenceTable.from_arrays(table.to_arrays(), [2], table.bandwidth)
-    assert np.allclose(again.quantiles, table.quantiles, atol=1e-4)
+    for name in ("ages", "quantiles", "n_eff", "precision", "mahalanobis"):
+        assert np.array_equal(getattr(again, name), getattr(table, name)), name
     with pytest.raises(KeyError):
         ReferenceTable.from_arrays({}, [2], 1.0)
+
+
+def _known_and_tabled_table() -> ReferenceTable:
+    """Four combinations, the middle two with the first stage's margins."""
+    known = np.array([False, True, True, False])
+    return build_reference(
+        _exact_sampler(np.random.default_rng(4)),
+        (20, 80),
+        [4],
+        NORMAL,
+        2000,
+        7,
+        first_stage_margins=known,
+    )
+
+
+def test_stored_table_holds_the_first_stage_margins_once():
+    table = _known_and_tabled_table()
+    arrays = table.to_arrays()
+    assert arrays["reference.from_prior"].tolist() == [False, True, True, False]
+    assert arrays["reference.quantiles"].shape == (2, 7, len(NORMAL), 2)
+    assert arrays["reference.n_eff"].shape == (2, 7)
+    assert np.array_equal(arrays["reference.prior"], NORMAL.astype(np.float32))
+    again = ReferenceTable.from_arrays(arrays, [4], table.bandwidth)
+    assert np.array_equal(again.quantiles, table.quantiles)
+    assert np.array_equal(again.n_eff, table.n_eff)
+
+
+def test_tables_stored_in_full_per_combination_still_load():
+    """Model files written before the prior was stored once hold every combination."""
+    table = _known_and_tabled_table()
+    full = {
+        "reference.ages": table.ages,
+        "reference.quantiles": table.quantiles.astype(np.float32),
+        "reference.n_eff": table.n_eff.astype(np.float32),
+        "reference.precision": table.precision.astype(np.float32),
+        "reference.mahalanobis": table.mahalanobis.astype(np.float32),
+    }
+    again = ReferenceTable.from_arrays(full, [4], table.bandwidth)
+    assert np.array_equal(again.quantiles, table.quantiles)
+    assert np.array_equal(again.n_eff, table.n_eff)
+
+
+def test_a_mask_that_disagrees_with_the_stored_quantiles_is_refused():
+    arrays = _known_and_tabled_table().to_arrays()
+    arrays["reference.from_prior"] = np.array([False, True, False, False])
+    with pytest.raises(ValueError, match="tabled"):
+        ReferenceTable.from_arrays(arrays, [4], 1.0)
 
 
 def test_with_level_appends_a_new_level_and_keeps_the_others():
@@ -168,7 +219,7 @@ def test_with_level_appends_a_new_level_and_keeps_the_others():
     assert extended.n_levels == [3] and extended.quantiles.shape[0] == 3
     assert np.allclose(extended.quantiles[:2], table.quantiles)
     q, _ = extended.lookup(np.array([[2]]), np.array([50.0]))
-    assert values_at(q, np.array([0.5]))[0, 0, 0] == pytest.approx(0.5 * 50 + 6, abs=0.15)
+    assert scores_at(q, np.array([0.5]))[0, 0, 0] == pytest.approx(0.5 * 50 + 6, abs=0.15)
     again = with_level(
         extended, _exact_sampler(rng), column=0, code=1, prior=NORMAL, samples_per_combination=5000
     )
@@ -197,7 +248,7 @@ def test_first_stage_margins_are_the_prior_and_the_deviation_sees_only_dependenc
     q, n_eff = table.lookup(codes, ages)
     assert np.all(np.isinf(n_eff))
     people = rng.multivariate_normal(np.zeros(2), corr, size=3000)  # standard normal margins
-    _, centile = mahalanobis_centile(table, codes, normal_scores(q, people))
+    _, centile = mahalanobis_centile(table, codes, z_of_scores(q, people))
     assert stats.kstest(centile / 100, "uniform").statistic < 0.04
 
 
