@@ -1,8 +1,8 @@
 """AppTest helpers: the tiny demo model's data and a way to open the dashboard.
 
 NORMCORE_DEMO_DIR points the dashboard at a temporary directory holding a small model
-trained on a slice of fcon1000 (12 IDPs, few epochs) and its held-out people, so the tests
-never depend on the size or presence of the real demo bundle.
+trained on a slice of the bundled fcon1000 demo halves (four sites, 12 IDPs, few epochs)
+and its held-out people, so the tests never depend on the size of the real demo bundle.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
-FCON = REPO.parent / "shared" / "data" / "fcon1000.csv"
+DEMO_TRAIN = REPO / "assets" / "demo" / "fcon1000_train.csv"
+DEMO_TEST = REPO / "assets" / "demo" / "fcon1000_test.csv"
+"""The repository's site-stratified 50/50 split of the public fcon1000 table (see
+normcore/demo.py for how it was made, README for its origin and licence)."""
 IDPS = [
     "Left-Hippocampus",
     "Right-Hippocampus",
@@ -27,7 +30,7 @@ IDPS = [
     "Left-Thalamus-Proper",
     "lh_G_front_sup_thickness",
     "rh_G_front_sup_thickness",
-    "CSF",
+    "3rd-Ventricle",
     "Left-Amygdala",
 ]
 SITES = ["Beijing_Zang", "Cambridge_Buckner", "ICBM", "Oulu"]
@@ -47,3 +50,9 @@ def app(page: str | None = None, **state) -> AppTest:
         at.switch_page(page)
         at.run()
     return at
+
+
+def no_exception(at: AppTest) -> None:
+    """The script ran to the end: no exception was shown on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+

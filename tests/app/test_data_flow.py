@@ -5,12 +5,8 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from dashboard_app import app
+from dashboard_app import app, no_exception
 from streamlit.testing.v1 import AppTest
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def csv_bytes(df: pd.DataFrame) -> bytes:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
+import numpy as np
+import pandas as pd
 import pytest
-from dashboard_app import IDPS, app
+from dashboard_app import IDPS, app, no_exception
 from streamlit.testing.v1 import AppTest
 
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def errors(at: AppTest) -> str:
-    return "\n".join(e.value for e in at.error)
+from normcore.idp_groups import label
 
 
 def test_app_opens_on_centile_fans_with_demo_model():
@@ -44,13 +43,52 @@ def test_every_page_runs_on_the_demo(page, header):
     assert not at.error
 
 
-def test_fan_controls_change_the_chart():
+def chart(at: AppTest) -> dict:
+    """The page's one Plotly chart as the figure JSON the browser receives."""
+    (element,) = at.get("plotly_chart")
+    return json.loads(element.proto.spec)
+
+
+def values(array: list | dict) -> np.ndarray:
+    """A trace's x or y: a list, or Plotly's typed array (base64 bytes of one dtype)."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+    return np.asarray(array, dtype=float)
+
+
+def medians(figure: dict) -> list[dict]:
+    return [t for t in figure["data"] if t.get("name") == "median"]
+
+
+def test_fan_controls_change_the_chart(tiny_demo):
+    model, _ = tiny_demo
     at = app()
+    before = chart(at)
+    assert before["layout"]["annotations"][0]["text"] == label(IDPS[0])
+    assert any(t.get("name") == "people" for t in before["data"])
+    female_hippocampus = values(medians(before)[0]["y"])
+
     at.multiselect(key="fan_idps").set_value(IDPS[:3]).run()
     at.selectbox(key="fan_sex").set_value("1").run()
     at.toggle(key="fan_points").set_value(False).run()
     no_exception(at)
-    assert len(at.get("plotly_chart")) == 1
+    after = chart(at)
+    titles = [a["text"] for a in after["layout"]["annotations"]]
+    assert titles == [label(idp) for idp in IDPS[:3]]
+    assert not any(t.get("name") == "people" for t in after["data"])
+
+    # each panel's median is the model's median for males at the chosen site
+    site = at.selectbox(key="fan_site").value
+    lines = medians(after)
+    assert len(lines) == 3
+    ages = values(lines[0]["x"])
+    grid = pd.DataFrame({"age": ages, "sex": "1", "site": site})
+    expected = model.centiles(grid, (0.5,))
+    for idp, line in zip(IDPS[:3], lines):
+        np.testing.assert_array_equal(values(line["x"]), ages)
+        want = expected.loc[expected["idp"] == idp, "value"].to_numpy()
+        np.testing.assert_allclose(values(line["y"]), want, rtol=1e-9)
+    assert not np.allclose(values(lines[0]["y"]), female_hippocampus)
 
 
 def test_fans_without_any_measure_ask_for_one():

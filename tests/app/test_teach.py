@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dashboard_app import app
-from test_pages import no_exception
+from dashboard_app import app, no_exception
 
 
 def test_teach_trains_a_small_model_and_shows_its_fan_and_pit_histogram():
