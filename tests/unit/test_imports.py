@@ -1,0 +1,115 @@
+"""The package's import graph: no cycles, no streamlit in the core, no process groups in
+the numeric modules. Read from the source with `ast`, so nothing is executed."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "normcore"
+NUMERIC = ("normcore.train", "normcore.reference", "normcore.joint", "normcore.first_stage")
+"""They type against parallel_protocol.Collectives; only the model asks distributed for the
+running process group."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every module this file imports (TYPE_CHECKING and function-level imports too)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from normcore import bundle` depends on the module normcore.bundle
+            modules = {f"{base}.{a.name}" for a in node.names} & known
+            found.update(modules)
+            if len(modules) < len(node.names):
+                found.add(base)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(files)
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in _imports(path, name, known):
+            # an import of normcore.x.y depends on normcore.x.y (or its package)
+            while imported and imported not in known and "." in imported:
+                imported = imported.rsplit(".", 1)[0]
+            if imported in known and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def _all_imports() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: _imports(path, name, set(files)) for name, path in files.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_graph_is_read():
+    """The walk sees the package's real edges (so the tests below can fail)."""
+    graph = _graph()
+    assert len(graph) > 20
+    assert "normcore.joint" in graph["normcore.model"]
+    assert "normcore.errors" in graph["normcore.schema"]
+    assert "normcore.bundle" in graph["normcore.model"]  # `from normcore import bundle`
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    assert _cycle(_graph()) is None
+
+
+def test_errors_imports_nothing_of_normcore():
+    assert _graph()["normcore.errors"] == set()
+
+
+def test_the_core_never_imports_streamlit():
+    users = [m for m, imported in _all_imports().items() if any(
+        i == "streamlit" or i.startswith("streamlit.") for i in imported)]  # fmt: skip
+    assert users == []
+
+
+def test_numeric_modules_do_not_import_process_groups():
+    graph = _graph()
+    assert "normcore.distributed" in graph["normcore.launch"]
+    assert [m for m in NUMERIC if "normcore.distributed" in graph[m]] == []
