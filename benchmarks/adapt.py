@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from common import QUICK, log
 
-from normcore.data import read_table
 from normcore.demo import IDPS as DEMO_IDPS
 from normcore.schema import Schema
 
@@ -33,7 +32,7 @@ BACKBONE = "film"
 
 
 def load() -> tuple[pd.DataFrame, Schema]:
-    df = read_table(common.FCON)
+    df = common.fcon_table()
     df = df[~df["site"].isin(EXCLUDED_SITES)].reset_index(drop=True)
     df["sex"] = df["sex"].astype(str)
     idps = [c for c in DEMO_IDPS if c in df.columns]

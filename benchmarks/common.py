@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from normcore import metrics
+from normcore.data import read_table
 from normcore.model import NormativeModel
 from normcore.schema import Schema
 
@@ -44,7 +45,8 @@ script on a fresh checkout keeps the other sections."""
 MODELS = OUT / "models"
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 PEERS = BENCH / "peers.py"
-FCON = ROOT.parent / "shared" / "data" / "fcon1000.csv"
+FCON_HALVES = (ROOT / "assets" / "demo" / "fcon1000_train.csv",
+               ROOT / "assets" / "demo" / "fcon1000_test.csv")
 
 QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 """BENCH_QUICK=1: tiny data, few epochs, small reference tables: an end-to-end check of the
@@ -69,6 +71,19 @@ def threads_env() -> dict[str, str]:
     env.setdefault("MKL_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
+
+
+def fcon_table() -> pd.DataFrame:
+    """fcon1000's control sites with the demo's 47 IDPs, as one table in the public file's order.
+
+    The repository holds the public fcon1000 table (README: origin, citation, licence) as
+    the demo's two halves (normcore/demo.py: NewYork_a_ADHD dropped, the demo IDPs,
+    `split_table(df, 0.5, "site", 0)`). Without that site the public file is sorted by
+    `sub_id`, so sorting the halves' rows by `sub_id` gives back its rows in their order,
+    and the same `split_table` call on the result gives back the two halves.
+    """
+    halves = [read_table(path) for path in FCON_HALVES]
+    return pd.concat(halves, ignore_index=True).sort_values("sub_id", ignore_index=True)
 
 
 # ---------------------------------------------------------------------------- machine

@@ -29,7 +29,7 @@ from common import QUICK, log
 from scipy import stats
 
 from normcore import metrics
-from normcore.data import read_table, split_table
+from normcore.data import split_table
 from normcore.demo import IDPS as DEMO_IDPS
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_cdf
@@ -102,7 +102,7 @@ def fcon(idp_set: str) -> Dataset:
 
     idp_set "all": every non-constant numeric column except the QC counts; "demo": the
     47 IDPs of normcore/demo.py."""
-    df = read_table(common.FCON)
+    df = common.fcon_table()
     df = df[~df["site"].isin(FCON_EXCLUDED_SITES)].reset_index(drop=True)
     df["sex"] = df["sex"].astype(str)
     skip = {"sub_id", "age", "sex", "site", *FCON_QC_COLUMNS}
