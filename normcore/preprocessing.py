@@ -1,13 +1,15 @@
-"""Fitted, invertible transforms between user units and the network's units.
+"""The first stage's steps: fitted, invertible maps from raw values to normal scores.
 
-Everything here is learned from the training table once and saved as plain JSON numbers in
+Everything here is learned from the training table once and saved as plain numbers in
 the bundle, so a loaded model maps new people exactly as the fitted one did.
+`normcore.first_stage.FirstStage` chains the three IDP steps:
 
-* `IDPTransform`: per IDP, standardise.
-* `LocationScale`: a smooth mean and spread in age plus site and sex effects, removed;
-  penalised splines whose smoothness is chosen per IDP by generalised cross-validation.
-* `AgeShape`: what is left, mapped to normal scores through its quantile function at the
-  person's age, so the denoiser sees near-normal margins whatever the shape.
+* `IDPTransform`: raw values -> standardised values, per IDP.
+* `LocationScale`: standardised values -> residuals, with a smooth mean and spread in age
+  plus site and sex effects removed; penalised splines whose smoothness is chosen per
+  IDP by generalised cross-validation.
+* `AgeShape`: residuals -> normal scores through their quantile function at the person's
+  age, so the denoiser sees near-normal margins whatever the shape.
 * `CovariateEncoder`: age standardised; each categorical covariate mapped to integer
   codes 1..K with 0 reserved for "unknown" (unseen site, missing sex). The network learns
   the unknown level through covariate dropout during training.
@@ -22,6 +24,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.preprocessing import SplineTransformer
 
+from normcore.numeric import kish_effective_size, values_of_z, weighted_quantiles, z_of_values
 from normcore.schema import Schema, coerce_categories
 
 UNKNOWN = "<unknown>"
@@ -31,10 +34,9 @@ UNKNOWN = "<unknown>"
 class IDPTransform:
     """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing.
 
-    No power transform: the IDPs' skew is handled later, by age, in `AgeShape`. A
-    Yeo-Johnson step here used to bend location-scale structure that `LocationScale`
-    fits best in the original units (synthetic benchmark, 4 IDPs: first-stage centile
-    error 2.58 with it, 2.47 without; fcon1000 held-out calibration unchanged).
+    No power transform: the IDPs' skew is handled later, by age, in `AgeShape`, and a
+    Yeo-Johnson step here bends the location-scale structure that `LocationScale` fits
+    best in the original units (README, "How it works", 1).
     """
 
     loc: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -48,11 +50,11 @@ class IDPTransform:
         return cls(values.mean(axis=0), np.where(scale > 0, scale, 1.0))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        """User units -> network units (float64)."""
+        """Raw values -> standardised values (float64)."""
         return (np.asarray(values, dtype=np.float64) - self.loc) / self.scale
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
-        """Network units -> user units (float64)."""
+        """Standardised values -> raw values (float64)."""
         return np.asarray(z, dtype=np.float64) * self.scale + self.loc
 
     def to_dict(self) -> dict:
@@ -120,14 +122,14 @@ class CovariateEncoder:
 
 @dataclass
 class LocationScale:
-    """Per-IDP heteroscedastic regression on covariates, removed before diffusion.
+    """Per-IDP heteroscedastic regression on covariates: standardised values <-> residuals.
 
-    A smooth curve in age (penalised cubic B-splines) plus additive effects of each
-    categorical level gives each IDP a conditional mean m(x) and spread s(x); the diffusion
-    model then learns the residual (y - m(x)) / s(x): its remaining shape, its dependence
-    on covariates and the dependence between IDPs. A well-regularised first stage finds the
-    big age and site effects from few people far more reliably than a denoiser trained by
-    SGD, which is what moved centile errors on the synthetic benchmark (README).
+    A smooth curve in age (penalised cubic B-splines, Eilers & Marx 1996) plus additive
+    effects of each categorical level gives each IDP a conditional mean m(x) and spread
+    s(x); the residual (y - m(x)) / s(x) goes on to `AgeShape`, and the denoiser learns
+    what is left: remaining covariate effects and the dependence between IDPs. Why: a
+    well-regularised regression finds the big age and site effects from few people far
+    more reliably than a denoiser trained by SGD (README, "How it works", 1).
     Unknown levels (code 0, or a site added later by adaptation) get no level effect.
     """
 
@@ -205,9 +207,10 @@ class LocationScale:
         """Coefficients of log s(x), up to a constant: a gamma GLM with log link on
         absolute residuals, fitted by iteratively reweighted least squares (its weights
         are all one), each step smoothed like the mean. Absolute residuals, not squared
-        ones: nearly as efficient for Gaussian residuals, and a heavy tail (ventricles)
-        made the squared-residual fit diverge in some fcon1000 cross-validation folds;
-        not log residuals, a noisy and biased spread estimate. `fit` sets the constant."""
+        ones: nearly as efficient for Gaussian residuals and far less driven by a heavy
+        tail (ventricles), which can make a squared-residual fit diverge (Davidian &
+        Carroll 1987, JASA 82:1079); not log residuals, a noisy and biased spread
+        estimate. `fit` sets the constant."""
         size = np.abs(resid)
         eta = np.broadcast_to(np.log(size.mean(axis=0) + 1e-12), size.shape)
         for _ in range(self._SPREAD_ITERATIONS):
@@ -223,11 +226,11 @@ class LocationScale:
 
         The mean is refitted by weighted least squares once the spread is known (people
         at ages of wide spread say less about the mean), and the spread once more from
-        the new residuals. Why splines with a data-chosen penalty: on the synthetic
-        benchmark the spread is log-linear in age and the mean has one sharp step; GCV
-        gives about 9 effective degrees of freedom to the mean and 5 to the spread, where
-        fixed knots had to pick one flexibility for all (first-stage centile error 2.84
-        with 8 fixed knots, 2.47 with GCV, 4 IDPs).
+        the new residuals. Why splines with a data-chosen penalty: IDPs differ in how
+        much their mean and spread bend with age (a straight decline, a sharp change),
+        and generalised cross-validation (Craven & Wahba 1979) gives each its own
+        effective degrees of freedom, where fixed knots pick one flexibility for all
+        (README, "How it works", 1).
         """
         lo, hi = float(np.min(age_z)), float(np.max(age_z))
         if hi - lo < 1e-6:
@@ -319,56 +322,57 @@ class LocationScale:
 
 @dataclass
 class AgeShape:
-    """Per-IDP residual shape that changes with age, mapped to a standard normal.
+    """Per-IDP residual shape that changes with age: residuals <-> normal scores.
 
-    The first stage (`LocationScale`) removes a smooth mean and spread; what it leaves can
-    still be skewed or bimodal, differently at different ages. Here each IDP's residual
-    quantile function is estimated at a grid of ages (Gaussian-kernel-weighted quantiles
-    of the training residuals), interpolated linearly in age, and used to map residuals
-    to normal scores. The denoiser then models normal-score vectors: nearly standard
-    normal margins at every age, so most of what it must learn is their dependence.
-    Why: on the synthetic benchmark a kernel estimate of the residual distribution alone
-    placed people 2.4 centile points from the truth, the denoiser on raw residuals 2.8.
+    `LocationScale` removes a smooth mean and spread; what it leaves can still be skewed
+    or bimodal, differently at different ages. Here each IDP's residual quantile function
+    is estimated at a grid of ages (Gaussian-kernel-weighted quantiles of the training
+    residuals), interpolated linearly in age, and used to map residuals to normal scores.
+    The denoiser then models normal scores: nearly standard normal margins at every age,
+    so most of what it must learn is their dependence. This is the quantile
+    normalisation of normative models' "warped" likelihoods (Fraza et al. 2021,
+    NeuroImage 245:118715) made local in age.
 
-    Guards for small or uneven samples (fcon1000: 523 people, most in their twenties):
+    Guards for small or uneven samples (a study whose people are mostly of one age):
     the kernel widens wherever fewer than MIN_EFFECTIVE people would carry a grid age
     (so sparse ages borrow the shape of their neighbours, and a tiny table gets one
-    pooled shape); the quantiles stop at 2.5 % and 97.5 %; and neighbouring quantiles
-    are kept at least MIN_SLOPE of a standard normal's spacing apart, so that tied or
-    clumped values cannot stretch the map. Beyond the outermost levels the map continues
-    linearly (a Gaussian tail with the local spread): it is defined and invertible on the
-    whole real line.
+    pooled shape); the quantiles stop at 2.5 % and 97.5 %, where a few hundred people
+    still place them; and neighbouring quantiles are kept at least MIN_SLOPE of a
+    standard normal's spacing apart, so that tied or clumped values cannot stretch the
+    map. Beyond the outermost z-levels the map continues linearly (a Gaussian tail with
+    the local spread): it is defined and invertible on the whole real line.
     """
 
     ages: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quantiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
-    """(age grid, LEVELS, IDPs) residual quantiles, increasing along axis 1."""
+    """(age grid, Z_LEVELS, IDPs) residual quantiles, increasing along axis 1."""
 
-    LEVELS = np.linspace(-1.96, 1.96, 33)
-    """Normal scores of the tabulated probability levels (2.5 % to 97.5 %)."""
+    Z_LEVELS = np.linspace(-1.96, 1.96, 33)
+    """The z-levels at which residual quantiles are tabled (probabilities 2.5 % to 97.5 %)."""
     MIN_EFFECTIVE = 200.0
     """Effective number of people (Kish) below which a grid age's kernel is widened."""
     MIN_SLOPE = 0.2
     _GRID = 15
     _BANDWIDTH = 0.3
-    """Kernel bandwidth in standardised age (the benchmark's error was flat from 0.2 to 0.5)."""
+    """Kernel bandwidth in standardised age; the centile error depends little on it
+    between 0.2 and 0.5 once MIN_EFFECTIVE widens it where people are few."""
     _CHUNK = 4096
+    TAIL_SPAN = 8
+    """Tabled segments spanned by the slope that continues the map past either end (one
+    z unit): the outermost segment alone rests on a handful of people and stretches the
+    tails of new people's scores."""
 
     @classmethod
     def fit(cls, resid: np.ndarray, age_z: np.ndarray) -> AgeShape:
         ages = np.unique(np.quantile(age_z, np.linspace(0, 1, cls._GRID)))
         if len(ages) < 2:
             ages = np.array([ages[0] - 1.0, ages[0] + 1.0])
-        probs = stats.norm.cdf(cls.LEVELS)
+        probs = stats.norm.cdf(cls.Z_LEVELS)
         order = np.argsort(resid, axis=0)
         q = np.empty((len(ages), len(probs), resid.shape[1]))
         for g, a in enumerate(ages):
-            w = cls._weights(age_z, a)
-            for j in range(resid.shape[1]):
-                wj = w[order[:, j]]
-                cw = np.cumsum(wj)
-                q[g, :, j] = np.interp(probs * cw[-1], cw - 0.5 * wj, resid[order[:, j], j])
-        gap = cls.MIN_SLOPE * np.diff(cls.LEVELS)[None, :, None]
+            q[g] = weighted_quantiles(resid, cls._weights(age_z, a), probs, order=order)
+        gap = cls.MIN_SLOPE * np.diff(cls.Z_LEVELS)[None, :, None]
         steps = np.maximum(np.diff(q, axis=1), gap)
         q[:, 1:, :] = q[:, :1, :] + np.cumsum(steps, axis=1)
         return cls(ages, q)
@@ -381,57 +385,36 @@ class AgeShape:
         target = min(cls.MIN_EFFECTIVE, 0.9 * len(age_z))
         while True:
             w = np.exp(-0.5 * ((age_z - at) / bandwidth) ** 2)
-            if w.sum() ** 2 / (w**2).sum() >= target or bandwidth > 100:
+            if kish_effective_size(w) >= target or bandwidth > 100:
                 return w
             bandwidth *= 1.25
 
     def _local(self, age_z: np.ndarray) -> np.ndarray:
-        """Quantile functions at each row's age (rows, LEVELS, IDPs)."""
+        """Quantile functions at each row's age (rows, Z_LEVELS, IDPs)."""
         pos = np.clip(np.interp(age_z, self.ages, np.arange(len(self.ages))), 0, len(self.ages) - 1)
         g = np.minimum(pos.astype(int), len(self.ages) - 2)
         lam = (pos - g)[:, None, None]
         return (1 - lam) * self.quantiles[g] + lam * self.quantiles[g + 1]
 
-    TAIL_SPAN = 8
-    """Levels spanned by the slope that continues the map past either end (1 normal-score
-    unit): the outermost segment alone rests on a handful of people and stretched the
-    tails of held-out people's scores (synthetic, 300 people: SD 1.08 instead of 1.0)."""
-
-    @classmethod
-    def _map(cls, x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-        """Piecewise-linear map through points (xp, fp) (rows, LEVELS, IDPs), continued
-        past both ends along the chord of the outermost TAIL_SPAN segments; xp increasing
-        along axis 1."""
-        k = np.clip((xp <= x[:, None, :]).sum(axis=1), 1, xp.shape[1] - 1)
-
-        def take(a: np.ndarray, i: np.ndarray | int) -> np.ndarray:
-            i = np.broadcast_to(np.asarray(i), x.shape)
-            return np.take_along_axis(a, i[:, None, :], axis=1)[:, 0, :]
-
-        x0, x1, f0, f1 = take(xp, k - 1), take(xp, k), take(fp, k - 1), take(fp, k)
-        out = f0 + (x - x0) * (f1 - f0) / (x1 - x0)
-        last, span = xp.shape[1] - 1, cls.TAIL_SPAN
-        lo_x, lo_f, hi_x, hi_f = take(xp, 0), take(fp, 0), take(xp, last), take(fp, last)
-        lo_slope = (take(fp, span) - lo_f) / (take(xp, span) - lo_x)
-        hi_slope = (hi_f - take(fp, last - span)) / (hi_x - take(xp, last - span))
-        out = np.where(x < lo_x, lo_f + (x - lo_x) * lo_slope, out)
-        return np.where(x > hi_x, hi_f + (x - hi_x) * hi_slope, out)
-
     def _apply(self, x: np.ndarray, age_z: np.ndarray, forward: bool) -> np.ndarray:
         out = np.empty_like(x, dtype=np.float64)
-        levels = np.broadcast_to(self.LEVELS[None, :, None], (1, len(self.LEVELS), x.shape[1]))
         for s in range(0, len(x), self._CHUNK):
             q = self._local(np.asarray(age_z[s : s + self._CHUNK], dtype=np.float64))
-            u = np.broadcast_to(levels, q.shape)
             xs = x[s : s + self._CHUNK]
-            out[s : s + self._CHUNK] = self._map(xs, q, u) if forward else self._map(xs, u, q)
+            out[s : s + self._CHUNK] = (
+                z_of_values(q, xs, self.Z_LEVELS, self.TAIL_SPAN)
+                if forward
+                else values_of_z(q, xs[:, None, :], self.Z_LEVELS, self.TAIL_SPAN)[:, 0]
+            )
         return out
 
     def transform(self, resid: np.ndarray, age_z: np.ndarray) -> np.ndarray:
+        """Residuals (n, D) -> normal scores at each row's standardised age."""
         return self._apply(resid, age_z, forward=True)
 
-    def inverse(self, z: np.ndarray, age_z: np.ndarray) -> np.ndarray:
-        return self._apply(z, age_z, forward=False)
+    def inverse(self, scores: np.ndarray, age_z: np.ndarray) -> np.ndarray:
+        """Normal scores (n, D) -> residuals at each row's standardised age."""
+        return self._apply(scores, age_z, forward=False)
 
     def to_dict(self) -> dict:
         return {"ages": self.ages.tolist(), "quantiles": self.quantiles.tolist()}
