@@ -5,7 +5,9 @@ tabs, UTF-8 or Windows encodings, Excel workbooks, Parquet files, and sometimes 
 that is not a table at all. `read_table` turns every one of these into either a DataFrame
 or a `DataError` with a one-line reason, never a parser traceback. It reads into memory
 only (uploads may hold clinical data, so nothing is written to disk) and enforces size
-limits so that one upload cannot exhaust a shared server.
+limits so that one upload cannot exhaust a shared server: compressed formats (Excel
+workbooks, Parquet) are bounded by what they declare before they are decompressed
+(`normcore.bounds`), and the streamer (`normcore.stream`) applies the same rules.
 
 Cells are not judged here: a column of numbers with one 'abc' stays text so that
 `normcore.schema.validate_training` can name the offending cell and row.
@@ -23,10 +25,23 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from normcore import bounds, formats
 from normcore.errors import DataError
 from normcore.schema import MISSING_TOKENS, coerce_categories
 
-__all__ = ["MAX_BYTES", "MAX_ROWS", "MAX_COLUMNS", "read_table", "split_table"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_CELL_CHARS",
+    "MAX_COLUMNS",
+    "MAX_ROWS",
+    "MAX_UNPACKED_BYTES",
+    "MAX_WHOLE_PART_BYTES",
+    "MAX_ZIP_ENTRIES",
+    "check_column_names",
+    "current_limits",
+    "read_table",
+    "split_table",
+]
 
 #: Largest file accepted, in bytes (200 MB).
 MAX_BYTES = 200 * 1024 * 1024
@@ -34,16 +49,21 @@ MAX_BYTES = 200 * 1024 * 1024
 MAX_ROWS = 200_000
 #: Largest number of columns accepted.
 MAX_COLUMNS = 5_000
+#: Most a compressed table may unpack to: a workbook's zip parts together, or a Parquet
+#: file's pages and then its decoded values (1 GiB, five times the largest upload).
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+#: Most a workbook part parsed whole (shared strings, styles, the workbook) may unpack to;
+#: worksheets are streamed row by row and count only towards MAX_UNPACKED_BYTES.
+MAX_WHOLE_PART_BYTES = 100 * 1024 * 1024
+#: Most zip entries a workbook may have (one with a hundred sheets has a few hundred).
+MAX_ZIP_ENTRIES = 10_000
+#: Longest text in one workbook cell or shared string: Excel's own limit ("Excel
+#: specifications and limits", Microsoft Support).
+MAX_CELL_CHARS = 32_767
 
-_TEXT_EXTENSIONS = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
-_EXCEL_EXTENSIONS = {".xlsx", ".xlsm"}
-_PARQUET_EXTENSIONS = {".parquet", ".pq"}
 _DELIMITERS = (",", ";", "\t", "|")
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 _SNIFF_CHARS = 64 * 1024
-_PARQUET_MAGIC = b"PAR1"
-_ZIP_MAGIC = b"PK\x03\x04"
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Excel 97-2003 (.xls) and other Office files
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _DECIMAL_COMMA_NUMBER = re.compile(r"^[+-]?\d+(,\d+)?([eE][+-]?\d+)?$")
 _FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -128,6 +148,29 @@ def split_table(
     )
 
 
+def current_limits() -> bounds.Limits:
+    """The limits in force, read when called (so that a test may lower one)."""
+    return bounds.Limits(
+        rows=MAX_ROWS,
+        columns=MAX_COLUMNS,
+        unpacked_bytes=MAX_UNPACKED_BYTES,
+        whole_part_bytes=MAX_WHOLE_PART_BYTES,
+        zip_entries=MAX_ZIP_ENTRIES,
+        cell_chars=MAX_CELL_CHARS,
+    )
+
+
+def check_column_names(names: list[str]) -> None:
+    """Refuse a header beyond MAX_COLUMNS or naming a column twice (blank names aside).
+
+    Every reader and the streamer call this on the header before reading rows: a repeated
+    name would otherwise be renamed by one parser ('x.1') and kept by another, and the
+    wrong one scored."""
+    if len(names) > MAX_COLUMNS:
+        raise DataError(_too_many_columns(len(names)))
+    _check_unique(names)
+
+
 # ------------------------------------------------------------------------ getting bytes
 
 
@@ -182,22 +225,20 @@ def _detect_kind(data: bytes, name: str | None, label: str) -> tuple[str, str | 
     """('text' | 'excel' | 'parquet', preferred delimiter), from the extension checked
     against the content, so a renamed file fails with a reason instead of garbage."""
     ext = Path(name).suffix.lower() if name else ""
-    looks_like = (
-        "parquet" if data.startswith(_PARQUET_MAGIC)
-        else "excel" if data.startswith(_ZIP_MAGIC)
-        else "old-excel" if data.startswith(_OLE_MAGIC)
-        else "text"
-    )
-    if ext == ".xls" or (looks_like == "old-excel" and ext in ("", *_EXCEL_EXTENSIONS)):
+    declared = formats.format_of(name)
+    looks_like = formats.kind_of_content(data)
+    if ext == formats.OLD_EXCEL_SUFFIX or (
+        looks_like == "old-excel" and (not ext or (declared and declared.kind == "excel"))
+    ):
         raise DataError(
             f"{label} is in the old Excel 97-2003 format (.xls), which cannot be read; "
             "open it in Excel and save it as .xlsx or CSV."
         )
-    if ext in _PARQUET_EXTENSIONS and looks_like != "parquet":
+    if declared and declared.kind == "parquet" and looks_like != "parquet":
         raise DataError(f"{label} is named like a Parquet file but is not a valid one.")
-    if ext in _EXCEL_EXTENSIONS and looks_like != "excel":
+    if declared and declared.kind == "excel" and looks_like != "excel":
         raise DataError(f"{label} is named like an Excel workbook but is not a valid .xlsx file.")
-    if ext in _TEXT_EXTENSIONS:
+    if declared and declared.kind == "text":
         if looks_like != "text":
             actual = {"parquet": "a Parquet file", "excel": "an Excel workbook (or another zip "
                       "file)", "old-excel": "an old Office document"}[looks_like]
@@ -205,8 +246,8 @@ def _detect_kind(data: bytes, name: str | None, label: str) -> tuple[str, str | 
                 f"{label} is named like a text table but is {actual}; give it the right "
                 "extension, or export it as CSV."
             )
-        return "text", _TEXT_EXTENSIONS[ext]
-    if ext and ext not in _PARQUET_EXTENSIONS | _EXCEL_EXTENSIONS:
+        return "text", declared.delimiter
+    if ext and declared is None:
         raise DataError(
             f"{label}: files of type '{ext}' are not supported; use CSV, TSV, Parquet or "
             "Excel (.xlsx)."
@@ -290,10 +331,8 @@ def _read_text(data: bytes, preferred: str | None) -> pd.DataFrame:
         raise DataError(f"the header line could not be read ({exc}).") from None
     if not header or not any(h.strip() for h in header):
         raise DataError("the first line is empty; it must hold the column names.")
-    if len(header) > MAX_COLUMNS:
-        raise DataError(_too_many_columns(len(header)))
     names = [h.strip() for h in header]
-    _check_unique(names)
+    check_column_names(names)
     try:
         # The header line is parsed as a data row so that pandas sizes the table by it:
         # a longer line is then an error, never a column silently dropped or an index.
@@ -350,33 +389,46 @@ def _explain_parser_error(exc: Exception) -> str:
 
 def _read_excel(data: bytes) -> pd.DataFrame:
     from openpyxl import load_workbook  # local: only needed for workbooks
+    from openpyxl.utils import get_column_letter
 
+    bounds.check_xlsx(data, current_limits())
     workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
         sheets = workbook.worksheets
         if not sheets:
             raise DataError("the workbook has no sheets.")
         sheet = sheets[0]
-        rows = sheet.iter_rows(values_only=True)
-        header = next(rows, None)
+        # The sheet's <dimension> is written by whatever saved the file and may be stale:
+        # trusted, it cuts rows off (openpyxl stops at its last row) or pads every row to
+        # a claimed width. Rows and widths are counted as they are read instead.
+        sheet.reset_dimensions()
+        header: tuple | None = None
+        records = []
+        for line, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+            width = _filled_width(values)
+            if width > MAX_COLUMNS:
+                raise DataError(
+                    f"line {line} of the first sheet has a value in column "
+                    f"{get_column_letter(width)} ({width:,}); the limit is {MAX_COLUMNS:,} "
+                    "columns."
+                )
+            if header is None:
+                header = tuple(values[:width])
+            elif len(records) >= MAX_ROWS:
+                raise DataError(_too_many_rows())
+            else:
+                records.append(tuple(values[:width]))
         if header is None:
             raise DataError(f"the first sheet ('{sheet.title}') is empty.")
-        records = []
-        for values in rows:
-            if len(records) >= MAX_ROWS + 1:
-                break
-            records.append(values)
         sheet_title, n_sheets = sheet.title, len(sheets)
     finally:
         workbook.close()
     width = max([len(header), *(len(r) for r in records)])
-    if width > MAX_COLUMNS:
-        raise DataError(_too_many_columns(width))
     names = [("" if h is None else str(h).strip()) for h in header] + [""] * (width - len(header))
-    padded = [tuple(r) + (None,) * (width - len(r)) for r in records]
+    check_column_names(names)
+    padded = [r + (None,) * (width - len(r)) for r in records]
     df = pd.DataFrame(padded, columns=pd.RangeIndex(width), dtype=object)
     df.columns = names
-    _check_unique(names)
     df = _finalise(df, decimal_comma=False)
     if n_sheets > 1:
         df.attrs["notes"] = [
@@ -385,27 +437,35 @@ def _read_excel(data: bytes) -> pd.DataFrame:
     return df
 
 
+def _filled_width(values: tuple) -> int:
+    """Cells up to the last one holding a value (openpyxl pads a row to its last cell)."""
+    width = len(values)
+    while width and values[width - 1] is None:
+        width -= 1
+    return width
+
+
 def _read_parquet(data: bytes) -> pd.DataFrame:
     import pyarrow.parquet as pq  # local: only needed for Parquet
 
+    limits = current_limits()
     parquet = pq.ParquetFile(io.BytesIO(data))
     schema = parquet.schema_arrow
-    if len(schema.names) > MAX_COLUMNS:
-        raise DataError(_too_many_columns(len(schema.names)))
-    if parquet.metadata.num_rows > MAX_ROWS:
-        raise DataError(_too_many_rows())
-    table = parquet.read()
+    check_column_names([str(n).strip() for n in schema.names])
+    bounds.check_parquet_metadata(parquet.metadata, schema, limits, whole_file=True)
+    strings = bounds.dictionary_columns(schema)
+    if strings:  # read again, keeping repeated strings as a dictionary until measured
+        parquet = pq.ParquetFile(io.BytesIO(data), read_dictionary=strings)
+    table = bounds.plain_table(parquet.read(), limits)
     pandas_index = [
         c for c in (table.schema.pandas_metadata or {}).get("index_columns", [])
         if isinstance(c, str)
     ]
-    names = [str(n).strip() for n in table.column_names]
-    _check_unique(names)
     df = table.to_pandas()
     if pandas_index:  # an index saved by pandas is data (e.g. subject ids), keep it
         df = df.reset_index(drop=all(n is None for n in df.index.names))
     df.columns = [str(c).strip() for c in df.columns]
-    _check_unique(list(df.columns))
+    check_column_names(list(df.columns))
     return _finalise(df, decimal_comma=False)
 
 
