@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from normcore.diffusion import Schedule, q_sample, v_target
-from normcore.errors import DataError
+from normcore.errors import DataError, Problem
 from normcore.schema import Schema, coerce_categories, validate_scoring
 
 MIN_CONTROLS = 3
@@ -61,6 +61,8 @@ class AdaptationPlan:
     counts: dict[str, dict[str, int]]
     """Controls per level of every other categorical column, zero for a level the model
     knows that the controls lack (no men, say): `site_advice.adaptation_warnings` reads it."""
+    warnings: tuple[Problem, ...] = ()
+    """The controls' validation warnings (a new site's own 'unseen level' among them)."""
 
     @property
     def n_controls(self) -> int:
@@ -114,7 +116,8 @@ def plan_adaptation(
     controls = controls.reset_index(drop=True)
     if site is not None:
         controls = controls.assign(**{column: site})
-    validate_scoring(controls, schema, age_range, levels).raise_for_errors()
+    report = validate_scoring(controls, schema, age_range, levels)
+    report.raise_for_errors()
     sites = coerce_categories(controls[column]).dropna().unique().tolist()
     if len(sites) != 1:
         raise DataError(
@@ -130,9 +133,8 @@ def plan_adaptation(
         counts[col] = {str(lv): int(found.get(str(lv), 0)) for lv in levels.get(col, [])}
         counts[col].update({str(k): int(v) for k, v in found.items()})
     level = str(sites[0])
-    return AdaptationPlan(
-        controls, column, level, level in [str(lv) for lv in levels.get(column, [])], counts
-    )
+    known = [str(lv) for lv in levels.get(column, [])]
+    return AdaptationPlan(controls, column, level, level in known, counts, tuple(report.warnings))
 
 
 def adapted_levels(

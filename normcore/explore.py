@@ -45,7 +45,6 @@ __all__ = [
     "curve_distance",
     "age_slider_range",
     "category_counts",
-    "planned_adaptation",
     "unseen_levels_summary",
     "unseen_levels_message",
     "model_card",
@@ -531,36 +530,6 @@ def category_counts(values: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in found.sort_index().items()}
 
 
-def planned_adaptation(
-    controls: pd.DataFrame,
-    schema: Schema,
-    column: str = "site",
-    levels: Mapping[str, Sequence[str]] | None = None,
-) -> dict[str, Any]:
-    """The record an adaptation to these controls will carry, before running it.
-
-    Same keys as `NormativeModel.adaptations_` entries that `adaptation_warnings` reads
-    (column, level, n_controls, counts), so the page can warn about too few controls
-    before the user waits for the fit. `levels` (the model's) adds a zero count for a
-    level with no controls at all (e.g. no men), which the warning must mention too.
-    """
-    sites = coerce_categories(controls[column]).dropna().unique().tolist()
-    if len(sites) != 1:
-        raise DataError(
-            f"Adaptation needs controls from one site, but column '{column}' holds "
-            f"{len(sites)}: {', '.join(map(str, sites[:5]))}."
-        )
-    counts: dict[str, dict[str, int]] = {}
-    for col in schema.categorical:
-        if col == column or col not in controls.columns:
-            continue
-        found = coerce_categories(controls[col]).value_counts()
-        known = [str(v) for v in (levels or {}).get(col, [])]
-        counts[col] = {lv: int(found.get(lv, 0)) for lv in known}
-        counts[col].update({str(k): int(v) for k, v in found.items()})
-    return {"column": column, "level": str(sites[0]), "n_controls": len(controls), "counts": counts}
-
-
 def unseen_levels_summary(scores: pd.DataFrame, table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per covariate column, each value the model has not seen and how many people have it.
 
@@ -605,22 +574,26 @@ def unseen_levels_message(summary: Mapping[str, Mapping[str, int]], safe_per_sex
 
 
 def model_card(model: Any) -> dict[str, Any]:
-    """What the sidebar and the Model page say about a fitted model, in plain values."""
-    t = model.training_
-    lo, hi = t["age_range"]
+    """What the sidebar and the Model page say about a fitted model, in plain values
+    (read through its public properties)."""
+    t = model.training_summary
+    lo, hi = model.age_range
     counts = t.get("level_counts", {})
+    corrections = model.corrections
     return {
         "training people": int(t["n"]),
-        "IDPs": len(model.schema_.idps),
+        "IDPs": len(model.idps),
         "age range": f"{lo:.0f}-{hi:.0f} years",
         "sites": len(counts.get("site", {})) if "site" in counts else "-",
-        "covariates": ", ".join(model.schema_.covariates),
+        "covariates": ", ".join(model.schema.covariates),
         "backbone": model.config.backbone,
-        "training time": f"{model.fit_seconds_:.0f} s",
-        "moment matching": _moment_map_text(model.moment_map_[0]),
-        "new-person spread": _predictive_text(model.predictive_),
-        "deviation calibration": _deviation_calibration_text(model.deviation_calibration_),
-        "adapted sites": adapted_sites(model.adaptations_),
+        "training time": f"{model.fit_seconds:.0f} s",
+        "moment matching": _moment_map_text(corrections["moment_map"][0]),
+        "new-person spread": _predictive_text(corrections["new_person_spread"]),
+        "deviation calibration": _deviation_calibration_text(
+            corrections["deviation_calibration"]
+        ),
+        "adapted sites": adapted_sites(model.adaptations),
     }
 
 

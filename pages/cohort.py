@@ -18,7 +18,7 @@ from pages import common
 common.run_through_app()
 
 model, key, name = common.require_model()
-schema = model.schema_
+schema = model.schema
 
 st.header("Cohort")
 group, err = common.cohort(model, key)

@@ -303,8 +303,8 @@ def mapping_for(model: NormativeModel | None, slot: str = "table") -> ColumnMapp
     if table is None:
         return None
     key = mapping_key(slot)
-    schema = model.schema_ if model is not None else None
-    levels = model.encoder_.levels if model is not None else None
+    schema = model.schema if model is not None else None
+    levels = model.levels if model is not None else None
     if key not in st.session_state:
         st.session_state[key] = guess_mapping(table, schema, levels)
     elif schema is not None and st.session_state.get(f"{key}_schema") != schema:
@@ -359,8 +359,8 @@ def column_mapper(
     if model is None:
         return
 
-    schema = model.schema_
-    levels = model.encoder_.levels
+    schema = model.schema
+    levels = model.levels
     if "sex" in schema.categorical and mapping.sex:
         values = sorted(coerce_categories(table[mapping.sex]).dropna().unique().tolist())[:10]
         if any(v not in mapping.sex_coding for v in values):
@@ -437,7 +437,7 @@ def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataEr
     if table is not None:
         mapping = mapping_for(model)
         try:
-            mapped = apply_mapping(table, mapping, model.schema_)
+            mapped = apply_mapping(table, mapping, model.schema)
         except DataError as err:
             return None, err
         key = f"{st.session_state['table_key']}:{hash(repr(mapping))}"
@@ -563,12 +563,12 @@ def category_pickers(
     model: NormativeModel, model_key: str, key: str, allow_unknown: bool = True
 ) -> dict[str, str]:
     """One select box per categorical covariate, side by side; returns column -> level."""
-    cats = list(model.schema_.categorical)
+    cats = list(model.schema.categorical)
     if not cats:
         return {}
     chosen = {}
     for col, box in zip(cats, st.columns(len(cats))):
-        levels = list(model.encoder_.levels.get(col, []))
+        levels = list(model.levels.get(col, []))
         options = levels + ([UNKNOWN_LEVEL] if allow_unknown and col != "sex" else [])
         default = UNKNOWN_LEVEL if col != "sex" and allow_unknown else options[0]
         with box:

@@ -25,7 +25,7 @@ common.run_through_app()
 NEAR_YEARS = 5.0
 
 model, key, name = common.require_model()
-schema = model.schema_
+schema = model.schema
 idps = list(schema.idps)
 if len(idps) < 2:
     st.info("This model has a single brain measure: there is no dependence to show.")
@@ -42,7 +42,7 @@ with c1:
     x = st.selectbox("x", idps, index=idps.index(first[0]), format_func=label, key="dep_x")
 with c2:
     y = st.selectbox("y", idps, index=idps.index(first[1]), format_func=label, key="dep_y")
-age_min, age_max, age_start = age_slider_range(model.training_["age_range"])
+age_min, age_max, age_start = age_slider_range(model.age_range)
 with c3:
     age = st.slider("age", age_min, age_max, age_start, 1.0, key="dep_age")
 fixed = common.category_pickers(model, key, "dep")
@@ -82,7 +82,7 @@ else:
         st.plotly_chart(correlation_heatmaps(r_real, r_model), width="stretch", key="dep_heat")
 
     st.subheader(f"How the correlation of {label(x)} and {label(y)} changes with age")
-    grid = fan_grid(model.training_, schema, fixed, n=9, margin=0.0)
+    grid = fan_grid(model.training_summary, schema, fixed, n=9, margin=0.0)
     by_age = common.sample(model, key, grid, 300, seed=2)
     table = pd.concat(
         [

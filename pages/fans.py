@@ -10,7 +10,7 @@ from pages import common
 common.run_through_app()
 
 model, key, name = common.require_model()
-schema = model.schema_
+schema = model.schema
 
 st.header("Centile fans")
 st.caption(
@@ -46,16 +46,16 @@ if not idps:
     st.info("Choose at least one brain measure.")
     st.stop()
 
-grid = fan_grid(model.training_, schema, fixed)
+grid = fan_grid(model.training_summary, schema, fixed)
 cent = common.centiles(model, key, grid)
 points = None
 if show_points and group is not None:
     scores = common.score(model, key, group.table, group.key)
     points = fan_points(scores, group.table, schema, fixed, idps)
 site = fixed.get("site")
-age_range = model.training_["age_range"]
-if site and site in model.training_.get("level_age_ranges", {}).get("site", {}):
-    age_range = model.training_["level_age_ranges"]["site"][site]
+age_range = model.age_range
+if site and site in model.training_summary.get("level_age_ranges", {}).get("site", {}):
+    age_range = model.training_summary["level_age_ranges"]["site"][site]
     st.caption(
         f"Site {site} contributed training people aged {age_range[0]:.0f}-{age_range[1]:.0f}: "
         "outside that range its fan leans on the other sites."

@@ -20,7 +20,7 @@ from pages import common
 common.run_through_app()
 
 model, key, name = common.require_model()
-schema = model.schema_
+schema = model.schema
 
 st.header("Individual")
 group, err = common.cohort(model, key)
@@ -47,7 +47,7 @@ else:
         "Edit the values you have measured."
     )
     age = st.number_input(
-        "age (years)", 0.0, 120.0, float(sum(model.training_["age_range"]) / 2), key="ind_age"
+        "age (years)", 0.0, 120.0, float(sum(model.age_range) / 2), key="ind_age"
     )
     fixed = common.category_pickers(model, key, "ind")
     covs = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
@@ -128,7 +128,7 @@ chosen = st.multiselect(
     max_selections=6,
 )
 fixed_person = {c: str(person[c].iloc[0]) for c in schema.categorical}
-grid = fan_grid(model.training_, schema, fixed_person)
+grid = fan_grid(model.training_summary, schema, fixed_person)
 cent = common.centiles(model, key, grid)
 fan_figs = []
 fan_cols = st.columns(2)
@@ -143,7 +143,7 @@ for k, idp in enumerate(chosen):
         }
     )
     fig = centile_fan(
-        cent, idp, age=schema.age, highlight=me, age_range=model.training_["age_range"], height=360
+        cent, idp, age=schema.age, highlight=me, age_range=model.age_range, height=360
     )
     fan_figs.append(fig)
     with fan_cols[k % 2]:

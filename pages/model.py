@@ -7,17 +7,17 @@ import pandas as pd
 import streamlit as st
 
 from normcore import BundleError, DataError, NormativeModel
+from normcore.adapt import plan_adaptation
 from normcore.data import split_table
+from normcore.denoisers import BACKBONES
 from normcore.explore import (
     apply_mapping,
     category_counts,
     model_card,
-    planned_adaptation,
     training_schema,
 )
 from normcore.figures.charts import loss_curve
-from normcore.model import MIN_ADAPT_CONTROLS
-from normcore.schema import coerce_categories, numeric_columns, validate_scoring, validate_training
+from normcore.schema import coerce_categories, numeric_columns, validate_training
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX, adaptation_warnings
 from pages import common
 
@@ -86,10 +86,8 @@ if found is not None:
         if cal is not None:
             st.markdown("**Calibration on the held-out part of the training table**")
             st.dataframe(cal, hide_index=True, width="stretch")
-        if model.history_:
-            st.plotly_chart(
-                loss_curve(model.history_, height=240), width="stretch", key="card_loss"
-            )
+        if model.history:
+            st.plotly_chart(loss_curve(model.history, height=240), width="stretch", key="card_loss")
     st.download_button(
         "Download this model (.normcore bundle)",
         data=model.to_bytes,
@@ -128,7 +126,7 @@ def adapt_result(job: common.AdaptJob) -> None:
     if job.error:
         st.error(job.error)
         return
-    record = job.model.adaptations_[-1]
+    record = job.model.adaptations[-1]
     st.success(
         f"Adapted to site **{record['level']}** from {record['n_controls']} controls in "
         f"{job.finished - job.started:.0f} s. The adapted model is now the active model "
@@ -185,7 +183,7 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
         "site's offset, keeps the rest of the model, and makes the result the active model. "
         f"Aim for at least {SAFE_CONTROLS_PER_SEX} controls per sex."
     )
-    schema = model.schema_
+    schema = model.schema
     if "site" not in schema.categorical:
         st.info("This model has no site covariate, so there is no site to adapt.")
         return
@@ -227,23 +225,27 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
         st.error("These controls cannot be used yet.")
         common.show_problems(err)
         return
-    report = validate_scoring(
-        mapped, schema, tuple(model.training_["age_range"]), model.encoder_.levels
-    )
-    if report.errors:
-        st.error("Fix these in the controls table:\n" + "\n".join(f"- {p}" for p in report.errors))
+    try:
+        plan = plan_adaptation(mapped, schema, model.levels, model.age_range, column="site")
+    except DataError as err:
+        st.error(
+            "Fix these in the controls table:\n"
+            + "\n".join(f"- {p}" for p in err.problems or [str(err)])
+        )
         return
-    worth_knowing = [p for p in report.warnings if p.column != "site"]  # a new site is the point
+    worth_knowing = [p for p in plan.warnings if p.column != "site"]  # a new site is the point
     if worth_knowing:
         st.warning("\n".join(f"- {p}" for p in worth_knowing))
 
-    plan = planned_adaptation(mapped, schema, "site", model.encoder_.levels)
-    known = plan["level"] in model.encoder_.levels["site"]
     st.markdown(
-        f"**{plan['n_controls']} controls** from site **{plan['level']}** "
-        + ("(known to the model: adapting again refines it)." if known else "(new to the model).")
+        f"**{plan.n_controls} controls** from site **{plan.level}** "
+        + (
+            "(known to the model: adapting again refines it)."
+            if plan.readapted
+            else "(new to the model)."
+        )
     )
-    for col, counts in plan["counts"].items():
+    for col, counts in plan.counts.items():
         st.dataframe(
             pd.DataFrame(
                 {
@@ -254,7 +256,7 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
             hide_index=True,
             key=f"adapt_counts_{col}",
         )
-    warnings = adaptation_warnings(plan)
+    warnings = adaptation_warnings(plan.record(steps=0))
     if warnings:
         st.warning(
             f"**Few controls.** Adapting still works, but with fewer than "
@@ -262,9 +264,8 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
             "roughly estimated and its centiles are less trustworthy. Add controls if you "
             "can.\n" + "\n".join(f"- {w}" for w in warnings)
         )
-    too_few = plan["n_controls"] < MIN_ADAPT_CONTROLS
-    if too_few:
-        st.error(f"At least {MIN_ADAPT_CONTROLS} controls are needed to adapt a model.")
+    if plan.shortfall:
+        st.error(plan.shortfall)
     with st.expander("Advanced options"):
         steps = st.number_input(
             "Learning steps",
@@ -276,10 +277,13 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
             help="Optimiser steps for the site's offset; more fit it more closely.",
         )
     if st.button(
-        f"Adapt to site {plan['level']}", type="primary", disabled=too_few, key="adapt_start"
+        f"Adapt to site {plan.level}",
+        type="primary",
+        disabled=plan.shortfall is not None,
+        key="adapt_start",
     ):
         st.session_state["adapt_job"] = common.AdaptJob(
-            base=model, base_name=name, site=plan["level"], controls=mapped, steps=int(steps)
+            base=model, base_name=name, site=plan.level, controls=mapped, steps=int(steps)
         ).start()
         st.rerun()
 
@@ -332,7 +336,7 @@ if job is None or job.done:
     with c1:
         backbone = st.selectbox(
             "Network",
-            ["film", "saint"],
+            BACKBONES,
             key="train_backbone",
             help="film: a fast MLP; saint: attention across IDPs (slower).",
         )

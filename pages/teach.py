@@ -85,15 +85,15 @@ def teach_result() -> None:
         st.error(job.error or "Training stopped without a model.")
         return
     model = job.model
-    schema = model.schema_
+    schema = model.schema
     names = idp_names(spec)
     c1, c2 = st.columns([1, 3])
     with c1:
         idp = st.selectbox("Measure", names, key="teach_idp")
         sex = st.radio("Sex", ["F", "M"], horizontal=True, key="teach_sex")
         site = st.radio("Site", ["S0", "S1"], horizontal=True, key="teach_site")
-        st.caption(f"Trained on {model.training_['n']} people in {model.fit_seconds_:.0f} s.")
-    grid = fan_grid(model.training_, schema, {"sex": sex, "site": site}, margin=0.0)
+        st.caption(f"Trained on {model.training_summary['n']} people in {model.fit_seconds:.0f} s.")
+    grid = fan_grid(model.training_summary, schema, {"sex": sex, "site": site}, margin=0.0)
     cent = model.centiles(grid, FAN_QUANTILES)
     truth = truth_long(grid, names, FAN_QUANTILES, true_quantiles(spec, grid, FAN_QUANTILES))
     err = curve_distance(cent, truth, schema.age)
