@@ -15,7 +15,7 @@ def data(fitted) -> bytes:
 
 def test_round_trip_preserves_everything_needed(fitted, data, test_df):
     again = NormativeModel.from_bytes(data)
-    assert again.schema_ == fitted.schema_ and again.training_ == fitted.training_
+    assert again.schema == fitted.schema and again.training_summary == fitted.training_summary
     assert again.score(test_df)["centile"].equals(fitted.score(test_df)["centile"])
 
 

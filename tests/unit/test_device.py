@@ -36,14 +36,14 @@ def test_explicit_cpu_model_loads_on_cpu(fitted, tmp_path):
     path = tmp_path / "m.normcore"
     fitted.save(path)
     model = NormativeModel.load(path, device="cpu")
-    assert next(model.net_.parameters()).device.type == "cpu"
+    assert next(model.joint_.net.parameters()).device.type == "cpu"
     assert model.device_ == torch.device("cpu")
 
 
 @cuda
 def test_a_gpu_fit_saves_a_bundle_that_loads_on_the_cpu(train_df, schema, tiny_settings, tmp_path):
     model = NormativeModel(**tiny_settings, device="cuda").fit(train_df, schema)
-    assert next(model.net_.parameters()).device.type == "cuda"
+    assert next(model.joint_.net.parameters()).device.type == "cuda"
     path = tmp_path / "gpu.normcore"
     model.save(path)
     cpu = NormativeModel.load(path, device="cpu")

@@ -8,7 +8,8 @@ calibration error must match the single-process fit's, and its bundle must load.
 import numpy as np
 import pytest
 
-from normcore.distributed import Parallel, current, fit_parallel, launched
+from normcore.distributed import Parallel, current, launched
+from normcore.launch import fit_parallel
 from normcore.model import NormativeModel
 from normcore.synthetic import SyntheticSpec, simulate, true_cdf
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,6 @@ from normcore.explore import (
     individual_report_html,
     model_card,
     person_profile,
-    planned_adaptation,
     real_pair_correlation_by_age,
     training_schema,
     truth_long,
@@ -34,8 +34,9 @@ from normcore.explore import (
     z_matrix,
 )
 from normcore.figures.charts import deviation_profile
+from normcore.first_stage import NewPersonSpread
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
-from normcore.site_advice import MEASURED_COVERAGE_95, adaptation_warnings, measured_calibration
+from normcore.site_advice import MEASURED_COVERAGE_95, measured_calibration
 
 SCHEMA = Schema(
     age="age", categorical=("sex", "site"), idps=("Left-Hippocampus", "eTIV"), id="sub_id"
@@ -207,27 +208,6 @@ def test_age_slider_range_covers_training_ages_in_whole_years(age_range, expecte
     assert age_slider_range(age_range) == pytest.approx(expected)
 
 
-def test_planned_adaptation_counts_controls_per_sex_like_the_engine_record():
-    controls = pd.DataFrame({"age": [30.0] * 5, "sex": [0, 0, 0, 1.0, "1"], "site": "CLINIC"})
-    plan = planned_adaptation(controls, SCHEMA, "site", {"sex": ["0", "1"], "site": ["A"]})
-    assert plan == {
-        "column": "site",
-        "level": "CLINIC",
-        "n_controls": 5,
-        "counts": {"sex": {"0": 3, "1": 2}},
-    }
-    warnings = adaptation_warnings(plan)
-    assert any("only 2 controls with sex = 1" in w for w in warnings)
-    assert any("5 controls in all" in w for w in warnings)
-    # the warning quotes the calibration measured at that number of controls
-    lo, hi = MEASURED_COVERAGE_95[5]
-    assert any(f"from 5 controls had {lo:.0f}-{hi:.0f} %" in w for w in warnings)
-    women = planned_adaptation(controls.head(3), SCHEMA, "site", {"sex": ["0", "1"]})
-    assert women["counts"]["sex"] == {"0": 3, "1": 0}  # no men at all must be warned about
-    with pytest.raises(DataError, match="one site"):
-        planned_adaptation(controls.assign(site=["A", "B", "A", "A", "A"]), SCHEMA)
-
-
 def test_category_counts_read_codes_as_the_model_does():
     assert category_counts(pd.Series([1, 1.0, "1", " 2 "])) == {"1": 3, "2": 1}
 
@@ -259,13 +239,14 @@ def test_model_card_lists_adapted_sites_with_their_controls():
 
 def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitted):
     model = copy.copy(fitted)
-    model.predictive_ = (1.02, 6.6)
+    model.joint_ = dataclasses.replace(fitted.joint_, spread=NewPersonSpread(1.02, 6.6))
     assert model_card(model)["new-person spread"] == (
         "x1.02, Student-t tails, 7 degrees of freedom (5-fold cross-validation of the first stage)"
     )
-    model.predictive_ = (1.0, None)
+    model.joint_ = dataclasses.replace(fitted.joint_, spread=NewPersonSpread(1.0, None))
     assert "normal tails" in model_card(model)["new-person spread"]
-    model.moment_map_ = (np.array([[0.97, 0.02], [0.02, 1.04]]), np.zeros(2))
+    matrix = np.array([[0.97, 0.02], [0.02, 1.04]])
+    model.joint_ = dataclasses.replace(fitted.joint_, moment_map=(matrix, np.zeros(2)))
     assert model_card(model)["moment matching"].startswith("x0.97 to x1.04")
 
 

@@ -24,20 +24,20 @@ def _table(n: int, n_sites: int, site_sd: float, seed: int = 0):
     return values, age_z, site[:, None], [n_sites + 1]
 
 
-def test_predictive_is_close_to_the_fit_when_people_are_many():
-    scale, dof = first_stage.predictive(*_table(3000, 3, 0.3), seed=0)
+def test_new_person_spread_is_close_to_the_fit_when_people_are_many():
+    scale, dof = first_stage.new_person_spread(*_table(3000, 3, 0.3), seed=0)
     assert scale == pytest.approx(1.0, abs=0.03)
     assert dof is None or dof > 20
 
 
-def test_predictive_widens_when_new_people_carry_the_error_of_small_sites():
+def test_new_person_spread_widens_when_new_people_carry_the_error_of_small_sites():
     """60 sites of ~7 people: a held-out person's site mean is known poorly, so scores of
     people the first stage did not see are wider than those of people it did."""
     values, age_z, codes, levels = _table(400, 60, 0.7)
-    scale, dof = first_stage.predictive(values, age_z, codes, levels, seed=0)
+    scale, dof = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
     wide = scale * (stats.t.ppf(0.975, dof) if dof else stats.norm.ppf(0.975))
     assert wide > 1.05 * stats.norm.ppf(0.975)
 
 
-def test_predictive_needs_enough_people():
-    assert first_stage.predictive(*_table(30, 3, 0.3), seed=0) == (1.0, None)
+def test_new_person_spread_needs_enough_people():
+    assert first_stage.new_person_spread(*_table(30, 3, 0.3), seed=0) == (1.0, None)

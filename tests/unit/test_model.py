@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from normcore import first_stage
 from normcore.errors import DataError, NotFittedError
-from normcore.model import NormativeModel, moment_match
+from normcore.first_stage import NewPersonSpread
+from normcore.joint import JointModel, moment_match
+from normcore.model import NormativeModel
 from normcore.reference import PROBABILITY_LEVELS
 from normcore.schema import Schema
 
@@ -172,11 +173,11 @@ def test_fitted_model_draws_have_the_first_stage_spread_and_correlation(fitted, 
     (tiny) denoiser learned."""
     ages, codes, _ = fitted._covariates(train_df)
     age_z = fitted.encoder_.encode_age(ages)
-    scores = fitted._to_network(
-        train_df[list(fitted.schema_.idps)].to_numpy(dtype=np.float64), age_z, codes
+    scores = fitted.first_stage_.transform(
+        train_df[fitted.idps].to_numpy(dtype=np.float64), age_z, codes
     )
     draws = fitted._sample_scores(np.repeat(ages, 20), np.repeat(codes, 20, axis=0), seed=9)
-    scale, dof = fitted.predictive_
+    scale, dof = fitted.corrections["new_person_spread"]
     widening = scale * (1.0 if dof is None else np.sqrt(dof / (dof - 2)))
     ratio = draws.std(axis=0) / (scores.std(axis=0) * widening)
     assert ratio == pytest.approx(np.ones(len(ratio)), abs=0.1)
@@ -188,52 +189,45 @@ def test_fitted_model_draws_have_the_first_stage_spread_and_correlation(fitted, 
 def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
     fitted, train_df, schema, monkeypatch
 ):
-    """The sampler variance and deviation calibration are measured on validation rows, so
-    they must see a first stage fitted without them (else they are optimistic); the
-    margins the model keeps come from every row. Moving the validation rows far away
-    leaves the first stage in place when the validation draws are made unchanged, and
-    moves the final one."""
+    """The sampler's corrections and the deviation calibration are measured on validation
+    rows, so they must see a first stage fitted without them (else they are optimistic);
+    the margins the model keeps come from every row. Moving the validation rows far away
+    leaves the training rows' scores the corrections see unchanged, and moves the kept
+    first stage."""
     from normcore.train import validation_split
 
-    val, _ = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
+    val, train = validation_split(len(train_df), fitted.config.train, fitted.config.seed)
     moved = train_df.copy()
     for idp in schema.idps:
         moved.loc[moved.index[val], idp] += 3 * train_df[idp].std()
-    seen = {}
-    measure = NormativeModel._draws_at
+    seen = []
+    calibrate = JointModel.calibrate.__func__
 
-    def spy(self, *args):
-        seen["transform"] = self.transform_.to_dict()
-        seen["mean"] = self.location_scale_.mean_coef.copy()
-        seen["shape"] = self.shape_.quantiles.copy()
-        return measure(self, *args)
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs)
+        return calibrate(cls, *args, **kwargs)
 
-    monkeypatch.setattr(NormativeModel, "_draws_at", spy)
+    monkeypatch.setattr(JointModel, "calibrate", classmethod(spy))
     models = []
     for table in (moved, train_df):
         model = NormativeModel.__new__(NormativeModel)
         model.config = copy.deepcopy(fitted.config)
         model.threads, model.device = fitted.threads, fitted.device
         models.append(model.fit(table, schema))
-        if table is moved:
-            first = seen.copy()
-    assert first["transform"] == seen["transform"]
-    assert np.allclose(first["mean"], seen["mean"])
-    assert np.allclose(first["shape"], seen["shape"])
-    final = [m.location_scale_.mean_coef for m in models]
+    assert [list(s["val_rows"]) for s in seen] == [list(val), list(val)]
+    split = [s["split_scores"][train] for s in seen]
+    assert np.allclose(*split)
+    assert not np.allclose(*[s["kept_scores"][train] for s in seen])
+    final = [m.first_stage_.location_scale_.mean_coef for m in models]
     assert not np.allclose(*final)
     idps = train_df[list(schema.idps)].to_numpy(dtype=np.float64)
-    assert np.allclose(models[1].transform_.loc, idps.mean(axis=0))  # every row
+    assert np.allclose(models[1].first_stage_.transform_.loc, idps.mean(axis=0))  # every row
 
 
 def test_table_prior_is_what_the_model_draws_from_a_standard_normal_denoiser(fitted):
-    """The reference table shrinks towards `predictive_quantiles`: it must be the law of
-    the model's own spreading of standard normal draws, Student-t tails included."""
-    model = copy.copy(fitted)
+    """The reference table shrinks towards `NewPersonSpread.quantiles`: it must be the law
+    of the joint model's own widening of standard normal draws, Student-t tails included."""
     normal = np.random.default_rng(3).standard_normal((200_000, 1))
-    for spread in ((1.1, 5.0), (0.95, None)):
-        model.predictive_ = spread
-        drawn = np.quantile(model._predictive(normal, seed=1), PROBABILITY_LEVELS)
-        assert drawn == pytest.approx(
-            first_stage.predictive_quantiles(spread, PROBABILITY_LEVELS), rel=0.02, abs=0.01
-        )
+    for spread in (NewPersonSpread(1.1, 5.0), NewPersonSpread(0.95, None)):
+        drawn = np.quantile(spread.widen(normal, seed=1), PROBABILITY_LEVELS)
+        assert drawn == pytest.approx(spread.quantiles(PROBABILITY_LEVELS), rel=0.02, abs=0.01)
