@@ -31,6 +31,7 @@ from scipy import stats
 from normcore import metrics
 from normcore.data import split_table
 from normcore.demo import IDPS as DEMO_IDPS
+from normcore.denoisers import BACKBONES as NORMCORE
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_cdf
 
@@ -42,7 +43,6 @@ if QUICK:
 FCON_EXCLUDED_SITES = ("NewYork_a_ADHD",)
 FCON_QC_COLUMNS = ("avg_en", "SurfaceHoles", "lhSurfaceHoles", "rhSurfaceHoles")
 """Quality-control counts (Euler number, holes), not brain measures: not modelled."""
-NORMCORE = ("film", "saint")
 PEER_NAMES = {"blr": "PCNtoolkit BLR", "hbr": "PCNtoolkit HBR", "gamlss": "gamlss"}
 """--models name -> the model's name in result rows."""
 PEERS = tuple(PEER_NAMES)
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="synth2,synth20,fcon,synth100,synth200")
-    p.add_argument("--models", default="film,saint,blr,hbr,gamlss")
+    p.add_argument("--models", default=",".join((*NORMCORE, "blr", "hbr", "gamlss")))
     p.add_argument("--fcon-idps", choices=["all", "demo"], default="all")
     p.add_argument(
         "--large-train-rows",

@@ -21,6 +21,7 @@ from common import QUICK, log
 from scipy import stats
 
 from normcore import first_stage, metrics
+from normcore.denoisers import BACKBONES
 from normcore.preprocessing import AgeShape, CovariateEncoder, IDPTransform, LocationScale
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, _covariates, _Truth, idp_names, simulate, true_cdf
@@ -29,7 +30,6 @@ N_TRAIN, N_TEST = (300, 200) if QUICK else (3000, 1000)
 ENGINE_SEED, TEST_SEED = 1, 2
 TRAIN_SEEDS = (1, 3) if QUICK else (1, 3, 4, 5, 6)
 """The engine benchmark's training draw and the next four seeds not used for testing."""
-BACKBONES = ("film", "saint")
 FIXED_PENALTIES = (1.0, 10.0, 100.0, 1000.0)
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from common import QUICK, log
 
 from normcore import metrics
+from normcore.denoisers import BACKBONES
 from normcore.model import NormativeModel
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_cdf
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         rescore(*argv[1:4])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", default="film,saint")
+    p.add_argument("--backbones", default=",".join(BACKBONES))
     p.add_argument("--dims", default=",".join(map(str, DIMS)))
     p.add_argument("--append", action="store_true", help="keep other rows of results/engine.json")
     args = p.parse_args(argv)

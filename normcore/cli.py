@@ -17,6 +17,7 @@ import pandas as pd
 
 from normcore import distributed, stream
 from normcore.data import read_table
+from normcore.denoisers import BACKBONES
 from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
 from normcore.launch import print_progress
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a model to a reference table")
     p.add_argument("table")
     p.add_argument("--out", required=True, help="model file to write")
-    p.add_argument("--backbone", choices=("film", "saint"), default="film")
+    p.add_argument("--backbone", choices=BACKBONES, default=BACKBONES[0])
     p.add_argument(
         "--covariates",
         help="age column first, then categorical ones (default: age,sex,site present)",

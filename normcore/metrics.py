@@ -28,7 +28,12 @@ from scipy import stats
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist, pdist
 
+from normcore.numeric import rank_normal_scores
+
 DEFAULT_QUANTILES: tuple[float, ...] = (0.02, 0.25, 0.5, 0.75, 0.98)
+"""Probability levels of the default centile curves and calibration tables: the 2nd and
+98th centiles bound a growth chart's usual normal range (about +-2 SD), with the
+quartiles and median inside it. The model, the CLI and the reports use this one tuple."""
 DEFAULT_NOMINAL: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 POOLED = "(pooled)"
 """Label of the rows that pool every IDP together in the PIT histogram and QQ tables."""
@@ -748,11 +753,6 @@ def mantel(
     return observed, float((1 + exceed) / (1 + n_permutations))
 
 
-def _normal_scores(x: np.ndarray) -> np.ndarray:
-    """Rank-based normal scores per column, Phi^-1((rank - 0.5) / n): removes the marginals."""
-    return stats.norm.ppf((stats.rankdata(x, axis=0) - 0.5) / x.shape[0])
-
-
 def _shape_descriptors(z: np.ndarray, chosen: list[tuple[int, int]], bins: int) -> np.ndarray:
     """Per pair, the 2-D histogram of normal scores minus its independence expectation.
 
@@ -803,7 +803,7 @@ def pair_of_pair_mantel(
         raise ValueError("pair-of-pair comparison needs at least 3 pairs")
     matrices = []
     for x in (r, g):
-        z = _normal_scores(x[np.all(np.isfinite(x), axis=1)])
+        z = rank_normal_scores(x[np.all(np.isfinite(x), axis=1)])
         matrices.append(np.corrcoef(_shape_descriptors(z, chosen, bins)))
     statistic, p_value = mantel(matrices[0], matrices[1], n_permutations, seed)
     return {

@@ -35,6 +35,7 @@ from normcore.distributed import current as current_parallel
 from normcore.errors import DataError, NotFittedError
 from normcore.first_stage import FirstStage, new_person_spread
 from normcore.joint import CHUNK, JointModel
+from normcore.metrics import DEFAULT_QUANTILES
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import (
     PROBABILITY_LEVELS,
@@ -59,7 +60,6 @@ from normcore.train import TrainConfig, train_denoiser, validation_split
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_QUANTILES", "ModelConfig", "NormativeModel", "torch_threads"]
 
-DEFAULT_QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)
 MIN_DEVIATION_ROWS = 60
 """Fewer validation rows than this leave the deviation centile uncalibrated: a mean and a
 standard deviation from fewer people are too loose to correct anything."""
@@ -92,22 +92,12 @@ class NormativeModel:
     """
 
     def __init__(
-        self,
-        backbone: str = "film",
-        max_epochs: int | None = None,
-        seed: int = 0,
-        *,
-        schedule: str = "cosine",
-        diffusion_steps: int = 1000,
-        sampling_steps: int = 20,
-        eta: float = 1.0,
-        reference_samples: int = 10_000,
-        grid_points: int = 41,
-        max_seconds: float | None = None,
-        network: dict | None = None,
-        threads: int | None = None,
-        device: str = "auto",
-    ) -> None:
+        self, backbone: str = "film", max_epochs: int | None = None, seed: int = 0, *,
+        schedule: str = "cosine", diffusion_steps: int = 1000, sampling_steps: int = 20,
+        eta: float = 1.0, reference_samples: int = 10_000, grid_points: int = 41,
+        max_seconds: float | None = None, network: dict | None = None,
+        threads: int | None = None, device: str = "auto",
+    ) -> None:  # fmt: skip
         self.config = ModelConfig(
             backbone=backbone, schedule=schedule, diffusion_steps=diffusion_steps,
             sampling_steps=sampling_steps, eta=eta, network=dict(network or {}),
@@ -258,28 +248,8 @@ class NormativeModel:
         seed = self.config.seed + 1 if seed is None else seed
         return _sampler(self.joint_, self.encoder_, adapted)(ages, codes, seed)
 
-    def _covariates(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ages (years), category codes and unseen-level mask of a covariate table."""
-        if self.schema_.age not in df.columns:
-            raise DataError(
-                f"The table has no '{self.schema_.age}' column, which this model needs."
-            )
-        ages = pd.to_numeric(df[self.schema_.age], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(ages))
-        if len(bad):
-            raise DataError(
-                f"Column '{self.schema_.age}' has missing or non-numeric values in rows "
-                f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}."
-            )
-        codes, unseen = self.encoder_.encode_categories(df)
-        return ages, codes, unseen
-
     def _to_values(self, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return self.first_stage_.inverse(scores, self.encoder_.encode_age(ages), codes)
-
-    def _wide(self, covariates: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
-        cov_cols = [c for c in self.schema_.covariates if c in covariates.columns]
-        return covariates[cov_cols].iloc[rows].reset_index(drop=True)
 
     def sample(self, covariates: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
         """Draw `n` IDP vectors from the model at each row's exact covariates (wide table).
@@ -289,12 +259,12 @@ class NormativeModel:
         `reference.build_reference`), so per-IDP quantiles of many draws can differ from
         `centiles` by the denoiser's error (benchmarks/RESULTS.md, engine)."""
         self._check_fitted()
-        ages, codes, _ = self._covariates(covariates)
+        ages, codes, _ = _covariates(covariates, self.schema_, self.encoder_)
         rows = np.repeat(np.arange(len(covariates)), n)
         with torch_threads(self.threads):
             scores = self._sample_scores(ages[rows], codes[rows], seed=seed)
             y = self._to_values(scores, ages[rows], codes[rows])
-        out = self._wide(covariates, rows)
+        out = _wide(covariates, self.schema_, rows)
         out.insert(0, "grid_row", rows)
         return pd.concat([out, pd.DataFrame(y, columns=self.idps)], axis=1)
 
@@ -309,13 +279,13 @@ class NormativeModel:
         probs = np.asarray(quantiles, dtype=np.float64)
         if probs.size == 0 or np.any((probs <= 0) | (probs >= 1)):
             raise ValueError("quantiles must lie strictly between 0 and 1, e.g. 0.02,0.5,0.98")
-        ages, codes, _ = self._covariates(covariates)
+        ages, codes, _ = _covariates(covariates, self.schema_, self.encoder_)
         q, _ = self.reference_.lookup(codes, ages)
         scores = scores_at(q, probs)  # (n, P, D)
         n, p, d = scores.shape
         at = np.repeat(np.arange(n), p)
         vals = self._to_values(scores.reshape(n * p, d), ages[at], codes[at]).reshape(n, p, d)
-        long = self._wide(covariates, np.repeat(np.arange(n), d * p))
+        long = _wide(covariates, self.schema_, np.repeat(np.arange(n), d * p))
         long["idp"] = np.tile(np.repeat(np.array(self.schema_.idps, dtype=object), p), n)
         long["quantile"] = np.tile(probs, n * d)
         long["value"] = vals.transpose(0, 2, 1).reshape(-1)
@@ -330,7 +300,7 @@ class NormativeModel:
         """Per row of a checked table: z within the reference, its effective sample size,
         codes and flags."""
         self.check(df).raise_for_errors()
-        ages, codes, unseen = self._covariates(df)
+        ages, codes, unseen = _covariates(df, self.schema_, self.encoder_)
         y = df[self.idps].apply(pd.to_numeric).to_numpy(dtype=np.float64)
         scores = self.first_stage_.transform(y, self.encoder_.encode_age(ages), codes)
         z, n_eff = _reference_z(self.reference_, scores, ages, codes)
@@ -340,12 +310,6 @@ class NormativeModel:
         return {"y": y, "z": z, "n_eff": n_eff, "codes": codes,
                 "out_of_age_range": (ages < lo) | (ages > hi),
                 "unseen": np.array(unseen_txt, dtype=object)}  # fmt: skip
-
-    def _rows(self, df: pd.DataFrame, n: int, repeat: int) -> pd.DataFrame:
-        out = pd.DataFrame({"row": np.repeat(np.arange(n), repeat)})
-        if self.schema_.id and self.schema_.id in df.columns:
-            out[self.schema_.id] = np.repeat(df[self.schema_.id].astype(str).to_numpy(), repeat)
-        return out
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
         """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
@@ -358,7 +322,7 @@ class NormativeModel:
         r = self._z(df)
         n, d = r["z"].shape
         p = stats.norm.cdf(r["z"])
-        out = self._rows(df, n, d)
+        out = _rows(df, self.schema_, n, d)
         out["idp"] = np.tile(np.array(self.schema_.idps, dtype=object), n)
         out["value"] = r["y"].reshape(-1)
         out["centile"] = 100.0 * p.reshape(-1)
@@ -381,7 +345,7 @@ class NormativeModel:
         d2, centile = mahalanobis_centile(
             self.reference_, r["codes"], r["z"], self.deviation_calibration_
         )
-        out = self._rows(df, len(d2), 1)
+        out = _rows(df, self.schema_, len(d2), 1)
         out["n_idps"] = r["z"].shape[1]
         out["mahalanobis"] = d2
         out["deviation_centile"] = centile
@@ -407,25 +371,18 @@ class NormativeModel:
         )
         plan.require_enough()
         new = copy.deepcopy(self)
-        new.joint_.net.cpu()  # one embedding row is learned: the CPU is enough
-        k = list(new.encoder_.levels).index(plan.column)
-        if not plan.readapted:
-            new.encoder_.levels[plan.column].append(plan.level)
-        code = new.encoder_.levels[plan.column].index(plan.level) + 1
-        raw = plan.controls[self.idps].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-        age_z = new.encoder_.encode_age(plan.controls[self.schema_.age].to_numpy(dtype=float))
-        codes = new.encoder_.encode_categories(plan.controls)[0]
-        codes[:, k] = code
-        new.first_stage_ = new.first_stage_.with_level(
-            k, code, raw, age_z, codes, prior_n=adaptation.PRIOR_N
-        )
         new.adaptations_ = [*self.adaptations_, plan.record(steps)]
         with torch_threads(self.threads):
-            adaptation.learn_level(
-                new.joint_.net, new.joint_.schedule, new.first_stage_.transform(raw, age_z, codes),
-                age_z, codes, k, code, plan.readapted, steps, self.config.seed, progress,
-            )  # fmt: skip
-            new.joint_.net.to(new.device_)
+            k, code, new.first_stage_ = adaptation.learn_site(
+                plan,
+                self.schema_,
+                new.encoder_,
+                new.first_stage_,
+                new.joint_,
+                steps,
+                self.config.seed,
+                progress,
+            )
             new.reference_ = with_level(
                 new.reference_, new._sample_scores, column=k, code=code,
                 prior=new.joint_.spread.quantiles(PROBABILITY_LEVELS),
@@ -438,12 +395,8 @@ class NormativeModel:
     def to_bytes(self) -> bytes:
         """The model as one bundle (see normcore.bundle)."""
         self._check_fitted()
-        return bundle.pack(bundle.SavedModel(
-            __version__, self.created_, self.config, self.schema_, self.encoder_,
-            self.first_stage_, self.joint_, self.reference_, self.deviation_calibration_,
-            self.training_, self.history_, self.adaptations_, self.train_seconds_,
-            self.fit_seconds_,
-        ))  # fmt: skip
+        parts = {name: getattr(self, f"{name}_") for name in bundle.SavedModel.fitted_fields()}
+        return bundle.pack(bundle.SavedModel(__version__, self.config, **parts))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model bundle to `path` (a single file)."""
@@ -455,22 +408,46 @@ class NormativeModel:
         saved = bundle.unpack(data, resolve_device(device))
         model = cls.__new__(cls)
         model.config, model.threads, model.device = saved.config, None, device
-        model.device_, model.created_ = saved.joint.device, saved.created
-        model.schema_, model.encoder_, model.training_ = saved.schema, saved.encoder, saved.training
-        model.first_stage_, model.joint_, model.reference_ = (
-            saved.first_stage,
-            saved.joint,
-            saved.reference,
-        )
-        model.deviation_calibration_ = saved.deviation_calibration
-        model.history_, model.adaptations_ = saved.history, saved.adaptations
-        model.train_seconds_, model.fit_seconds_ = saved.train_seconds, saved.fit_seconds
+        for name in bundle.SavedModel.fitted_fields():
+            setattr(model, f"{name}_", getattr(saved, name))
+        model.device_ = saved.joint.device
         return model
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> NormativeModel:
         """Load a model saved with `save`, its network on `device` (see normcore.device)."""
         return cls.from_bytes(bundle.read(path), device=device)
+
+
+def _covariates(
+    df: pd.DataFrame, schema: Schema, encoder: CovariateEncoder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ages (years), category codes and unseen-level mask of a covariate table."""
+    if schema.age not in df.columns:
+        raise DataError(f"The table has no '{schema.age}' column, which this model needs.")
+    ages = pd.to_numeric(df[schema.age], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(ages))
+    if len(bad):
+        raise DataError(
+            f"Column '{schema.age}' has missing or non-numeric values in rows "
+            f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}."
+        )
+    codes, unseen = encoder.encode_categories(df)
+    return ages, codes, unseen
+
+
+def _wide(covariates: pd.DataFrame, schema: Schema, rows: np.ndarray) -> pd.DataFrame:
+    """The model's covariate columns present in `covariates`, at `rows` (positions)."""
+    cov_cols = [c for c in schema.covariates if c in covariates.columns]
+    return covariates[cov_cols].iloc[rows].reset_index(drop=True)
+
+
+def _rows(df: pd.DataFrame, schema: Schema, n: int, repeat: int) -> pd.DataFrame:
+    """The `row` column (and the id column, if any) of a result, each row `repeat` times."""
+    out = pd.DataFrame({"row": np.repeat(np.arange(n), repeat)})
+    if schema.id and schema.id in df.columns:
+        out[schema.id] = np.repeat(df[schema.id].astype(str).to_numpy(), repeat)
+    return out
 
 
 def _sampler(

@@ -1,6 +1,8 @@
-"""Denoising networks over all IDPs at once.
+"""Denoising networks over all IDPs at once, and the one list of their names.
 
-Each has `embed(age, codes) -> h` (the covariate embedding) and `forward(x_t, t, h) -> eps_hat`.
+Each has `embed(age, codes) -> h` (the covariate embedding) and `forward(x_t, t, h) ->
+v_hat`: the networks predict v, not the noise (see `normcore.diffusion.sampler.v_target`).
+`BACKBONES` is the registry the CLI, the dashboard and the benchmarks offer.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from normcore.denoisers.film_mlp import FiLMMLP
 from normcore.denoisers.saint import SAINT
 
 BACKBONES = ("film", "saint")
+"""Names accepted by `build_denoiser`; the first is the default."""
 
 
 def build_denoiser(

@@ -3,10 +3,10 @@
 Compared with the paper's 8 x 384 BatchNorm MLP, this uses LayerNorm (no dependence on
 the batch, so sampling one person equals sampling a thousand), residual blocks and a
 sinusoidal time embedding. It is much smaller (width 128, 4 blocks), which is what makes
-training and the reference table cheap on a CPU. Width 128 because the denoiser's job is
-the dependence between IDPs, the first stage having taken out each one's margins: on the
-synthetic benchmark (seed 1) width 256 took 2.2x as long to fit, with the same centile
-error (2.03 at 4 IDPs, 1.61 at 20).
+training and the reference table cheap on a CPU: the first stage has taken out each
+IDP's margins, so the denoiser's job is the dependence between IDPs, and a wider network
+costs fit time without lowering the centile error (benchmarks/RESULTS.md, "Smaller
+networks"). FiLM: Perez et al., AAAI 2018.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class FiLMMLP(nn.Module):
         return self.cond.embed_covariates(age, codes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x_t (B, D) at timesteps t and embedded covariates (B, dim)."""
+        """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
+        covariates (B, dim)."""
         c = self.cond(t, covariates)
         h = self.inp(x)
         for block in self.blocks:

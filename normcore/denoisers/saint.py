@@ -8,11 +8,10 @@ tokens; it is a training-time regulariser (applied to a random half of the batch
 skipped at sampling, so a person's samples never depend on who else is in the batch.
 
 Small by default (width 32, 2 layers): the first stage has taken out each IDP's margins,
-so the network's job is the dependence, and sampling it (about 100,000 draws for a
-4-IDP model) is most of a fit's cost. On the synthetic benchmark (4 IDPs, seed 1), fit
-CPU time: width 32 with 3 layers 199 s, with 2 layers 140 s (width 64 with 3 layers and
-twice the moment-matching draws: 368 s). All three had the same centile error (2.03);
-held-out deviation KS 0.032, 0.032 and 0.045.
+so the network's job is the dependence, and sampling it (the reference table's draws) is
+most of a fit's cost; wider and deeper networks cost fit time without lowering the
+centile error (benchmarks/RESULTS.md, "Smaller networks"). SAINT: Somepalli et al.,
+arXiv 2106.01342 (2021).
 """
 
 from __future__ import annotations
@@ -64,7 +63,8 @@ class SAINT(nn.Module):
         return self.cond.embed_covariates(age, codes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x_t (B, D) at timesteps t and embedded covariates (B, dim)."""
+        """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
+        covariates (B, dim)."""
         c = self.cond(t, covariates)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
         use_rows = self.training and torch.rand(()) < self.intersample_p

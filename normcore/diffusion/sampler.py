@@ -8,15 +8,16 @@ from the list, never computed by a formula.
 
 Why `x0_covariance`: both samplers plug the denoiser's *mean* estimate of x0 into a step
 that is exact only for a known x0, so every step drops the uncertainty of x0 given x_t.
-With few steps the generated distribution is too narrow (measured with the ideal denoiser
-of a Gaussian: 50 ancestral steps give a standard deviation 5-10 % too small), which for a
-normative model means too-narrow centile bands. Moment matching fixes it (the idea of
-Bao et al., "Analytic-DPM", 2022): the optimal Gaussian step adds B^2 * Cov(x0 | x_t),
-where B is the step's coefficient on x0. `x0_covariance` estimates Cov(x0 | x_t) per
-timestep, over all IDPs, from the denoiser's x0 errors on held-out rows; with it the
-ideal-denoiser Gaussian is reproduced exactly at any number of steps. The whole matrix,
+With few steps the generated distribution is too narrow (with the ideal denoiser of a
+Gaussian, tens of ancestral steps give a standard deviation several per cent too small;
+README, "How it works", 3), which for a normative model means too-narrow centile bands.
+Moment matching fixes it (the idea of Bao et al., "Analytic-DPM", 2022): the optimal
+Gaussian step adds B^2 * Cov(x0 | x_t), where B is the step's coefficient on x0.
+`x0_covariance` estimates Cov(x0 | x_t) per timestep, over all IDPs, from the denoiser's
+x0 errors on held-out rows; with it the ideal-denoiser Gaussian is reproduced exactly at
+any number of steps. The whole matrix,
 not only its diagonal: the uncertainty of correlated IDPs is correlated, and adding it
-independently per IDP thinned every correlation (ideal denoiser, correlation 0.5: 0.474).
+independently per IDP thins every correlation (README, "How it works", 3).
 """
 
 from __future__ import annotations
