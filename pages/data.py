@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from normcore.formats import upload_types
 from pages import common
 
 common.run_through_app()
@@ -13,7 +14,7 @@ st.write(
 )
 st.file_uploader(
     "Table (CSV, TSV, Excel or Parquet)",
-    type=["csv", "tsv", "txt", "xlsx", "xls", "parquet", "pq"],
+    type=upload_types(),
     key="data_upload",
     on_change=common.read_upload,
     args=("table",),

@@ -17,6 +17,7 @@ from normcore.explore import (
     training_schema,
 )
 from normcore.figures.charts import loss_curve
+from normcore.formats import upload_types
 from normcore.schema import coerce_categories, numeric_columns, validate_training
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX, adaptation_warnings
 from pages import common
@@ -196,7 +197,7 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
 
     st.file_uploader(
         "Healthy controls from your site (CSV, TSV, Excel or Parquet)",
-        type=["csv", "tsv", "txt", "xlsx", "xls", "parquet", "pq"],
+        type=upload_types(),
         key="adapt_upload",
         on_change=common.read_upload,
         args=("controls",),
