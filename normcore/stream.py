@@ -6,9 +6,13 @@ table and pandas' temporaries at once. Here memory is bounded by `chunk_rows`: C
 are read with pandas' chunked reader and Parquet with pyarrow's batch iterator, every
 chunk's cells are converted exactly as `read_table` converts them (same missing tokens,
 same decimal-comma rule), and each chunk's results are appended to the output CSV.
+The in-memory reader's rules hold here too: the header passes the same column check
+(`data.check_column_names`: the column limit, no name twice), and Parquet is bounded by
+its footer and each batch's decoded size before any value is decoded (`normcore.bounds`).
+Rows are not limited: reading a chunk at a time is what this module is for.
 
 The output is the file the non-streaming path writes (`model.score(read_table(f))`
-then `to_csv(index=False)`), byte for byte: `row` counts from the top of the file, not of
+then `export.write_csv`), byte for byte: `row` counts from the top of the file, not of
 the chunk, and validation problems name rows of the whole file. Nothing is written to
 `out_path` unless every chunk passes validation: results go to a `.partial` file that
 replaces `out_path` only at the end.
@@ -16,7 +20,9 @@ replaces `out_path` only at the end.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,15 +31,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from normcore import data
+from normcore import bounds, data, formats
 from normcore.errors import DataError
+from normcore.export import write_csv
 from normcore.schema import Problem, ValidationReport
 
 if TYPE_CHECKING:
     from normcore.model import NormativeModel
 
-TEXT_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
-PARQUET_SUFFIXES = {".parquet", ".pq"}
 Progress = Callable[[int, int], None]
 """progress(rows scored so far, rows in the file (an estimate for text files))."""
 
@@ -49,8 +54,13 @@ class StreamSummary:
 
 def streamable(path: str | os.PathLike) -> bool:
     """Whether the file's format can be read in chunks (CSV/TSV/TXT or Parquet)."""
-    suffix = Path(path).suffix.lower()
-    return suffix in TEXT_SUFFIXES or suffix in PARQUET_SUFFIXES
+    found = formats.format_of(Path(path))
+    return found is not None and found.kind in formats.STREAMABLE_KINDS
+
+
+def _is_parquet(path: Path) -> bool:
+    found = formats.format_of(path)
+    return found is not None and found.kind == "parquet"
 
 
 def count_rows(path: str | os.PathLike) -> int:
@@ -60,7 +70,7 @@ def count_rows(path: str | os.PathLike) -> int:
     counts twice), which is enough to decide whether to stream and to show progress.
     """
     path = Path(path)
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+    if _is_parquet(path):
         import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(path).metadata.num_rows)
@@ -73,7 +83,8 @@ def count_rows(path: str | os.PathLike) -> int:
 
 
 def _text_format(path: Path) -> tuple[str, str]:
-    """(encoding, delimiter) of a text table, judged on its first 64 kB as read_table does."""
+    """(encoding, delimiter) of a text table, judged on its first 64 kB as read_table does;
+    the header line is checked as read_table checks it."""
     with path.open("rb") as f:
         head = f.read(64 * 1024)
     if b"\n" in head:
@@ -86,7 +97,11 @@ def _text_format(path: Path) -> tuple[str, str]:
             continue
     else:
         encoding, text = "latin-1", head.decode("latin-1")
-    return encoding, data._sniff_delimiter(text, TEXT_SUFFIXES.get(path.suffix.lower()))
+    found = formats.format_of(path)
+    delimiter = data._sniff_delimiter(text, found.delimiter if found else None)
+    header = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    data.check_column_names([name.strip() for name in header])
+    return encoding, delimiter
 
 
 def _with_last(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, bool]]:
@@ -100,19 +115,13 @@ def _with_last(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, b
 
 def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, bool]]:
     """Unconverted chunks (text cells, or Parquet's own types) and the decimal-comma rule."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        metadata = parquet.schema_arrow.pandas_metadata or {}
-        index = [c for c in metadata.get("index_columns", []) if isinstance(c, str)]
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            df = batch.to_pandas()
-            if index:
-                df = df.reset_index(drop=all(n is None for n in df.index.names))
-            yield df, False
-        return
-    encoding, delimiter = _text_format(path)
+    try:
+        if _is_parquet(path):
+            yield from ((df, False) for df in _parquet_batches(path, chunk_rows))
+            return
+        encoding, delimiter = _text_format(path)
+    except DataError as exc:
+        raise DataError(f"'{path.name}': {exc}") from None
     reader = pd.read_csv(
         path, sep=delimiter, dtype=str, keep_default_na=False, na_filter=False,
         skip_blank_lines=False, index_col=False, encoding=encoding, chunksize=chunk_rows,
@@ -125,6 +134,26 @@ def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, boo
         raise DataError(f"'{path.name}': {data._explain_parser_error(exc)}") from None
     except UnicodeDecodeError:
         raise DataError(f"'{path.name}': the text changes encoding part-way through.") from None
+
+
+def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Batches of a Parquet file, each bounded before its values are decoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    limits = data.current_limits()
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    data.check_column_names([str(n).strip() for n in schema.names])
+    bounds.check_parquet_metadata(parquet.metadata, schema, limits, whole_file=False)
+    parquet = pq.ParquetFile(path, read_dictionary=bounds.dictionary_columns(schema))
+    metadata = schema.pandas_metadata or {}
+    index = [c for c in metadata.get("index_columns", []) if isinstance(c, str)]
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        df = bounds.plain_table(pa.Table.from_batches([batch]), limits).to_pandas()
+        if index:
+            df = df.reset_index(drop=all(n is None for n in df.index.names))
+        yield df
 
 
 def iter_chunks(path: str | os.PathLike, chunk_rows: int = 10_000) -> Iterator[pd.DataFrame]:
@@ -213,7 +242,7 @@ def score_file(
                 if not errors:
                     result = model.score(chunk)
                     result["row"] += offset
-                    result.to_csv(f, header=chunks == 0, index=False)
+                    write_csv(result, f, header=chunks == 0)
                 offset += len(chunk)
                 chunks += 1
                 if progress is not None:
