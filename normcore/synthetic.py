@@ -39,7 +39,9 @@ dependence is one fixed correlation matrix between normal scores, whereas here t
 scores of a subgroup member move together (a mixture, not one Gaussian) and their coupling
 changes with age. A benchmark on the copula option cannot tell a joint model from a copula
 (the copula *is* its truth); on this one it can. Whitbread, Palmer & Jenkinson (arXiv
-2602.04886) motivate a joint diffusion model by exactly such dependence between IDPs.
+2602.04886) judge joint diffusion models by how well they keep dependence between IDPs
+beyond pairwise correlation; only a truth whose dependence is not a Gaussian copula can
+measure that.
 
 Exact answers, for either option, follow from the latent law being a mixture of Gaussians
 with one shared covariance R (K = 1 component for the copula, K = 2 for the subgroup):
