@@ -2,6 +2,39 @@
 
 The public API is small: read a table, describe its columns with a Schema, fit a
 NormativeModel, then score people (centiles, z) and draw centile charts.
+
+Glossary (names in the code follow it)
+--------------------------------------
+raw values
+    An IDP as the table gives it, in its own units (mm, mm^3): "user units".
+standardised values
+    Raw values less the training mean, over the training SD, per IDP (`IDPTransform`).
+residuals
+    Standardised values with the first stage's mean and spread in age, sex and site
+    removed: (y - m(x)) / s(x) (`LocationScale`).
+normal scores
+    Residuals mapped through their quantile function at the person's age to a near
+    standard normal (`AgeShape`); the first stage's output, what the denoiser models and
+    what the reference table tabulates. Also Phi^-1 of ranks (`numeric.rank_normal_scores`).
+probability levels
+    Probabilities in (0, 1) at which quantiles are tabled or asked for
+    (`reference.PROBABILITY_LEVELS`, the `quantiles=` argument of `centiles`).
+z-levels
+    The normal scores Phi^-1(p) of probability levels (`reference.Z_LEVELS`).
+centile
+    100 x the model's probability of a value at or below the person's own, given their
+    covariates (0-100).
+z
+    Phi^-1(centile / 100): a person's value placed in the model's conditional law, read
+    from the reference table (`reference.z_of_scores`); clipped to +-6.
+level
+    A category of a categorical covariate (a sex, a site); code 0 is "unknown".
+deviation
+    The squared Mahalanobis distance of a person's z across IDPs, and its centile among
+    model samples with the same levels.
+new-person spread
+    How the first stage's normal scores of people it did not see are spread (a scaled
+    Student-t), applied to the model's draws.
 """
 
 from normcore.data import read_table

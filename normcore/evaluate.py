@@ -1,7 +1,8 @@
 """Evaluate a fitted normative model on a table of (held-out) people.
 
 `evaluate` turns a model and a table into every number of the evaluation suite
-(shared/PAPER.md plus calibration per stratum and the multivariate deviation) and the
+(Whitbread, Palmer & Jenkinson, arXiv 2602.04886, plus calibration per stratum and the
+multivariate deviation) and the
 tables behind them. It only orchestrates: each number comes from a pure function in
 `normcore.metrics`, so the CLI report, the dashboard's Diagnostics page and the
 benchmarks agree exactly.
@@ -15,8 +16,8 @@ Two kinds of evidence are used:
   directly (two-sample KS per age bin, dependence, memorisation).
 
 Costs are capped so that a full evaluation of ~500 people x ~200 IDPs stays well under
-a minute on a laptop CPU: sampling dominates (~50 network passes per generated row), and
-pairwise statistics use a seeded subset of IDP pairs and rows.
+a minute on a laptop CPU: sampling dominates (one network pass per sampling step per
+generated row), and pairwise statistics use a seeded subset of IDP pairs and rows.
 """
 
 from __future__ import annotations

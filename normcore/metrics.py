@@ -3,8 +3,8 @@
 Every function here is pure (arrays / DataFrames in, floats / arrays / DataFrames out) so
 that the CLI report, the dashboard's Diagnostics page and the benchmarks compute exactly
 the same numbers. The suite follows the paper we build on (Whitbread, Palmer & Jenkinson,
-arXiv 2602.04886; see shared/PAPER.md) and adds calibration per stratum, because a model
-that is calibrated on average can still be badly off for one site or one sex.
+arXiv 2602.04886) and adds calibration per stratum, because a model that is calibrated
+on average can still be badly off for one site or one sex.
 
 Conventions
 -----------

@@ -221,11 +221,11 @@ def _detrend(y: np.ndarray, ages: np.ndarray, w: np.ndarray, at: float) -> np.nd
 BANDWIDTH = 0.1
 """Kernel bandwidth as a share of the age range (6 years over ages 20-80).
 
-The table holds the network's normal scores, from which the first stage has already
-removed the age curves of mean, spread and shape; what is left changes slowly with age,
-so a wide kernel costs little bias and pools many samples: the Monte-Carlo error of a
-centile is what a narrow kernel (2.25 years) left as the largest error after the first
-stage's (synthetic, 4 IDPs: 1.16 centile points)."""
+The table holds normal scores, from which the first stage has already removed the age
+curves of mean, spread and shape; what is left changes slowly with age, so a wide kernel
+costs little bias and pools many samples, and the Monte-Carlo error of a centile, which a
+narrow kernel leaves as the largest error after the first stage's, drops (README, "How
+it works", 4)."""
 
 
 def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray, float]:
@@ -263,8 +263,7 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
     Why: the first stage already gives every IDP near-standard-normal scores at every age,
     so the model's draws differ from `prior` (Q,), the quantiles they would have if the
     denoiser drew exactly N(0, 1), by little, and most of the tabled difference is
-    sampling noise (synthetic, 20 IDPs: the table moved centiles 1.2 points away from
-    the first stage's own, raising the error from 1.6 to 2.1). Empirical Bayes, per IDP:
+    sampling noise. Empirical Bayes (Efron & Morris 1975, JASA 70:311), per IDP:
     each cell's departure d = q - prior has sampling variance v = p(1 - p) / (n_eff
     f(q)^2), with the density f from the tabled spacing; the spread tau^2 of the true
     departures is the mean of d^2 less the mean of v over ages and levels; each d is
@@ -358,16 +357,15 @@ def build_reference(
 ) -> ReferenceTable:
     """Sample the model for every level combination and tabulate its quantiles over age.
 
-    `prior` (Q,): the quantiles at PROBABILITY_LEVELS the samples would have if the denoiser drew
-    standard normal scores; see `shrink_towards`.
+    `prior` (Q,): the quantiles at PROBABILITY_LEVELS the samples would have if the
+    denoiser drew standard normal scores; see `shrink_towards`.
 
     `first_stage_margins` (C,) bool: combinations whose tabled margins are `prior`
     itself, not the draws' (see `_first_stage_margins`). Why: where the first stage has
     learned a combination's mean, spread and shape from its own people, the denoiser's
     departures from it are mostly its own error, which shrinkage towards `prior` cannot
-    tell from a real departure. Synthetic, 4 IDPs over five training draws: mean
-    |centile - true| 1.96 with the denoiser's margins, 1.81 with the first stage's; 20
-    IDPs 1.81 against 1.61. Where the first stage knows nothing of its own (an unknown
+    tell from a real departure (README, "How it works", 4, and benchmarks/RESULTS.md,
+    training draws). Where the first stage knows nothing of its own (an unknown
     level, an adapted site), the draws' margins are tabled and shrunk.
 
     With `parallel` each process samples every world_size-th combination and the parts
@@ -511,9 +509,8 @@ def deviation_calibration(
     raw centiles (clipped to +-4, where ranks beyond the samples are extrapolated) give
     their mean and standard deviation. Each is applied only if it is BEYOND_NOISE
     standard errors from 0 and 1: a few hundred validation people are themselves a
-    sample, and correcting by their noise miscalibrates everyone else (synthetic, 2 IDPs,
-    450 validation people: their shift was 0.097 under the true model itself, and
-    applying the model's 0.12 took the held-out KS from 0.032 to 0.074).
+    sample, and correcting by their noise miscalibrates everyone else (README, "How it
+    works", 5).
     """
     d2 = _squared_distance(z, table.precision)
     r = np.clip(_raw_deviation_scores(table, codes, d2), -4.0, 4.0)

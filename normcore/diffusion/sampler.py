@@ -33,7 +33,7 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """v_hat = denoise(x_t, t) with the conditioning already bound; t has shape (1,)."""
 
 X0_CLIP = 8.0
-"""Predicted clean values are clipped to +-8 network units (data are standardised), which
+"""Predicted clean values are clipped to +-8 (the data are normal scores, near N(0, 1)), which
 keeps early, very noisy steps from throwing samples far outside anything plausible."""
 
 
@@ -124,7 +124,7 @@ def generate(
     generator: torch.Generator | None = None,
     x0_cov: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from pure noise to an (n, dim) sample in network units.
+    """Run the reverse process from pure noise to an (n, dim) sample of normal scores.
 
     `x0_cov` (len(timesteps), dim, dim), from `x0_covariance`, adds the moment-matched
     covariance of each step; without it the sampler is the textbook one. The sample is drawn on the
