@@ -26,6 +26,9 @@ from torch import nn
 
 from normcore.diffusion import Schedule, q_sample, v_target
 from normcore.errors import DataError, Problem
+from normcore.first_stage import FirstStage
+from normcore.joint import JointModel
+from normcore.preprocessing import CovariateEncoder
 from normcore.schema import Schema, coerce_categories, validate_scoring
 
 MIN_CONTROLS = 3
@@ -151,6 +154,39 @@ def adapted_levels(
         if key in totals or not record["readapted"]:
             totals[key] = totals.get(key, PRIOR_N) + record["n_controls"]
     return [(k, code, n) for (k, code), n in totals.items()]
+
+
+def learn_site(
+    plan: AdaptationPlan,
+    schema: Schema,
+    encoder: CovariateEncoder,
+    first_stage: FirstStage,
+    joint: JointModel,
+    steps: int,
+    seed: int,
+    progress: Callable[[dict], None] | None = None,
+) -> tuple[int, int, FirstStage]:
+    """Learn the planned site into a model's parts, which must be the adapted copy's own:
+    `encoder` gains a new level in place and `joint`'s network its row (`learn_level`,
+    on the CPU, which is enough for one embedding row; then back on `joint.device`).
+    Returns (categorical index, level code, the first stage with the site's effects)."""
+    k = list(encoder.levels).index(plan.column)
+    if not plan.readapted:
+        encoder.levels[plan.column].append(plan.level)
+    code = encoder.levels[plan.column].index(plan.level) + 1
+    raw = plan.controls[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    age_z = encoder.encode_age(plan.controls[schema.age].to_numpy(dtype=np.float64))
+    codes = encoder.encode_categories(plan.controls)[0]
+    codes[:, k] = code
+    stage = first_stage.with_level(k, code, raw, age_z, codes, prior_n=PRIOR_N)
+    scores = stage.transform(raw, age_z, codes)
+    joint.net.cpu()
+    learn_level(
+        joint.net, joint.schedule, scores, age_z, codes, k, code, plan.readapted, steps, seed,
+        progress,
+    )  # fmt: skip
+    joint.net.to(joint.device)
+    return k, code, stage
 
 
 def learn_level(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +139,12 @@ def read(path: str | os.PathLike) -> bytes:
 
 @dataclass
 class SavedModel:
-    """Every fitted part of a NormativeModel, as the bundle stores it."""
+    """Every fitted part of a NormativeModel, as the bundle stores it; the model holds
+    each field but the first two as its learned attribute of the same name plus `_`."""
 
     version: str
-    created: str
     config: ModelConfig
+    created: str
     schema: Schema
     encoder: CovariateEncoder
     first_stage: FirstStage
@@ -155,6 +156,10 @@ class SavedModel:
     adaptations: list[dict]
     train_seconds: float
     fit_seconds: float
+
+    @classmethod
+    def fitted_fields(cls) -> list[str]:
+        return [f.name for f in fields(cls)][2:]
 
 
 def pack(model: SavedModel) -> bytes:

@@ -171,7 +171,8 @@ def test_fitted_model_draws_have_the_first_stage_spread_and_correlation(fitted, 
     """The model's draws over the training people's covariates have the SD (widened by
     the new-person spread) and the correlations of their first-stage scores, whatever the
     (tiny) denoiser learned."""
-    ages, codes, _ = fitted._covariates(train_df)
+    ages = train_df["age"].to_numpy(dtype=np.float64)
+    codes, _ = fitted.encoder_.encode_categories(train_df)
     age_z = fitted.encoder_.encode_age(ages)
     scores = fitted.first_stage_.transform(
         train_df[fitted.idps].to_numpy(dtype=np.float64), age_z, codes
