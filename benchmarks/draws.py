@@ -61,8 +61,8 @@ def decompose(
     def error(centiles: np.ndarray) -> float:
         return 100.0 * float(np.mean(np.abs(centiles - target)))
 
-    stage = first_stage.fit(values, age_z, codes, encoder.n_levels, np.arange(len(values)))
-    whole = error(stats.norm.cdf(first_stage.scores(stage, test_values, test_age_z, test_codes)))
+    stage = first_stage.FirstStage().fit(values, age_z, codes, encoder.n_levels)
+    whole = error(stats.norm.cdf(stage.transform(test_values, test_age_z, test_codes)))
 
     train_location, train_spread, _ = true_parts(train)
     shape = AgeShape.fit((values - train_location) / train_spread, age_z)

@@ -87,7 +87,7 @@ def one_fit(people: int, idps: int, steps: int, reference_samples: int) -> dict:
     n_combo = int(np.prod(model.encoder_.n_levels))
     sample_rows = n_combo * reference_samples
     reference_s = fit_s - model.train_seconds_
-    step_flops, _ = _flops_per_row(model.net_)
+    step_flops, _ = _flops_per_row(model.joint_.net)
     return {
         "people": people,
         "idps": idps,
