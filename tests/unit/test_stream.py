@@ -1,11 +1,15 @@
 """Chunked scoring writes exactly what whole-table scoring writes, and names file rows."""
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from normcore import data as data_module
 from normcore.cli import main
 from normcore.data import read_table
 from normcore.errors import DataError
+from normcore.export import write_csv
 from normcore.stream import count_rows, iter_chunks, score_file
 from normcore.synthetic import simulate
 
@@ -31,7 +35,7 @@ def test_streamed_scores_are_byte_identical(fitted, cohort, tmp_path, kind):
     source = tmp_path / ("cohort.parquet" if kind == "parquet" else "cohort.csv")
     _write(cohort, source, kind)
     whole, streamed = tmp_path / "whole.csv", tmp_path / "streamed.csv"
-    fitted.score(read_table(source)).to_csv(whole, index=False)
+    write_csv(fitted.score(read_table(source)), whole)
     seen = []
     summary = score_file(
         fitted, source, streamed, chunk_rows=700, progress=lambda d, t: seen.append(d)
@@ -100,3 +104,50 @@ def test_cli_streams_large_files_with_the_same_output(fitted, cohort, tmp_path, 
     err = capsys.readouterr().err
     assert "in 3 chunks" in err and "scoring: 2,500" in err
     assert streamed.read_bytes() == whole.read_bytes()
+
+
+# ------------------------------------------------------ the in-memory reader's rules
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_duplicated_idp_column_is_refused_as_read_table_refuses_it(fitted, cohort, tmp_path, kind):
+    """The streamer used to score the first of two columns with one name."""
+    twice = cohort.copy()
+    twice.insert(len(twice.columns), "copy", twice["idp_000"] + 1.0)
+    source = tmp_path / ("dup.parquet" if kind == "parquet" else "dup.csv")
+    if kind == "parquet":
+        names = [*cohort.columns, "idp_000"]
+        table = pa.Table.from_pandas(twice, preserve_index=False).rename_columns(names)
+        pq.write_table(table, source)
+    else:
+        text = twice.to_csv(index=False).replace(",copy\n", ",idp_000\n", 1)
+        source.write_text(text)
+    with pytest.raises(DataError) as in_memory:
+        read_table(source)
+    with pytest.raises(DataError) as streamed:
+        score_file(fitted, source, tmp_path / "o.csv", chunk_rows=700)
+    assert str(streamed.value) == str(in_memory.value)
+    assert "'idp_000' (columns" in str(streamed.value)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_parquet_dictionary_bomb_is_refused_per_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "MAX_UNPACKED_BYTES", 1 << 20)
+    value = pa.array(["s" * 10_000]).dictionary_encode().dictionary
+    site = pa.DictionaryArray.from_arrays(pa.array([0] * 500, pa.int32()), value)
+    source = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"age": pa.array(range(500), pa.float64()), "site": site}), source)
+    with pytest.raises(DataError, match=r"^'bomb.parquet': its values decode to 2 MB"):
+        list(iter_chunks(source, 200))  # one batch: 200 rows x 10 kB
+
+
+def test_streamed_output_cannot_run_as_a_formula(fitted, cohort, tmp_path):
+    hostile = cohort.head(1500).copy()
+    hostile["subject_id"] = "=HYPERLINK(\"http://evil.example\")" + hostile["subject_id"]
+    source, whole, streamed = tmp_path / "h.csv", tmp_path / "whole.csv", tmp_path / "s.csv"
+    hostile.to_csv(source, index=False)
+    write_csv(fitted.score(read_table(source)), whole)
+    score_file(fitted, source, streamed, chunk_rows=700)
+    assert streamed.read_bytes() == whole.read_bytes()
+    ids = pd.read_csv(streamed, dtype=str)["subject_id"]
+    assert ids.str.startswith("'=HYPERLINK").all()
