@@ -10,16 +10,42 @@ from normcore.model import NormativeModel
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
 
 
-def test_auto_is_cpu_without_a_gpu():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch as it looks on a machine with two GPUs, the first one current."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+def test_auto_is_the_cpu_without_a_gpu(no_gpu):
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+
+
+def test_auto_is_the_current_gpu_when_there_is_one(two_gpus):
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
-def test_cuda_without_a_gpu_is_a_readable_error():
-    with pytest.raises(ValueError, match="no GPU"):
-        resolve_device("cuda")
+def test_each_process_gets_its_local_rank_s_gpu(two_gpus):
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 1)  # 3 mod 2 GPUs
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)  # named wins
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
+
+
+def test_cuda_without_a_gpu_is_a_readable_error(no_gpu):
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device(name)
 
 
 def test_unknown_device_is_rejected():
