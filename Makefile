@@ -37,15 +37,16 @@ run: $(RUN_STAMP)
 		--server.address $(ADDRESS) --server.port $(PORT)
 
 # Playwright drives Debian's chromium: its own browser download is not available here.
+# The browser tests need it and fail without it, so `make test` stops first with the fix.
 chromium:
 	@if [ -x $(CHROMIUM) ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends chromium; \
 	else \
-		echo "make test: $(CHROMIUM) is missing and we are not root;" \
-			"install it with 'sudo apt-get install chromium'. Browser tests will be skipped" \
-			"(or fail when CI or NORMCORE_REQUIRE_BROWSER=1 is set)."; \
+		echo "make test: $(CHROMIUM) is missing and only root can install it;" \
+			"run 'sudo apt-get install chromium' (or 'sudo make chromium'), then 'make test'." >&2; \
+		exit 1; \
 	fi
 
 test: $(DEV_STAMP) chromium

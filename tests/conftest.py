@@ -1,4 +1,5 @@
-"""Test-wide settings and the one headless browser shared by every browser test.
+"""Test-wide settings, the bundled demo model, and the one headless browser shared by every
+browser test.
 
 Tests use small tensors, for which one torch thread is faster than two and far faster
 when the CPU is shared (OpenMP threads spin while waiting for a busy core).
@@ -6,12 +7,18 @@ when the CPU is shared (OpenMP threads spin while waiting for a busy core).
 `browser` lives here, not in tests/e2e, because tests/e2e and tests/hardening both drive
 Chromium and Playwright's sync API allows one instance per process: a session fixture in
 each directory made the second fail in a full run.
+
+Helper modules (tests/app/dashboard_app.py, tests/e2e/streamlit_browser.py, the modules
+beside tests/hardening/conftest.py) are imported by name: pyproject's pytest `pythonpath`
+puts their directories on the path. Fixtures are never imported from a conftest.
 """
 
 import os
 from pathlib import Path
 
 import pytest
+
+from normcore.demo import MODEL_PATH
 
 os.environ.setdefault("NORMCORE_THREADS", "1")
 
@@ -27,23 +34,26 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _browser_required() -> bool:
-    """In CI (or when asked) a missing browser is a failure, never a silent skip."""
-    ci = os.environ.get("CI", "").strip().lower()
-    return ci not in ("", "0", "false", "no") or os.environ.get("NORMCORE_REQUIRE_BROWSER") == "1"
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The bundled demo model the real dashboard opens on; a test that needs it fails
+    without it (it is committed; `make demo` rebuilds it)."""
+    if not MODEL_PATH.is_file():
+        pytest.fail(f"{MODEL_PATH} is missing: `make demo` rebuilds it", pytrace=False)
+    return MODEL_PATH
 
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Chromium from Debian (Playwright cannot download its own browser here)."""
+    """Headless Chromium from Debian (Playwright cannot download its own browser here).
+
+    Without it every browser test fails: `make test` installs it when run as root."""
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install it with 'apt-get install chromium'"
-        if _browser_required():
-            pytest.fail(
-                message + " (a browser is required when CI or NORMCORE_REQUIRE_BROWSER=1 is set)",
-                pytrace=False,
-            )
-        pytest.skip(message)
+        pytest.fail(
+            f"{CHROMIUM} is missing: install it with 'apt-get install chromium' "
+            "(`make test` does so when run as root)",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
