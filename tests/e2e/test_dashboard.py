@@ -1,24 +1,20 @@
 """The dashboard in headless Chromium: first chart, every page, upload-map-score-download, profile.
 
-Timings (first centile chart after page load, each page switch once cached) are written to
-test-artifacts/timings.json and screenshots of every page to test-artifacts/screenshots/.
+Screenshots of every page go to test-artifacts/screenshots/. How fast the first chart and
+the page switches come is measured by benchmarks, not asserted here.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from playwright.sync_api import Page, expect
-from streamlit_browser import ARTIFACTS, REPO_ROOT, save_screenshot, wait_for_app
+from streamlit_browser import REPO_ROOT, save_screenshot, wait_for_app
 
 # The e2e server always runs on the bundled demo (conftest drops NORMCORE_DEMO_DIR).
-DEMO_DIR = REPO_ROOT / "assets" / "demo"
-DEMO_TEST = DEMO_DIR / "fcon1000_test.csv"
+DEMO_TEST = REPO_ROOT / "assets" / "demo" / "fcon1000_test.csv"
 CHART = '[data-testid="stPlotlyChart"] .js-plotly-plot'
 PAGES = [
     "Dependence",
@@ -31,78 +27,54 @@ PAGES = [
     "Centile fans",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not (DEMO_DIR / "fcon1000.normcore").exists(),
-    reason="the demo model is not built (make demo)",
-)
-
-
-def record(name: str, seconds: float | dict[str, float]) -> None:
-    path = ARTIFACTS / "timings.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = (
-        {k: round(v, 2) for k, v in seconds.items()}
-        if isinstance(seconds, dict)
-        else round(seconds, 2)
-    )
-    path.write_text(json.dumps(data, indent=2))
-
 
 def no_exception(page: Page) -> None:
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
 
 
-def open_page(page: Page, title: str) -> float:
-    """Click a sidebar link and return the seconds until the new page is idle.
+def open_page(page: Page, title: str) -> None:
+    """Click a sidebar link and wait until the new page is drawn and idle.
 
     The page's own heading must show before the app's idle state counts: on a slow CPU
     the rerun can start later than any fixed settle time, and the previous page's idle
-    state then ended the wait early, charging the real work to the next switch (a first
-    visit of 0.55 s, then a "cached" one of 4.8 s).
+    state would then end the wait before the new page had run.
     """
-    start = time.monotonic()
     page.locator('[data-testid="stSidebarNavLink"]', has_text=title).first.click()
     heading = page.locator('[data-testid="stHeading"]', has_text=re.compile(f"^{re.escape(title)}"))
     expect(heading.first).to_be_visible(timeout=180_000)
     wait_for_app(page, timeout_ms=180_000, settle_ms=100)
-    return time.monotonic() - start
-
-
-FIRST_CHART_CEILING_S = 10.0
-"""Issue 4's target. serve.py imports torch and the rest before the first visitor:
-3.2 s on the 2-core AMD EPYC of 2026-12-01 (13.6 s when the first visit paid for them)."""
 
 
 def test_first_chart_then_every_page(app_url, page):
-    start = time.monotonic()
     page.goto(app_url)
     expect(page.locator(CHART).first).to_be_visible(timeout=60_000)
-    first_chart = time.monotonic() - start
-    record("first_centile_chart_s", first_chart)
     wait_for_app(page)
     no_exception(page)
     save_screenshot(page, "centile-fans")
-    assert first_chart < FIRST_CHART_CEILING_S, f"first centile chart took {first_chart:.1f} s"
 
-    first_visit, second_visit = {}, {}
     for title in PAGES:
-        first_visit[title] = open_page(page, title)
+        open_page(page, title)
         no_exception(page)
         save_screenshot(page, title.lower().replace(" ", "-"))
-    for title in PAGES:
-        second_visit[title] = open_page(page, title)
-    record("page_first_visit_s", first_visit)
-    record("page_cached_visit_s", second_visit)
-    # a control change on the fan page, once cached
+    for title in PAGES:  # a second visit, served from the caches, draws the page again
+        open_page(page, title)
+        no_exception(page)
+    # another sex on the fan page draws other medians
+    before = medians(page)
     box = page.locator('[data-testid="stSelectbox"]', has_text="sex")
     box.click()
     page.get_by_role("option").nth(1).click()
-    start = time.monotonic()
     wait_for_app(page, settle_ms=100)
-    record("fan_sex_switch_s", time.monotonic() - start + 0.1)
     no_exception(page)
-    slow = {k: v for k, v in second_visit.items() if v > 3.0}
-    assert not slow, f"cached page switches slower than 3 s: {slow}"
+    after = medians(page)
+    assert len(after) == len(before) > 0 and after != before
+
+
+def medians(page: Page) -> list[str]:
+    """The median line of each panel of the first chart, as the browser's Plotly holds it."""
+    return page.locator(CHART).first.evaluate(
+        "div => div.data.filter(t => t.name === 'median').map(t => JSON.stringify(t.y))"
+    )
 
 
 def choose(page: Page, label: str, option: str) -> None:

@@ -5,14 +5,13 @@ its navigation once; without the guard in pages/common.py the page ran alone, wi
 sidebar listing every file of pages/ and no model panel.
 """
 
-from conftest import streamlit_server
 from playwright.sync_api import expect
-from streamlit_browser import save_screenshot, wait_for_app
+from streamlit_browser import save_screenshot, streamlit_server, wait_for_app
 
 
-def test_first_request_to_a_page_address_gets_the_whole_dashboard(page):
-    with streamlit_server("deep-link-server.log") as url:
-        page.goto(f"{url}/data")
+def test_first_request_to_a_page_address_gets_the_whole_dashboard(page, demo_server_env):
+    with streamlit_server("deep-link-server.log", demo_server_env) as server:
+        page.goto(f"{server.url}/data")
         wait_for_app(page)
         expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
         nav = page.locator('[data-testid="stSidebarNav"]')

@@ -14,10 +14,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SPEC
 from privacy import files_holding, now, planted_cohort
 from streamlit.testing.v1 import AppTest
+from synthetic_world import SPEC
 
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ".streamlit" / "config.toml"
 
 

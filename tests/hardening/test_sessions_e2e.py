@@ -1,29 +1,26 @@
 """Two people on one dashboard at once, in headless Chromium against a real server.
 
 Each uploads a different cohort (ids carry a random tag) and must see only their own;
-while one trains a model, the other's page switches and control changes are timed
-(test-artifacts/sessions.json). Afterwards the server's HOME, TMPDIR and the repository
-are searched for the uploaded values, and the server's TCP peers, the trap proxy and the
-browsers' requests are checked for anything leaving the machine.
+while one trains a model, the other keeps switching pages and changing controls, and
+each of those is served in full (how fast is benchmarks' to measure). Afterwards the
+server's HOME, TMPDIR and the repository are searched for the uploaded values, and the
+server's TCP peers, the trap proxy and the browsers' requests are checked for anything
+leaving the machine.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
-from conftest import REPO, SPEC, Server, is_loopback
 from playwright.sync_api import BrowserContext, Page, expect
 from privacy import Planted, files_holding, planted_cohort
-from streamlit_browser import ARTIFACTS, wait_for_app
-
-#: Generous: on the shared 2-core CI machine an idle page switch takes well under 2 s.
-MAX_RESPONSE_S = 15.0
-MAX_MEDIAN_RESPONSE_S = 6.0
+from sandbox import Server, is_loopback
+from streamlit_browser import REPO_ROOT, wait_for_app
+from synthetic_world import SPEC
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +66,14 @@ def no_exception(page: Page) -> None:
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
 
 
-def timed(page: Page, action) -> float:
-    start = time.monotonic()
+def served(page: Page, action: Callable[[], None], heading: str | None) -> None:
+    """Do `action`, wait until the app has finished it, and check what it drew."""
     action()
     wait_for_app(page, timeout_ms=120_000, settle_ms=100)
-    return time.monotonic() - start
+    no_exception(page)
+    if heading is not None:
+        title = page.locator('[data-testid="stHeading"]', has_text=re.compile(f"^{heading}"))
+        expect(title.first).to_be_visible()
 
 
 def nav(page: Page, title: str) -> None:
@@ -87,20 +87,21 @@ def fill(page: Page, key: str, value: str) -> None:
     wait_for_app(page)
 
 
-def other_user_actions(page: Page) -> list[tuple[str, callable]]:
-    """What the other person does: switch pages, change a control on the fan page."""
+def other_user_actions(page: Page) -> list[tuple[Callable[[], None], str | None]]:
+    """What the other person does, and the heading each action must leave on the page:
+    switch pages, change a control on the fan page."""
     return [
-        ("open Centile fans", lambda: nav(page, "Centile fans")),
-        ("fan columns 1", lambda: page.locator(".st-key-fan_cols label", has_text="1").click()),
-        ("fan columns 3", lambda: page.locator(".st-key-fan_cols label", has_text="3").click()),
-        ("open Data", lambda: nav(page, "Data")),
-        ("open Cohort", lambda: nav(page, "Cohort")),
-        ("open Teach", lambda: nav(page, "Teach")),
+        (lambda: nav(page, "Centile fans"), "Centile fans"),
+        (lambda: page.locator(".st-key-fan_cols label", has_text="1").click(), "Centile fans"),
+        (lambda: page.locator(".st-key-fan_cols label", has_text="3").click(), "Centile fans"),
+        (lambda: nav(page, "Data"), "Data"),
+        (lambda: nav(page, "Cohort"), "Cohort"),
+        (lambda: nav(page, "Teach"), "Teach"),
     ]
 
 
 @pytest.mark.timeout(420)
-def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
+def test_two_users_see_their_own_data_and_one_is_served_while_the_other_trains(
     sandboxed_server: Server, users: dict[str, Page], cohorts: dict[str, Planted]
 ) -> None:
     for page in users.values():
@@ -138,12 +139,6 @@ def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
         wait_for_app(page)
         sees_only_own(name, page)
 
-    # the other person's responses with nobody training, for comparison (caches warmed
-    # by a first round, as they are during training)
-    for _, act in other_user_actions(bravo):
-        timed(bravo, act)
-    idle = {label: timed(bravo, act) for label, act in other_user_actions(bravo)}
-
     nav(alpha, "Model")
     wait_for_app(alpha)
     alpha.get_by_text("Advanced options").click()
@@ -154,15 +149,12 @@ def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
     alpha.locator(".st-key-train_start button").click()
     expect(alpha.get_by_text("Training: epoch")).to_be_visible(timeout=60_000)
 
-    busy: dict[str, float] = {}
     rounds = 0
     while "Training: epoch" in body(alpha) and rounds < 3:
-        for label, act in other_user_actions(bravo):
-            busy[f"{label} #{rounds + 1}"] = timed(bravo, act)
-            no_exception(bravo)
+        for act, heading in other_user_actions(bravo):
+            served(bravo, act, heading)
         rounds += 1
-    assert busy, "training ended before the other person did anything"
-    during_training = len(busy)
+    assert rounds, "training ended before the other person did anything"
 
     expect(alpha.get_by_text("Training finished")).to_be_visible(timeout=240_000)
     nav(alpha, "Cohort")
@@ -175,19 +167,6 @@ def test_two_users_see_their_own_data_and_training_does_not_freeze_the_other(
     assert f"Scoring {len(cohorts['bravo'].table)} people" in text, text[:800]
     assert "Trained this session" not in text  # the other person's model stays theirs
 
-    figures = {
-        "idle_s": {k: round(v, 2) for k, v in idle.items()},
-        "while_other_trains_s": {k: round(v, 2) for k, v in busy.items()},
-        "actions_during_training": during_training,
-        "max_while_training_s": round(max(busy.values()), 2),
-        "median_while_training_s": round(statistics.median(busy.values()), 2),
-        "median_idle_s": round(statistics.median(idle.values()), 2),
-    }
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "sessions.json").write_text(json.dumps(figures, indent=2))
-    assert max(busy.values()) < MAX_RESPONSE_S, figures
-    assert statistics.median(busy.values()) < MAX_MEDIAN_RESPONSE_S, figures
-
 
 @pytest.mark.timeout(120)
 def test_server_kept_nothing_and_sent_nothing(
@@ -197,7 +176,7 @@ def test_server_kept_nothing_and_sent_nothing(
     """Runs after the two-user session (same module-scoped server and browsers)."""
     time.sleep(0.5)  # one more /proc sample after the last page
     hits = files_holding(
-        cohorts.values(), [REPO, sandboxed_server.home, sandboxed_server.tmp],
+        cohorts.values(), [REPO_ROOT, sandboxed_server.home, sandboxed_server.tmp],
         since=sandboxed_server.started,
     )
     assert not hits, f"uploaded values found on disk: {hits}"

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SPEC, TINY
+from synthetic_world import SCHEMA, SPEC, TINY
 
-from normcore import NormativeModel, Schema
-from normcore.synthetic import idp_names, simulate
-
-SCHEMA = Schema(
-    age="age", categorical=("sex", "site"), idps=tuple(idp_names(SPEC)), id="subject_id"
-)
+from normcore import NormativeModel
+from normcore.synthetic import simulate
 
 
 @pytest.fixture
