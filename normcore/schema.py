@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from normcore import plausibility
 from normcore.errors import DataError, Problem
 
 __all__ = [
@@ -381,16 +382,48 @@ def _duplicate_id_problems(df: pd.DataFrame, column: str,
     return problems
 
 
+def _left_out_problems(df: pd.DataFrame, schema: Schema) -> list[Problem]:
+    """Warnings naming the columns no role uses that look like measures left out for a
+    reason the user may not know: empty, or one value in every row (what `Schema.infer`
+    leaves out of the default IDPs). A column is never dropped without being named."""
+    used = {schema.age, *schema.categorical, *schema.idps, *([schema.id] if schema.id else [])}
+    problems = []
+    for name in df.columns:
+        if name in used:
+            continue
+        values = _to_numbers(df[name])[0]
+        finite = values[np.isfinite(values)]
+        if len(df) and _missing_mask(df[name]).all():
+            problems.append(Problem(
+                "warning", name, (),
+                "this column is empty in every row, so it is not used as a brain measure. "
+                "If it should hold values (an eTIV column, say), fill it in.",
+            ))
+        elif len(df) > 1 and finite.size == len(df) and np.unique(finite).size == 1:
+            problems.append(Problem(
+                "warning", name, (),
+                f"every row holds the same value ({finite[0]:g}), so this column is not "
+                "used as a brain measure.",
+            ))
+    return problems
+
+
 # ------------------------------------------------------------------------- public API
 
 
-def validate_training(df: pd.DataFrame, schema: Schema) -> ValidationReport:
+def validate_training(
+    df: pd.DataFrame, schema: Schema, keep_outliers: bool = False
+) -> ValidationReport:
     """Check a table before fitting; every finding names the column and rows.
 
     Errors stop training: a missing column, a non-numeric, missing or infinite cell in age
-    or an IDP, an age outside 0-120 years, a constant IDP, a repeated subject id, a missing
-    category, or fewer than MIN_TRAINING_ROWS rows. Warnings (a category level with very
-    few rows, missing ids, a single age) do not.
+    or an IDP, an age outside 0-120 years, a constant IDP, a value that cannot be real
+    (`plausibility.training_problems`: zero or negative volumes, thicknesses and areas,
+    gross outliers, values too large to compute with), a repeated subject id, a missing
+    category, or fewer than MIN_TRAINING_ROWS rows. With `keep_outliers` the zero,
+    negative and outlying values the user vouches for are warnings instead. Warnings (a
+    category level with very few rows, missing ids, a single age, a column left out of
+    the model because it is empty or constant) do not stop it.
     """
     columns = [str(c) for c in df.columns]
     df = df.set_axis(columns, axis=1)
@@ -418,12 +451,21 @@ def validate_training(df: pd.DataFrame, schema: Schema) -> ValidationReport:
         cell, values = _cell_problems(df, name)
         problems += cell
         finite = values[np.isfinite(values)]
-        if len(df) > 1 and finite.size and np.unique(finite).size == 1:
+        if not finite.size and len(df):
+            problems.append(Problem(
+                "error", name, (),
+                "the column is empty: no row holds a value. Fill it in, or remove it from "
+                "the brain measures.",
+            ))
+        elif len(df) > 1 and np.unique(finite).size == 1:
             problems.append(Problem(
                 "error", name, (),
                 f"every usable value is the same ({finite[0]:g}); a norm cannot be learned "
                 "from a constant. Remove this column from the brain measures.",
             ))
+        else:
+            problems += plausibility.training_problems(name, values, keep_outliers)
+    problems += _left_out_problems(df, schema)
     for name in schema.categorical:
         if name not in columns:
             continue
@@ -448,14 +490,20 @@ def validate_scoring(
     schema: Schema,
     age_range: tuple[float, float],
     levels: Mapping[str, Sequence[str]],
+    idp_centre: Sequence[float] | None = None,
+    site_ages: tuple[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> ValidationReport:
     """Check a table before scoring it with a model trained on `schema`.
 
     The same cell checks as for training, for the covariates and IDPs. Things the model
     can still answer, but less specifically, are warnings naming the rows: an age outside
-    the training `age_range` (scored and flagged, an extrapolation), and a category level
-    absent from `levels` (scored with the model's 'unknown' level). A missing id column
-    is only a warning; there is no minimum number of rows beyond one.
+    the training `age_range` (scored and flagged, an extrapolation), an age outside the
+    training ages of the person's own site (`site_ages`: the site column and each site's
+    (youngest, oldest)), and a category level absent from `levels` (scored with the
+    model's 'unknown' level). Values no real person has
+    (`plausibility.implausible_cells`, with `idp_centre` the IDPs' training means) are
+    warnings: the model flags them and gives them no centile. A missing id column is only
+    a warning; there is no minimum number of rows beyond one.
     """
     columns = [str(c) for c in df.columns]
     df = df.set_axis(columns, axis=1)
@@ -486,9 +534,20 @@ def validate_scoring(
                 f"{_quote_values(ages[outside])}. These people are scored, but the model is "
                 "extrapolating, so their results are flagged and less reliable.",
             ))
-    for name in schema.idps:
-        if name in columns and name != schema.age:
-            problems += _cell_problems(df, name)[0]
+        if site_ages is not None and site_ages[0] in columns:
+            inside = ~outside & (ages >= low) & (ages <= high)
+            problems += _site_age_problems(df, schema.age, ages, inside, *site_ages)
+    scored = [name for name in schema.idps if name in columns and name != schema.age]
+    cells = [_cell_problems(df, name) for name in scored]
+    for cell, _ in cells:
+        problems += cell
+    if scored and len(df):
+        values = np.column_stack([finite for _, finite in cells])
+        centre = None
+        if idp_centre is not None:
+            position = {name: j for j, name in enumerate(schema.idps)}
+            centre = np.array([idp_centre[position[name]] for name in scored])
+        problems += plausibility.implausible_cells(values, scored, centre)[1]
     for name in schema.categorical:
         if name not in columns:
             continue
@@ -505,6 +564,27 @@ def validate_scoring(
     if schema.id is not None and schema.id in columns:
         problems += _duplicate_id_problems(df, schema.id, "warning")
     return ValidationReport(problems)
+
+
+def _site_age_problems(
+    df: pd.DataFrame, age: str, ages: np.ndarray, inside: np.ndarray, column: str,
+    ranges: Mapping[str, Sequence[float]],
+) -> list[Problem]:
+    """Warnings for ages `inside` the training range but outside the training ages of the
+    person's own site (the others have their own warning)."""
+    sites = coerce_categories(df[column])
+    outside = inside & plausibility.outside_site_ages(ages, sites.tolist(), ranges)
+    problems = []
+    for site in dict.fromkeys(sites[outside]):
+        rows = outside & (sites == site).to_numpy(dtype=bool, na_value=False)
+        lo, hi = (float(v) for v in ranges[site])
+        problems.append(Problem(
+            "warning", age, _rows(rows),
+            f"ages outside the training ages of {column} '{site}' ({lo:g} to {hi:g} years): "
+            f"{_quote_values(ages[rows])}. Their norms come from other sites' people of that "
+            "age, so these results are flagged (out_of_site_age_range).",
+        ))
+    return problems
 
 
 def _category_text(value: Any) -> Any:
