@@ -145,7 +145,7 @@ def evaluate(
         seconds[step] = round(now - since, 3)
         return now
 
-    schema = model.schema_
+    schema = model.schema
     idps = list(schema.idps)
     df = df.reset_index(drop=True)
     covariates = _covariate_frame(df, schema)
@@ -267,12 +267,12 @@ def _generate(model: Any, covariates: pd.DataFrame, n_generated: int, seed: int)
 
 
 def _model_info(model: Any) -> dict:
-    training = model.training_
+    training = model.training_summary
     return {
         "backbone": model.config.backbone,
         "n_train": training.get("n"),
         "age_range": training.get("age_range"),
-        "created": getattr(model, "created_", None),
+        "created": model.created,
     }
 
 

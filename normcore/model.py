@@ -23,10 +23,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from normcore import adapt as adaptation
-from normcore import bundle
+from normcore import bundle, outputs
 from normcore.config import ModelConfig
 from normcore.denoisers import build_denoiser
 from normcore.device import resolve_device
@@ -109,12 +108,10 @@ class NormativeModel:
 
     # ------------------------------------------------------------------ fitting
     def fit(
-        self,
-        df: pd.DataFrame,
-        schema: Schema | None = None,
+        self, df: pd.DataFrame, schema: Schema | None = None,
         progress: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> NormativeModel:
+    ) -> NormativeModel:  # fmt: skip
         """Validate `df`, fit the first stage, train the denoiser, tabulate the reference."""
         schema = schema or Schema.infer(df)
         validate_training(df, schema).raise_for_errors()
@@ -123,20 +120,20 @@ class NormativeModel:
         with torch_threads(self.threads):
             torch.manual_seed(cfg.seed)  # the network's initial weights
             encoder = CovariateEncoder.fit(df, schema)
-            values = df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+            n_levels = encoder.n_levels
+            values = _idp_values(df, schema)
             ages = df[schema.age].to_numpy(dtype=np.float64)
             age_z, (codes, _) = encoder.encode_age(ages), encoder.encode_categories(df)
             val_rows, train_rows = validation_split(len(values), cfg.train, cfg.seed)
             # The network, the sampler's corrections and the deviation calibration are
             # measured on validation rows through a first stage that has not seen them, so
             # that those estimates are not optimistic (benchmarks/RESULTS.md).
-            split_stage = FirstStage().fit(values, age_z, codes, encoder.n_levels, train_rows)
+            split_stage = FirstStage().fit(values, age_z, codes, n_levels, train_rows)
             split_scores = split_stage.transform(values, age_z, codes)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = build_denoiser(
-                cfg.backbone, len(schema.idps), encoder.n_levels, cfg.diffusion_steps,
-                **cfg.network,
-            ).to(device)  # fmt: skip
+                cfg.backbone, len(schema.idps), n_levels, cfg.diffusion_steps, **cfg.network
+            ).to(device)
             net, history = train_denoiser(
                 net, schedule, split_scores, age_z, codes, cfg.train, val_rows, train_rows,
                 seed=cfg.seed, progress=progress, should_stop=should_stop, device=device,
@@ -145,30 +142,25 @@ class NormativeModel:
             # The margins the model keeps come from a first stage fitted on every row: the
             # network learned near-standard-normal scores and their dependence, which more
             # people leave as they were, while each IDP's mean, spread and shape gain.
-            stage = FirstStage().fit(values, age_z, codes, encoder.n_levels)
+            stage = FirstStage().fit(values, age_z, codes, n_levels)
             scores = stage.transform(values, age_z, codes)
+            spread = new_person_spread(values, age_z, codes, n_levels, cfg.seed, inside=scores)
             joint = JointModel.calibrate(
                 net, schedule, sampling_steps=cfg.sampling_steps, eta=cfg.eta, device=device,
                 seed=cfg.seed, split_scores=split_scores, kept_scores=scores, age_z=age_z,
-                codes=codes, val_rows=val_rows, train_rows=train_rows,
-                spread=new_person_spread(
-                    values, age_z, codes, encoder.n_levels, cfg.seed, inside=scores
-                ),
+                codes=codes, val_rows=val_rows, train_rows=train_rows, spread=spread,
             )  # fmt: skip
             train_seconds = time.perf_counter() - start
             reference = build_reference(
-                _sampler(joint, encoder, adapted=()), _age_range(ages), encoder.n_levels,
+                _sampler(joint, encoder, adapted=()), _age_range(ages), n_levels,
                 joint.spread.quantiles(PROBABILITY_LEVELS),
                 samples_per_combination=cfg.reference_samples, grid_points=cfg.grid_points,
-                seed=cfg.seed, parallel=parallel, first_stage_margins=_known(encoder.n_levels),
+                seed=cfg.seed, parallel=parallel, first_stage_margins=_known(n_levels),
                 progress=None if progress is None
                 else lambda f: progress({"phase": "reference", "fraction": f}),
             )  # fmt: skip
-            calibration = (0.0, 1.0)
-            if len(val_rows) >= MIN_DEVIATION_ROWS:
-                v = val_rows  # split-stage scores: the kept first stage has seen these people
-                z, _ = _reference_z(reference, split_scores[v], ages[v], codes[v])
-                calibration = deviation_calibration(reference, codes[v], z)
+            # Split-stage scores: the kept first stage has seen the validation people.
+            calibration = _calibrate_deviation(reference, split_scores, ages, codes, val_rows)
         self.schema_, self.encoder_, self.first_stage_, self.joint_ = schema, encoder, stage, joint
         self.reference_, self.deviation_calibration_ = reference, calibration
         self.training_, self.history_, self.adaptations_ = _summary(df, schema), history, []
@@ -180,8 +172,8 @@ class NormativeModel:
     # --------------------------------------------------------- public read-only views
     @property
     def schema(self) -> Schema:
-        self._check_fitted()
-        return self.schema_
+        """The columns the model was fitted on: age, categorical covariates, IDPs, id."""
+        return self._fitted().schema_
 
     @property
     def idps(self) -> list[str]:
@@ -190,54 +182,57 @@ class NormativeModel:
     @property
     def levels(self) -> dict[str, list[str]]:
         """Known levels of each categorical covariate (code i + 1 is level i)."""
-        self._check_fitted()
-        return {col: list(lv) for col, lv in self.encoder_.levels.items()}
+        return {col: list(lv) for col, lv in self._fitted().encoder_.levels.items()}
 
     @property
     def age_range(self) -> tuple[float, float]:
         """Youngest and oldest training ages (years)."""
-        self._check_fitted()
-        lo, hi = self.training_["age_range"]
+        lo, hi = self._fitted().training_["age_range"]
         return float(lo), float(hi)
 
     @property
     def training_summary(self) -> dict:
         """n, age_range, idps, level_counts and level_age_ranges of the training table."""
-        self._check_fitted()
-        return copy.deepcopy(self.training_)
+        return copy.deepcopy(self._fitted().training_)
 
     @property
     def history(self) -> list[dict]:
-        self._check_fitted()
-        return copy.deepcopy(self.history_)
+        """The training log: epoch, step, loss, val_loss and seconds at each evaluation."""
+        return copy.deepcopy(self._fitted().history_)
 
     @property
     def adaptations(self) -> list[dict]:
         """One record per adaptation (see adapt.AdaptationPlan.record), oldest first."""
-        self._check_fitted()
-        return copy.deepcopy(self.adaptations_)
+        return copy.deepcopy(self._fitted().adaptations_)
 
     @property
     def fit_seconds(self) -> float:
-        self._check_fitted()
-        return self.fit_seconds_
+        """Wall time of `fit`: training plus the reference table."""
+        return self._fitted().fit_seconds_
+
+    @property
+    def created(self) -> str:
+        """When the model was fitted (ISO 8601, UTC, to the second)."""
+        return self._fitted().created_
 
     @property
     def corrections(self) -> dict:
         """What the fit measured to correct the draws: `moment_map` (matrix, offset),
         `new_person_spread` (scale, dof), `deviation_calibration` (shift, spread)."""
-        self._check_fitted()
+        joint = self._fitted().joint_
         return {
-            "moment_map": tuple(a.copy() for a in self.joint_.moment_map),
-            "new_person_spread": self.joint_.spread,
+            "moment_map": tuple(a.copy() for a in joint.moment_map),
+            "new_person_spread": joint.spread,
             "deviation_calibration": self.deviation_calibration_,
         }
 
-    def _check_fitted(self) -> None:
+    def _fitted(self) -> NormativeModel:
+        """This model, once fitted; NotFittedError before."""
         if not hasattr(self, "reference_"):
             raise NotFittedError(
                 "This model is not fitted yet: call fit() or NormativeModel.load() first."
             )
+        return self
 
     # ----------------------------------------------------------------- sampling
     def _sample_scores(
@@ -258,15 +253,12 @@ class NormativeModel:
         `centiles` and `score` take each IDP's margins from the first stage instead (see
         `reference.build_reference`), so per-IDP quantiles of many draws can differ from
         `centiles` by the denoiser's error (benchmarks/RESULTS.md, engine)."""
-        self._check_fitted()
-        ages, codes, _ = _covariates(covariates, self.schema_, self.encoder_)
+        ages, codes, _ = _covariates(covariates, self.schema, self.encoder_)
         rows = np.repeat(np.arange(len(covariates)), n)
         with torch_threads(self.threads):
             scores = self._sample_scores(ages[rows], codes[rows], seed=seed)
             y = self._to_values(scores, ages[rows], codes[rows])
-        out = _wide(covariates, self.schema_, rows)
-        out.insert(0, "grid_row", rows)
-        return pd.concat([out, pd.DataFrame(y, columns=self.idps)], axis=1)
+        return outputs.sample_table(covariates, self.schema_, rows, y)
 
     def centiles(
         self, covariates: pd.DataFrame, quantiles: Sequence[float] = DEFAULT_QUANTILES
@@ -275,41 +267,32 @@ class NormativeModel:
 
         Columns: the covariate columns given, `idp`, `quantile` (0-1), `value`.
         """
-        self._check_fitted()
-        probs = np.asarray(quantiles, dtype=np.float64)
-        if probs.size == 0 or np.any((probs <= 0) | (probs >= 1)):
-            raise ValueError("quantiles must lie strictly between 0 and 1, e.g. 0.02,0.5,0.98")
-        ages, codes, _ = _covariates(covariates, self.schema_, self.encoder_)
+        ages, codes, _ = _covariates(covariates, self.schema, self.encoder_)
+        probs = _probabilities(quantiles)
         q, _ = self.reference_.lookup(codes, ages)
         scores = scores_at(q, probs)  # (n, P, D)
         n, p, d = scores.shape
         at = np.repeat(np.arange(n), p)
         vals = self._to_values(scores.reshape(n * p, d), ages[at], codes[at]).reshape(n, p, d)
-        long = _wide(covariates, self.schema_, np.repeat(np.arange(n), d * p))
-        long["idp"] = np.tile(np.repeat(np.array(self.schema_.idps, dtype=object), p), n)
-        long["quantile"] = np.tile(probs, n * d)
-        long["value"] = vals.transpose(0, 2, 1).reshape(-1)
-        return long
+        return outputs.centile_table(covariates, self.schema_, probs, vals)
 
     # ----------------------------------------------------------------- scoring
     def check(self, df: pd.DataFrame) -> ValidationReport:
         """Validate a table for scoring: errors block it, warnings are flagged per row."""
         return validate_scoring(df, self.schema, self.age_range, self.encoder_.levels)
 
-    def _z(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Per row of a checked table: z within the reference, its effective sample size,
-        codes and flags."""
+    def _place(self, df: pd.DataFrame) -> outputs.PlacedRows:
+        """Check a table, then place its people in the reference table (z per IDP)."""
         self.check(df).raise_for_errors()
         ages, codes, unseen = _covariates(df, self.schema_, self.encoder_)
-        y = df[self.idps].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+        y = _idp_values(df, self.schema_)
         scores = self.first_stage_.transform(y, self.encoder_.encode_age(ages), codes)
         z, n_eff = _reference_z(self.reference_, scores, ages, codes)
         lo, hi = self.age_range
-        names = np.array(list(self.encoder_.levels), dtype=object)
-        unseen_txt = [",".join(names[m]) for m in unseen] if len(names) else [""] * len(y)
-        return {"y": y, "z": z, "n_eff": n_eff, "codes": codes,
-                "out_of_age_range": (ages < lo) | (ages > hi),
-                "unseen": np.array(unseen_txt, dtype=object)}  # fmt: skip
+        return outputs.PlacedRows(
+            y, z, n_eff, codes, out_of_age_range=(ages < lo) | (ages > hi),
+            unseen_levels=outputs.unseen_text(list(self.encoder_.levels), unseen),
+        )  # fmt: skip
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
         """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
@@ -319,19 +302,8 @@ class NormativeModel:
         (categorical covariates scored with the 'unknown' level), `beyond_reference`
         (|z| > 3: an extrapolated tail). z is clipped to +-6.
         """
-        r = self._z(df)
-        n, d = r["z"].shape
-        p = stats.norm.cdf(r["z"])
-        out = _rows(df, self.schema_, n, d)
-        out["idp"] = np.tile(np.array(self.schema_.idps, dtype=object), n)
-        out["value"] = r["y"].reshape(-1)
-        out["centile"] = 100.0 * p.reshape(-1)
-        out["z"] = r["z"].reshape(-1)
-        out["centile_se"] = (100.0 * np.sqrt(p * (1 - p) / r["n_eff"][:, None])).reshape(-1)
-        out["out_of_age_range"] = np.repeat(r["out_of_age_range"], d)
-        out["unseen_levels"] = np.repeat(r["unseen"], d)
-        out["beyond_reference"] = (np.abs(r["z"]) > 3.0).reshape(-1)
-        return out
+        placed = self._place(df)
+        return outputs.score_table(df, self.schema_, placed)
 
     def deviation(self, df: pd.DataFrame) -> pd.DataFrame:
         """One multivariate deviation per person: how unusual the whole IDP profile is.
@@ -341,27 +313,17 @@ class NormativeModel:
         same categorical covariates (100 = more unusual than every sample), recalibrated
         by the shift and spread measured on validation people at fit time.
         """
-        r = self._z(df)
+        placed = self._place(df)
         d2, centile = mahalanobis_centile(
-            self.reference_, r["codes"], r["z"], self.deviation_calibration_
+            self.reference_, placed.codes, placed.z, self.deviation_calibration_
         )
-        out = _rows(df, self.schema_, len(d2), 1)
-        out["n_idps"] = r["z"].shape[1]
-        out["mahalanobis"] = d2
-        out["deviation_centile"] = centile
-        out["out_of_age_range"] = r["out_of_age_range"]
-        out["unseen_levels"] = r["unseen"]
-        return out
+        return outputs.deviation_table(df, self.schema_, placed, d2, centile)
 
     # -------------------------------------------------------------- adaptation
     def adapt(
-        self,
-        controls: pd.DataFrame,
-        site: str | None = None,
-        column: str | None = None,
-        steps: int = 400,
-        progress: Callable[[dict], None] | None = None,
-    ) -> NormativeModel:
+        self, controls: pd.DataFrame, site: str | None = None, column: str | None = None,
+        steps: int = 400, progress: Callable[[dict], None] | None = None,
+    ) -> NormativeModel:  # fmt: skip
         """A copy of this model adapted to one site from a table of its healthy controls
         (see normcore.adapt: what is checked, what is learned, what stays frozen). That
         site's share of the reference table is then rebuilt; the copy records the
@@ -374,15 +336,9 @@ class NormativeModel:
         new.adaptations_ = [*self.adaptations_, plan.record(steps)]
         with torch_threads(self.threads):
             k, code, new.first_stage_ = adaptation.learn_site(
-                plan,
-                self.schema_,
-                new.encoder_,
-                new.first_stage_,
-                new.joint_,
-                steps,
-                self.config.seed,
-                progress,
-            )
+                plan, self.schema_, new.encoder_, new.first_stage_, new.joint_, steps,
+                self.config.seed, progress,
+            )  # fmt: skip
             new.reference_ = with_level(
                 new.reference_, new._sample_scores, column=k, code=code,
                 prior=new.joint_.spread.quantiles(PROBABILITY_LEVELS),
@@ -394,7 +350,7 @@ class NormativeModel:
     # ------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
         """The model as one bundle (see normcore.bundle)."""
-        self._check_fitted()
+        self._fitted()
         parts = {name: getattr(self, f"{name}_") for name in bundle.SavedModel.fitted_fields()}
         return bundle.pack(bundle.SavedModel(__version__, self.config, **parts))
 
@@ -436,18 +392,17 @@ def _covariates(
     return ages, codes, unseen
 
 
-def _wide(covariates: pd.DataFrame, schema: Schema, rows: np.ndarray) -> pd.DataFrame:
-    """The model's covariate columns present in `covariates`, at `rows` (positions)."""
-    cov_cols = [c for c in schema.covariates if c in covariates.columns]
-    return covariates[cov_cols].iloc[rows].reset_index(drop=True)
+def _idp_values(df: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """(n, D) raw values of the schema's IDPs in a validated table."""
+    return df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
 
 
-def _rows(df: pd.DataFrame, schema: Schema, n: int, repeat: int) -> pd.DataFrame:
-    """The `row` column (and the id column, if any) of a result, each row `repeat` times."""
-    out = pd.DataFrame({"row": np.repeat(np.arange(n), repeat)})
-    if schema.id and schema.id in df.columns:
-        out[schema.id] = np.repeat(df[schema.id].astype(str).to_numpy(), repeat)
-    return out
+def _probabilities(quantiles: Sequence[float]) -> np.ndarray:
+    """`quantiles` as probability levels, refused unless all lie strictly inside (0, 1)."""
+    probs = np.asarray(quantiles, dtype=np.float64)
+    if probs.size == 0 or np.any((probs <= 0) | (probs >= 1)):
+        raise ValueError("quantiles must lie strictly between 0 and 1, e.g. 0.02,0.5,0.98")
+    return probs
 
 
 def _sampler(
@@ -467,6 +422,19 @@ def _reference_z(
         q, n_eff[s : s + CHUNK] = reference.lookup(codes[s : s + CHUNK], ages[s : s + CHUNK])
         z[s : s + CHUNK] = z_of_scores(q, scores[s : s + CHUNK])
     return z, n_eff
+
+
+def _calibrate_deviation(
+    reference: ReferenceTable, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray,
+    val_rows: np.ndarray,
+) -> tuple[float, float]:  # fmt: skip
+    """The deviation centile's (shift, spread) measured on validation people's `scores`
+    (see `reference.deviation_calibration`); none from too few people."""
+    if len(val_rows) < MIN_DEVIATION_ROWS:
+        return 0.0, 1.0
+    v = val_rows
+    z, _ = _reference_z(reference, scores[v], ages[v], codes[v])
+    return deviation_calibration(reference, codes[v], z)
 
 
 def _known(n_levels: list[int]) -> np.ndarray:

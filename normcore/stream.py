@@ -229,7 +229,7 @@ def score_file(
     errors: list[Problem] = []
     warnings: list[Problem] = []
     seen_ids: set[str] = set()
-    id_col = model.schema_.id
+    id_col = model.schema.id
     offset = chunks = 0
     try:
         with partial.open("w", encoding="utf-8", newline="") as f:

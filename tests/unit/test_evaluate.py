@@ -52,12 +52,12 @@ class TruthModel:
 
     def __init__(self, spec: SyntheticSpec) -> None:
         self.spec = spec
-        self.schema_ = Schema(
+        self.schema = Schema(
             age="age", categorical=("sex", "site"), idps=tuple(idp_names(spec)), id="subject_id"
         )
-        self.training_ = {"n": 400, "age_range": list(spec.age_range)}
+        self.training_summary = {"n": 400, "age_range": list(spec.age_range)}
         self.config = SimpleNamespace(backbone="truth")
-        self.created_ = "2026-01-01T00:00:00+00:00"
+        self.created = "2026-01-01T00:00:00+00:00"
         self._corr = true_correlation(spec)
 
     def _z(self, df: pd.DataFrame) -> np.ndarray:
@@ -69,7 +69,7 @@ class TruthModel:
         return pd.DataFrame(
             {
                 "row": np.repeat(np.arange(n), d),
-                "idp": np.tile(list(self.schema_.idps), n),
+                "idp": np.tile(list(self.schema.idps), n),
                 "centile": 100 * p.ravel(),
             }
         )
@@ -102,7 +102,7 @@ class TruthModel:
         lower = np.take_along_axis(q, pos[..., None], axis=2)[..., 0]
         upper = np.take_along_axis(q, pos[..., None] + 1, axis=2)[..., 0]
         values = lower + w * (upper - lower)
-        out = pd.concat([cov, pd.DataFrame(values, columns=list(self.schema_.idps))], axis=1)
+        out = pd.concat([cov, pd.DataFrame(values, columns=list(self.schema.idps))], axis=1)
         out.insert(0, "grid_row", rows)
         return out
 
