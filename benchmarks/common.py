@@ -218,15 +218,15 @@ def fit_or_load(
     if path.exists() and sidecar.exists():
         model = NormativeModel.load(path)
         cpu = json.loads(sidecar.read_text())["fit_cpu_seconds"]
-        return FitResult(model, model.fit_seconds_, cpu, True, path)
+        return FitResult(model, model.fit_seconds, cpu, True, path)
     log(f"fit {name} {backbone} ({len(train)} rows x {len(schema.idps)} IDPs)")
     cpu0 = time.process_time()
     model = probe.fit(train, schema)
     cpu = time.process_time() - cpu0
     model.save(path)
-    sidecar.write_text(json.dumps({"fit_cpu_seconds": cpu, "fit_seconds": model.fit_seconds_}))
-    log(f"fitted {name} {backbone} in {model.fit_seconds_:.0f}s wall, {cpu:.0f}s CPU")
-    return FitResult(model, model.fit_seconds_, cpu, False, path)
+    sidecar.write_text(json.dumps({"fit_cpu_seconds": cpu, "fit_seconds": model.fit_seconds}))
+    log(f"fitted {name} {backbone} in {model.fit_seconds:.0f}s wall, {cpu:.0f}s CPU")
+    return FitResult(model, model.fit_seconds, cpu, False, path)
 
 
 @dataclass

@@ -59,7 +59,7 @@ def synthetic(n_idps: int) -> tuple[SyntheticSpec, pd.DataFrame, pd.DataFrame, S
 def crossing(model: NormativeModel, spec: SyntheticSpec) -> dict:
     """Quantiles 0.01..0.99 at a grid of ages for every sex x site (and an unseen site,
     i.e. the 'unknown' level): count of adjacent quantile pairs that decrease."""
-    lo, hi = model.training_["age_range"]
+    lo, hi = model.age_range
     sites = [f"S{k}" for k in range(spec.n_sites)] + ["unseen"]
     grid = pd.DataFrame(
         [
@@ -77,7 +77,7 @@ def crossing(model: NormativeModel, spec: SyntheticSpec) -> dict:
 
 
 def spec_idps(model: NormativeModel) -> list[str]:
-    return list(model.schema_.idps)
+    return model.idps
 
 
 def scoring_time(model: NormativeModel, test: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
@@ -177,7 +177,7 @@ def run(backbones: list[str], dims: list[int], rows: list[dict]) -> list[dict]:
                 "fit_cpu_s": fit.fit_cpu_seconds,
                 "train_s": model.train_seconds_,
                 "reference_s": fit_s - model.train_seconds_,
-                "epochs_logged": len(model.history_),
+                "epochs_logged": len(model.history),
                 "reused_fit": reused,
                 "centile_err": 100 * float(np.mean(np.abs(pit - truth))),
                 "centile_err_max_idp": 100 * float(np.max(np.mean(np.abs(pit - truth), axis=0))),
@@ -256,7 +256,7 @@ def markdown(rows: list[dict]) -> str:
             "",
             common.markdown_table(rows, main_cols),
             "",
-            "- *fit s wall*: `model.fit_seconds_`, training plus the reference table "
+            "- *fit s wall*: `model.fit_seconds`, training plus the reference table "
             "(*train s* / *table s* split it, wall). *fit CPU s*: CPU seconds of the fitting "
             "process (one torch thread): other jobs shared this 2-core CPU during the run, so "
             "wall times are inflated and CPU time is the estimate of the time alone; the "

@@ -77,8 +77,8 @@ def one_fit(people: int, idps: int, steps: int, reference_samples: int) -> dict:
     start = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - start
-    loop_s = model.history_[-1]["seconds"]
-    done = model.history_[-1]["step"]
+    loop_s = model.history[-1]["seconds"]
+    done = model.history[-1]["step"]
     batch = min(cfg.train.batch_size, people)
     start = time.perf_counter()
     centiles = model.score(test)["centile"].to_numpy().reshape(len(test), -1) / 100
@@ -104,7 +104,7 @@ def one_fit(people: int, idps: int, steps: int, reference_samples: int) -> dict:
         "score_s_per_1k_people": 1000 * score_s / len(test),
         "mean_abs_centile_error": float(err.mean()),
         "p95_abs_centile_error": float(np.quantile(err, 0.95)),
-        "val_loss": model.history_[-1]["val_loss"],
+        "val_loss": model.history[-1]["val_loss"],
         "peak_mb": peak_mb(),
     }
 
