@@ -4,8 +4,11 @@ A bundle holds network weights, the reference table and the sampler's matrices a
 tensors, and everything else (schema, first stage, training ranges, history, versions)
 as JSON in the file's metadata; `pack` and `unpack` lay a model's parts out in it.
 Reading it parses JSON and raw little-endian arrays only: no pickle, so a crafted file
-cannot run code. A SHA-256 over the tensors and the JSON detects truncation
-and tampering; a format version detects files from an incompatible normcore.
+cannot run code. A SHA-256 over the tensors and the JSON (the model's fingerprint)
+detects truncation and damage, but anyone who edits a file can recompute it: what a file
+means is checked on load (normcore.bundle_checks), and a key the user holds can sign and
+verify bundles (normcore.provenance). A format version detects files from an incompatible
+normcore.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 
+from normcore import bundle_checks, provenance
 from normcore.config import ModelConfig
 from normcore.denoisers import build_denoiser
 from normcore.diffusion import Schedule
@@ -30,6 +36,7 @@ from normcore.first_stage import FirstStage, NewPersonSpread
 from normcore.joint import JointModel
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import ReferenceTable
+from normcore.safe_write import atomic_output
 from normcore.schema import Schema
 
 FORMAT = "normcore-bundle"
@@ -56,7 +63,26 @@ def to_bytes(tensors: dict[str, np.ndarray | torch.Tensor], meta: dict) -> bytes
     }
     meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION}
     meta_json = json.dumps(meta, sort_keys=True, allow_nan=True)
-    return st_save(ts, metadata={"normcore": meta_json, "sha256": _digest(ts, meta_json)})
+    return _save(ts, meta_json, _digest(ts, meta_json), provenance.configured_key())
+
+
+def _save(
+    tensors: dict[str, torch.Tensor], meta_json: str, digest: str, key: bytes | None
+) -> bytes:
+    """The safetensors file: tensors, the JSON, its digest and, with a key, its signature."""
+    stored = {"normcore": meta_json, "sha256": digest}
+    if key is not None:
+        stored["hmac_sha256"] = provenance.signature(digest, key)
+    return st_save(tensors, metadata=stored)
+
+
+def sign(data: bytes, key: bytes) -> bytes:
+    """The bundle `data`, checked whole and meaningful, signed with `key` (any previous
+    signature replaced). Sign only models whose origin you trust: a signature says the
+    key holder vouches for the file, not that the file is right."""
+    tensors, meta, stored = _verified(data, key=None)
+    _rebuild(tensors, meta, torch.device("cpu"))
+    return _save(tensors, stored["normcore"], stored["sha256"], key)
 
 
 def _header(data: bytes) -> dict:
@@ -70,32 +96,68 @@ def _header(data: bytes) -> dict:
             "This model file is truncated or is not a normcore model (its header is incomplete). "
             "Download or copy it again."
         )
-    try:
-        return json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    header = bundle_checks.parse_json(data[8 : 8 + n], "the file's header")
+    stored = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(stored, dict) or not isinstance(stored.get("normcore"), str):
         raise BundleError(
-            "This model file's header is not readable; it is not a normcore model."
-        ) from err
+            "This file is a safetensors file but not a normcore model (no normcore metadata)."
+        )
+    return stored
+
+
+class Origin(NamedTuple):
+    """Where a bundle came from, as its header says: what `normcore info` and the model
+    card show, for comparison with what the model's provider published."""
+
+    fingerprint: str
+    """SHA-256 over every tensor and the whole JSON header: changes with any edit."""
+    normcore_version: str
+    created: str
+    signature: str
+    """'verified' (with the configured key), 'not verified' (signed; no key configured)
+    or 'unsigned'."""
+
+    @property
+    def signature_text(self) -> str:
+        """The signature state in words."""
+        return {
+            "verified": "signed, verified with the configured key",
+            "not verified": "signed; not verified (no key configured: --key or "
+            f"{provenance.KEY_ENV})",
+            "unsigned": "not signed",
+        }[self.signature]
 
 
 def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     """Parse and verify a bundle; every failure is a BundleError with a plain reason."""
+    tensors, meta, _ = _verified(data, provenance.configured_key())
+    return tensors, meta
+
+
+def origin(data: bytes, key: bytes | None = None) -> Origin:
+    """The fingerprint, version, date and signature state of a bundle already verified
+    with `key` (the configured key when None)."""
+    _, meta, stored = _verified(data, key or provenance.configured_key())
+    signed = "hmac_sha256" in stored
+    state = "unsigned" if not signed else "not verified"
+    if signed and (key or provenance.configured_key()) is not None:
+        state = "verified"
+    return Origin(stored["sha256"], str(meta["normcore_version"]), str(meta["created"]), state)
+
+
+def _verified(
+    data: bytes, key: bytes | None
+) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
+    """Tensors, the normcore JSON and the stored metadata of a whole, checksummed bundle
+    in this normcore's format, its signature checked when `key` is given."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(
             f"This model file is larger than the {MAX_BUNDLE_BYTES // 1024**2} MB limit."
         )
     data = bytes(data)
-    header = _header(data)
-    stored = header.get("__metadata__") or {}
-    if "normcore" not in stored:
-        raise BundleError(
-            "This file is a safetensors file but not a normcore model (no normcore metadata)."
-        )
-    try:
-        meta = json.loads(stored["normcore"])
-    except json.JSONDecodeError as err:
-        raise BundleError("This model file's metadata is damaged.") from err
-    if meta.get("format") != FORMAT:
+    stored = _header(data)
+    meta = bundle_checks.parse_json(stored["normcore"], "the model's header")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError("This file is not a normcore model bundle.")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
@@ -113,15 +175,17 @@ def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
             "This model file was modified after it was saved (its checksum does not match); "
             "it will not be loaded."
         )
-    return tensors, meta
+    if key is not None:
+        provenance.verify(stored["sha256"], stored.get("hmac_sha256"), key)
+    return tensors, meta, stored
 
 
 def write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bundle bytes to `path` atomically (a crash never leaves half a model)."""
+    """Write bundle bytes to `path` atomically: a crash never leaves half a model, two
+    writers never share a temporary file, and a non-regular file is never replaced."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_output(path) as f:
+        f.write(data)
     return path
 
 
@@ -194,17 +258,33 @@ def unpack(data: bytes, device: torch.device) -> SavedModel:
     """Rebuild every part of a model from bundle bytes, its network on `device`; any
     inconsistency is a BundleError. Never unpickles anything."""
     tensors, meta = from_bytes(data)
+    return _rebuild(tensors, meta, device)
+
+
+def _network(config: ModelConfig, schema: Schema, encoder: CovariateEncoder) -> nn.Module:
+    """The untrained denoiser the header describes."""
+    return build_denoiser(
+        config.backbone, len(schema.idps), encoder.n_levels, config.diffusion_steps,
+        masked=config.conditional, **config.network,
+    )  # fmt: skip
+
+
+def _rebuild(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> SavedModel:
+    """The model's parts from a verified bundle's tensors and JSON. The header's types and
+    sizes are checked before anything is built, the network's weights against the network
+    built on torch's meta device (no memory), and the numbers' meaning at the end."""
+    bundle_checks.check_header(meta)
     try:
         config = ModelConfig.from_dict(meta["config"])
         schema = Schema.from_dict(meta["schema"])
         encoder = CovariateEncoder.from_dict(meta["encoder"])
-        net = build_denoiser(
-            config.backbone, len(schema.idps), encoder.n_levels, config.diffusion_steps,
-            **config.network,
-        )  # fmt: skip
-        net.load_state_dict(
-            {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True
-        )
+        bundle_checks.check_tensors(tensors, encoder.n_levels)
+        weights = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        with torch.device("meta"):
+            expected = _network(config, schema, encoder).state_dict()
+        bundle_checks.check_network_tensors(expected, weights)
+        net = _network(config, schema, encoder)
+        net.load_state_dict(weights, strict=True)
         joint = JointModel(
             net=net.to(device).eval(),
             schedule=Schedule(config.schedule, config.diffusion_steps),
@@ -239,10 +319,14 @@ def unpack(data: bytes, device: torch.device) -> SavedModel:
             train_seconds=float(meta["train_seconds"]),
             fit_seconds=float(meta["fit_seconds"]),
         )
+        bundle_checks.check_parts(
+            schema, encoder, model.first_stage, model.reference, joint.spread, model.training,
+            joint.moment_map[1],
+        )  # fmt: skip
         _check_shapes(model)
     except BundleError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as err:
         raise BundleError(f"This model file is inconsistent and cannot be used: {err}") from err
     return model
 
@@ -259,7 +343,7 @@ def _check_shapes(model: SavedModel) -> None:
         )
     joint = model.joint
     if (
-        ref.precision.shape != (d, d)
+        ref.precision.shape[1:] != (d, d)
         or model.first_stage.n_idps != d
         or joint.moment_map[0].shape != (d, d)
         or tuple(joint.x0_cov.shape) != (len(joint.timesteps), d, d)

@@ -27,6 +27,8 @@ class ModelConfig:
     reference_samples: int = 10_000
     grid_points: int = 41
     seed: int = 0
+    conditional: bool = True
+    """The denoiser takes conditioning masks (conditional centiles, people with blank IDPs)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -35,4 +37,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{**d, "train": TrainConfig(**d["train"])})
+        # Models saved before conditional scoring have no key: their networks take no mask.
+        return cls(**{"conditional": False, **d, "train": TrainConfig(**d["train"])})

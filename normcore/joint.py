@@ -13,6 +13,11 @@ corrects the draws in a fixed order:
 3. `spread` widens them as the first stage's scores of *new* people are spread
    (first_stage.new_person_spread);
 4. rows at an adapted site get its posterior-predictive spread (`with_site_uncertainty`).
+
+`draw_given` draws the other IDPs given some IDPs' scores (a masked network only; see
+normcore.conditional): the given cells are clamped at every step, and step 1 adds the
+x0 covariance of the other IDPs given them (diffusion.given_x0_covariance). Steps 2-4 are
+corrections of the unconditional law and are not applied to conditional draws.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from normcore.device import generator
-from normcore.diffusion import Schedule, ddim_timesteps, generate, x0_covariance
+from normcore.diffusion import (
+    Schedule,
+    ddim_timesteps,
+    generate,
+    given_x0_covariance,
+    x0_covariance,
+)
 from normcore.first_stage import NewPersonSpread
 
 CHUNK = 8192
@@ -147,6 +158,72 @@ class JointModel:
             )
             out[s : s + CHUNK] = x.cpu().numpy()
         return out
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes conditioning masks (can draw given some IDPs)."""
+        return bool(getattr(self.net, "masked", False))
+
+    @torch.inference_mode()
+    def draw_given(
+        self,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        given: np.ndarray,
+        values: np.ndarray,
+        seed: int,
+    ) -> np.ndarray:
+        """One raw draw per row of the normal scores given the IDPs marked in `given`
+        (n, D) bool, whose scores `values` (n, D) hold (other cells are ignored); the given
+        cells of the result are those values. Rows are grouped by their given set, each
+        set with its own x0 covariance."""
+        if not self.conditional:
+            raise ValueError(
+                "this model was trained before conditional scoring; refit it to score IDPs "
+                "given others or people with missing IDPs"
+            )
+        given = np.asarray(given, dtype=bool)
+        out = np.where(given, values, 0.0).astype(np.float64)
+        g = generator(self.device, seed)
+        sets, which = np.unique(given, axis=0, return_inverse=True)
+        self.net.eval()
+        for k, one_set in enumerate(sets):
+            rows = np.flatnonzero(which.reshape(-1) == k)
+            cov = given_x0_covariance(self.x0_cov, torch.as_tensor(one_set))
+            for s in range(0, len(rows), CHUNK):
+                r = rows[s : s + CHUNK]
+                out[r] = self._clamped_draws(age_z[r], codes[r], one_set, out[r], cov, g)
+        return out
+
+    def _clamped_draws(
+        self,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        one_set: np.ndarray,
+        values: np.ndarray,
+        cov: torch.Tensor,
+        g: torch.Generator,
+    ) -> np.ndarray:
+        """Conditional draws of rows that share one given set (see `draw_given`)."""
+        dev = self.device
+        h = self.net.embed(
+            torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
+        )
+        observed = torch.as_tensor(one_set, device=dev).expand(len(age_z), -1)
+        mask = observed.float()
+        x = generate(
+            lambda xt, t: self.net(xt, t, h, mask),
+            len(age_z),
+            values.shape[1],
+            self.schedule,
+            self.timesteps,
+            eta=self.eta,
+            generator=g,
+            x0_cov=cov,
+            observed=observed,
+            values=torch.as_tensor(values, dtype=torch.float32),
+        )
+        return x.cpu().numpy()
 
     def matched(self, draws: np.ndarray) -> np.ndarray:
         """`draws` with the moment map applied (an affine map: mean and covariance)."""

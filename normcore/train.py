@@ -1,4 +1,5 @@
-"""The training loop: v-prediction (see diffusion.sampler.v_target), EMA weights, early stopping.
+"""The training loop: v-prediction (see diffusion.sampler.v_target), EMA weights, early stopping,
+and random conditioning masks for masked networks (`conditioning_masks`).
 
 Kept apart from the networks and the diffusion process (three objects, as in
 lucidrains' design) so either can change without touching the loop. It has no side
@@ -41,6 +42,8 @@ class TrainConfig:
     covariate_dropout: float = 0.1
     """Probability, per categorical covariate and row, of replacing it by 'unknown'."""
     ema_decay: float = 0.995
+    unconditional_share: float = 0.3
+    """Share of rows trained with nothing observed (masked networks; `conditioning_masks`)."""
     max_seconds: float | None = None
     """Wall-clock budget for the loop (the dashboard's live training uses it)."""
 
@@ -48,14 +51,44 @@ class TrainConfig:
         return asdict(self)
 
 
+def conditioning_masks(
+    n: int, dim: int, unconditional_share: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Random observation masks (n, dim) of 0/1 floats, one per row, as CSDI trains
+    (Tashiro et al., NeurIPS 2021), so that one network learns every conditional law.
+
+    A share `unconditional_share` of rows observe nothing: that is the unconditional model
+    the reference table and the deviation sample. Every other row observes each IDP with
+    its own probability u ~ U(0, 1), so that small and large given sets are both common
+    (a fixed rate would leave one set size rare). Rows that observe every IDP add no loss.
+    """
+    rate = torch.rand(n, 1, generator=generator)
+    mask = (torch.rand(n, dim, generator=generator) < rate).float()
+    mask[torch.rand(n, generator=generator) < unconditional_share] = 0.0
+    return mask
+
+
 def _validation_draws(
-    n_val: int, dim: int, steps: int, draws: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed (t, noise) pairs so that the validation loss is comparable across epochs."""
+    n_val: int, dim: int, steps: int, draws: int, seed: int, unconditional_share: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed (t, noise, mask) draws so that the validation loss is comparable across epochs."""
     g = torch.Generator().manual_seed(seed + 7919)
     t = torch.randint(0, steps, (draws, n_val), generator=g)
     noise = torch.randn(draws, n_val, dim, generator=g)
-    return t, noise
+    masks = torch.stack(
+        [conditioning_masks(n_val, dim, unconditional_share, g) for _ in range(draws)]
+    )
+    return t, noise, masks
+
+
+def masked_loss(
+    v: torch.Tensor, target: torch.Tensor, observed: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean squared v error over the cells the network had to predict (all without a mask)."""
+    if observed is None:
+        return torch.mean((v - target) ** 2)
+    free = 1.0 - observed
+    return torch.sum(free * (v - target) ** 2) / free.sum().clamp_min(1.0)
 
 
 def validation_split(n: int, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +100,11 @@ def validation_split(n: int, config: TrainConfig, seed: int) -> tuple[np.ndarray
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(int(round(n * config.val_fraction)), min(n // 5, 32)) if n >= 40 else 0
     return order[:n_val], order[n_val:]
+
+
+def _observe(xt: torch.Tensor, x0: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """x_t with the observed cells' clean scores in place (the masked network's input)."""
+    return xt if observed is None else torch.where(observed > 0, x0, xt)
 
 
 def train_denoiser(
@@ -90,6 +128,9 @@ def train_denoiser(
     `y` are the first stage's normal scores (n, D), `age` standardised ages (n,), `codes`
     category codes (n, K); `val_rows`, `train_rows` come from `validation_split`.
 
+    A masked network (`net.masked`) is trained on `conditioning_masks`: observed cells
+    hold the clean score instead of x_t, and the loss counts the other cells only.
+
     `net` must already be on `device` (default CPU). All random draws come from one CPU
     generator whatever the device, so a run is the same draw sequence on CPU and GPU.
     With `parallel` (see normcore.distributed) every process draws the same global batch
@@ -111,8 +152,12 @@ def train_denoiser(
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    val_t, val_noise = _validation_draws(n_val, dim, schedule.steps, draws=8, seed=seed)
-    val_t, val_noise = val_t.to(device), val_noise.to(device)
+    masked = bool(getattr(net, "masked", False))
+    val_t, val_noise, val_masks = _validation_draws(
+        n_val, dim, schedule.steps, draws=8, seed=seed,
+        unconditional_share=config.unconditional_share if masked else 1.0,
+    )  # fmt: skip
+    val_t, val_noise, val_masks = val_t.to(device), val_noise.to(device), val_masks.to(device)
     predict = parallel.wrap(net) if parallel is not None else net
     min_rows = 2 if parallel is None else max(2, parallel.world_size)
 
@@ -133,10 +178,11 @@ def train_denoiser(
         losses = []
         with torch.inference_mode():
             for d in range(val_t.shape[0]):
-                xt = q_sample(Y[vi], val_t[d], val_noise[d], alpha_bar)
-                v = ema(xt, val_t[d], ema.embed(A[vi], C[vi]))
+                m = val_masks[d] if masked else None
+                xt = _observe(q_sample(Y[vi], val_t[d], val_noise[d], alpha_bar), Y[vi], m)
+                v = ema(xt, val_t[d], ema.embed(A[vi], C[vi]), *([m] if masked else []))
                 target = v_target(Y[vi], val_t[d], val_noise[d], alpha_bar)
-                losses.append(torch.mean((v - target) ** 2).item())
+                losses.append(masked_loss(v, target, m).item())
         return float(np.mean(losses))
 
     history: list[dict] = []
@@ -159,12 +205,17 @@ def train_denoiser(
                 c[drop.to(device)] = 0
             t = torch.randint(0, schedule.steps, (len(idx),), generator=g).to(device)
             noise = torch.randn(x0.shape, generator=g).to(device)
+            m = torch.zeros_like(x0)
+            if masked:
+                m = conditioning_masks(len(idx), dim, config.unconditional_share, g).to(device)
             if parallel is not None:
-                x0, a, c, t, noise = (parallel.shard(v) for v in (x0, a, c, t, noise))
+                x0, a, c, t, noise, m = (parallel.shard(v) for v in (x0, a, c, t, noise, m))
+            observed = m if masked else None
             net.train()
             with training_autocast(device):
-                v = predict(q_sample(x0, t, noise, alpha_bar), t, net.embed(a, c))
-            loss = torch.mean((v.float() - v_target(x0, t, noise, alpha_bar)) ** 2)
+                xt = _observe(q_sample(x0, t, noise, alpha_bar), x0, observed)
+                v = predict(xt, t, net.embed(a, c), *([observed] if masked else []))
+            loss = masked_loss(v.float(), v_target(x0, t, noise, alpha_bar), observed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)

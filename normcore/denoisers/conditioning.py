@@ -55,3 +55,19 @@ class Conditioning(nn.Module):
     def forward(self, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
         """Conditioning vector from timesteps (B,) or one shared timestep (1,)."""
         return self.out(self.time(sinusoidal(t, self.time_dim, self.steps)) + covariates)
+
+
+def with_mask(masked: bool, x: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """x (B, D) concatenated with its observation mask (B, D) for a masked network (zeros
+    when `observed` is None: nothing observed), x itself for an unmasked one."""
+    if not masked:
+        if observed is not None:
+            check_masked(masked)
+        return x
+    return torch.cat([x, torch.zeros_like(x) if observed is None else observed.to(x.dtype)], -1)
+
+
+def check_masked(masked: bool) -> None:
+    """Refuse an observation mask for a network built without mask inputs."""
+    if not masked:
+        raise ValueError("this denoiser was built without conditioning masks")

@@ -7,6 +7,11 @@ training and the reference table cheap on a CPU: the first stage has taken out e
 IDP's margins, so the denoiser's job is the dependence between IDPs, and a wider network
 costs fit time without lowering the centile error (benchmarks/RESULTS.md, "Smaller
 networks"). FiLM: Perez et al., AAAI 2018.
+
+`masked=True` adds conditioning on any subset of the IDPs, as in CSDI (Tashiro et al.,
+NeurIPS 2021): the input is the noisy vector with the observed IDPs' clean scores in their
+cells, concatenated with the 0/1 mask saying which cells those are, so one network answers
+for every subset (normcore.conditional).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normcore.denoisers.conditioning import Conditioning
+from normcore.denoisers.conditioning import Conditioning, with_mask
 
 
 class FiLMBlock(nn.Module):
@@ -47,10 +52,12 @@ class FiLMMLP(nn.Module):
         width: int = 128,
         depth: int = 4,
         dropout: float = 0.0,
+        masked: bool = False,
     ) -> None:
         super().__init__()
+        self.masked = masked
         self.cond = Conditioning(n_levels, steps, width)
-        self.inp = nn.Linear(n_idps, width)
+        self.inp = nn.Linear(2 * n_idps if masked else n_idps, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, width, dropout) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_idps))
 
@@ -58,11 +65,18 @@ class FiLMMLP(nn.Module):
         """Covariate embedding to pass to `forward` (computed once per sampling run)."""
         return self.cond.embed_covariates(age, codes)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        covariates: torch.Tensor,
+        observed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
-        covariates (B, dim)."""
+        covariates (B, dim). `observed` (B, D) 0/1 marks cells of x that hold clean
+        observed scores instead of x_t (masked networks only; None = none observed)."""
         c = self.cond(t, covariates)
-        h = self.inp(x)
+        h = self.inp(with_mask(self.masked, x, observed))
         for block in self.blocks:
             h = block(h, c)
         return self.head(h)

@@ -12,6 +12,10 @@ so the network's job is the dependence, and sampling it (the reference table's d
 most of a fit's cost; wider and deeper networks cost fit time without lowering the
 centile error (benchmarks/RESULTS.md, "Smaller networks"). SAINT: Somepalli et al.,
 arXiv 2106.01342 (2021).
+
+`masked=True` adds conditioning on any subset of the IDPs (CSDI, Tashiro et al., NeurIPS
+2021): an observed IDP's token carries its clean score as value plus a learned "observed"
+embedding of its own, so attention can tell given IDPs from noisy ones.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normcore.denoisers.conditioning import Conditioning
+from normcore.denoisers.conditioning import Conditioning, check_masked
 
 
 class SAINT(nn.Module):
@@ -35,13 +39,17 @@ class SAINT(nn.Module):
         heads: int = 4,
         dropout: float = 0.0,
         intersample_p: float = 0.5,
+        masked: bool = False,
     ) -> None:
         super().__init__()
+        self.masked = masked
         self.intersample_p = intersample_p
         self.cond = Conditioning(n_levels, steps, width)
         self.value_w = nn.Parameter(torch.randn(n_idps, width) * 0.1)
         self.value_b = nn.Parameter(torch.zeros(n_idps, width))
         self.feature = nn.Parameter(torch.randn(n_idps, width) * 0.1)
+        if masked:
+            self.observed = nn.Parameter(torch.randn(n_idps, width) * 0.1)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 width,
@@ -62,11 +70,21 @@ class SAINT(nn.Module):
         """Covariate embedding to pass to `forward` (computed once per sampling run)."""
         return self.cond.embed_covariates(age, codes)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        covariates: torch.Tensor,
+        observed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
-        covariates (B, dim)."""
+        covariates (B, dim). `observed` (B, D) 0/1 marks cells of x that hold clean
+        observed scores instead of x_t (masked networks only; None = none observed)."""
         c = self.cond(t, covariates)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
+        if observed is not None:
+            check_masked(self.masked)
+            tokens = tokens + observed.to(x.dtype).unsqueeze(-1) * self.observed
         use_rows = self.training and torch.rand(()) < self.intersample_p
         for i, layer in enumerate(self.layers):
             tokens = layer(tokens)

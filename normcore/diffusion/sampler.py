@@ -106,6 +106,28 @@ def x0_covariance(
     return out * shrink[:, :, None] * shrink[:, None, :]
 
 
+def given_x0_covariance(x0_cov: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Cov(x0_U | x_t, x0_G) per timestep from Cov(x0 | x_t) (steps, D, D), for the IDPs U
+    not in the given set G (`given`, (D,) bool); rows and columns of G are zero.
+
+    Why a Schur complement: a conditional draw clamps the given IDPs to their clean scores,
+    so the uncertainty of x0 that each step must add back is that of the other IDPs given
+    x_t *and* x0_G. Within the Gaussian that moment matching assumes for x0 given x_t this
+    is exactly Sigma_UU - Sigma_UG Sigma_GG^-1 Sigma_GU (x_t's given cells add nothing once
+    x0_G is known), so one stored matrix per step serves every given set at no extra
+    network pass, and every person of a table with its own blank cells
+    (normcore.conditional).
+    """
+    u, g = torch.nonzero(~given).flatten(), torch.nonzero(given).flatten()
+    out = torch.zeros_like(x0_cov)
+    for i, cov in enumerate(x0_cov.double()):
+        s_uu, s_ug, s_gg = cov[u][:, u], cov[u][:, g], cov[g][:, g]
+        if len(g):
+            s_uu = s_uu - s_ug @ torch.linalg.pinv(s_gg, hermitian=True) @ s_ug.T
+        out[i][u[:, None], u[None, :]] = s_uu.to(out.dtype)
+    return out
+
+
 def _noise_factor(cov: torch.Tensor) -> torch.Tensor:
     """A factor L with L L^T = cov (symmetric PSD; tiny negative eigenvalues from rounding
     are set to zero), so that noise @ L.T has covariance cov."""
@@ -123,17 +145,27 @@ def generate(
     eta: float = 1.0,
     generator: torch.Generator | None = None,
     x0_cov: torch.Tensor | None = None,
+    observed: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from pure noise to an (n, dim) sample of normal scores.
 
     `x0_cov` (len(timesteps), dim, dim), from `x0_covariance`, adds the moment-matched
-    covariance of each step; without it the sampler is the textbook one. The sample is drawn on the
-    generator's device (CPU without one), so a CUDA generator keeps the loop on the GPU.
+    covariance of each step; without it the sampler is the textbook one. With `observed`
+    (n, dim) bool and `values` (n, dim), a conditional draw: the observed cells hold their
+    values at every step (what `denoise`, a masked network told the same mask, reads) and
+    in the result, and `x0_cov` should be `given_x0_covariance` of that set. The sample is
+    drawn on the generator's device (CPU without one), so a CUDA generator keeps the loop
+    on the GPU.
     """
     alpha_bar = schedule.alpha_bar
     dev = generator.device if generator is not None else torch.device("cpu")
     x = torch.randn(n, dim, generator=generator, device=dev)
+    if observed is not None:
+        observed, values = observed.to(dev), values.to(device=dev, dtype=x.dtype)
     for i, t in enumerate(timesteps):
+        if observed is not None:
+            x = torch.where(observed, values, x)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_t = float(alpha_bar[t])
         ab_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0
@@ -150,4 +182,4 @@ def generate(
         b = ab_prev**0.5 - c * (ab_t / (1.0 - ab_t)) ** 0.5
         cov = sigma**2 * torch.eye(dim, device=dev) + b**2 * x0_cov[i].to(dev)
         x = x + torch.randn(n, dim, generator=generator, device=dev) @ _noise_factor(cov).T
-    return x
+    return x if observed is None else torch.where(observed, values, x)

@@ -6,6 +6,7 @@ from normcore.diffusion import (
     Schedule,
     ddim_timesteps,
     generate,
+    given_x0_covariance,
     q_sample,
     v_target,
     x0_covariance,
@@ -110,3 +111,59 @@ def test_v_target_lets_the_sampler_recover_x0_and_the_noise_exactly():
     a = ab[t].unsqueeze(-1)
     assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * v, x0, atol=1e-5)
     assert torch.allclose((1 - a).sqrt() * xt + a.sqrt() * v, noise, atol=1e-5)
+
+
+def _given_oracle(schedule: Schedule, mu: torch.Tensor, cov: torch.Tensor, given: torch.Tensor):
+    """Exact E[v | x_t of the other IDPs, clean given IDPs] for x0 ~ N(mu, cov): what a
+    masked denoiser learns; the given cells of x hold clean values."""
+    u, g = torch.nonzero(~given).flatten(), torch.nonzero(given).flatten()
+    cov = cov.double()
+    slope = cov[u][:, g] @ torch.linalg.inv(cov[g][:, g])
+    cond_cov = cov[u][:, u] - slope @ cov[g][:, u]
+    ab = torch.as_tensor(schedule.alpha_bar, dtype=torch.float64)
+    eye = torch.eye(len(u), dtype=torch.float64)
+
+    def denoise(x, t):
+        a = ab[t]
+        x = x.double()
+        mean = mu[u].double() + (x[:, g] - mu[g].double()) @ slope.T
+        gain = a.sqrt() * cond_cov @ torch.linalg.inv(a * cond_cov + (1 - a) * eye)
+        x0 = mean + (x[:, u] - a.sqrt() * mean) @ gain.T
+        v = torch.zeros_like(x)
+        v[:, u] = (a.sqrt() * x[:, u] - x0) / (1 - a).sqrt()
+        return v.float()
+
+    return denoise, slope, cond_cov
+
+
+def test_clamped_draws_with_the_given_x0_covariance_recover_a_gaussian_conditional():
+    """Three IDPs, the first given: with the ideal masked denoiser, the clamped sampler and
+    the Schur complement of the unconditional x0 covariance give the exact conditional
+    mean, spreads and correlation of the other two, at few steps. Without the complement
+    (the unconditional covariance) the spreads come out too wide."""
+    sched = Schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(4)
+    steps = ddim_timesteps(sched, 10)
+    mu = torch.tensor([0.5, -1.0, 0.0])
+    cov = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]])
+    given = torch.tensor([True, False, False])
+    full = x0_covariance(_oracle(sched, mu, cov), _gaussian(mu, cov, 4000, g), sched, steps,
+                         generator=g)  # fmt: skip
+    denoise, slope, cond_cov = _given_oracle(sched, mu, cov, given)
+    n = 20_000
+    observed = given.expand(n, -1)
+    values = torch.full((n, 3), 1.5)
+    conditional = given_x0_covariance(full, given)
+    assert torch.all(conditional[:, 0, :] == 0) and torch.all(conditional[:, :, 0] == 0)
+    x = generate(denoise, n, 3, sched, steps, generator=g, x0_cov=conditional,
+                 observed=observed, values=values)  # fmt: skip
+    assert torch.all(x[:, 0] == 1.5)
+    want_mean = (mu[1:].double() + (1.5 - mu[0]) * slope[:, 0]).numpy()
+    assert x[:, 1:].mean(0).numpy() == pytest.approx(want_mean, abs=0.015)
+    want_sd = cond_cov.diagonal().sqrt().numpy()
+    assert x[:, 1:].std(0).numpy() == pytest.approx(want_sd, rel=0.03)
+    want_r = (cond_cov[0, 1] / (want_sd[0] * want_sd[1])).item()
+    assert np.corrcoef(x[:, 1:].T.numpy())[0, 1] == pytest.approx(want_r, abs=0.02)
+    wide = generate(denoise, n, 3, sched, steps, generator=g, x0_cov=full,
+                    observed=observed, values=values)  # fmt: skip
+    assert wide[:, 1].std().item() > want_sd[0] * 1.025  # SE of an sd here: 0.5 %
