@@ -66,6 +66,8 @@ class AdaptationPlan:
     knows that the controls lack (no men, say): `site_advice.adaptation_warnings` reads it."""
     warnings: tuple[Problem, ...] = ()
     """The controls' validation warnings (a new site's own 'unseen level' among them)."""
+    age_range: tuple[float, float] | None = None
+    """The controls' youngest and oldest age: outside it the site's fans are extrapolated."""
 
     @property
     def n_controls(self) -> int:
@@ -94,6 +96,7 @@ class AdaptationPlan:
             "n_controls": self.n_controls,
             "counts": self.counts,
             "readapted": self.readapted,
+            "age_range": list(self.age_range) if self.age_range is not None else None,
             "steps": steps,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -137,7 +140,11 @@ def plan_adaptation(
         counts[col].update({str(k): int(v) for k, v in found.items()})
     level = str(sites[0])
     known = [str(lv) for lv in levels.get(column, [])]
-    return AdaptationPlan(controls, column, level, level in known, counts, tuple(report.warnings))
+    ages = pd.to_numeric(controls[schema.age], errors="coerce")
+    return AdaptationPlan(
+        controls, column, level, level in known, counts, tuple(report.warnings),
+        (float(ages.min()), float(ages.max())),
+    )
 
 
 def adapted_levels(
