@@ -508,8 +508,16 @@ def validate_scoring(
     columns = [str(c) for c in df.columns]
     df = df.set_axis(columns, axis=1)
     required = Schema(age=schema.age, categorical=schema.categorical, idps=schema.idps, id=None)
-    problems = _schema_problems(required, columns, idps_required=True,
+    problems = _schema_problems(required, columns, idps_required=False,
                                 what=", but the model needs it")
+    absent = [name for name in schema.idps if name not in columns]
+    if absent:  # information: a model with conditioning masks gives them imputed bands
+        problems.append(Problem(
+            "warning", None, (),
+            f"{len(absent)} of the model's {len(schema.idps)} brain measures have no column "
+            f"({_quote_values(absent)}); they are missing for everyone and get imputed "
+            "bands given the measures present.",
+        ))
     if schema.id is not None and schema.id not in columns:
         problems.append(Problem(
             "warning", schema.id, (),
@@ -538,9 +546,16 @@ def validate_scoring(
             inside = ~outside & (ages >= low) & (ages <= high)
             problems += _site_age_problems(df, schema.age, ages, inside, *site_ages)
     scored = [name for name in schema.idps if name in columns and name != schema.age]
-    cells = [_cell_problems(df, name) for name in scored]
-    for cell, _ in cells:
+    cells = [_cell_problems(df, name, allow_missing=True) for name in scored]
+    for name, (cell, _) in zip(scored, cells, strict=True):
         problems += cell
+        blank = _missing_mask(df[name])
+        if blank.any():  # information, as for a missing column
+            problems.append(Problem(
+                "warning", name, _rows(blank),
+                "blank cells: this measure is missing for these people; their other "
+                "measures are scored and this one gets an imputed band.",
+            ))
     if scored and len(df):
         values = np.column_stack([finite for _, finite in cells])
         centre = None
