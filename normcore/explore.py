@@ -8,25 +8,39 @@ here, by pure functions that the tests can check without Streamlit.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+from normcore.data import split_table
 from normcore.errors import DataError
+from normcore.freesurfer import is_qc_column
 from normcore.idp_groups import label, region_group
 from normcore.metrics import coverage, wilson_interval
 from normcore.preprocessing import UNKNOWN
-from normcore.schema import Problem, Schema, coerce_categories
+from normcore.schema import ID_CANDIDATES, Problem, Schema, coerce_categories, numeric_columns
 
 __all__ = [
     "UNKNOWN_LEVEL",
     "ColumnMapping",
     "guess_mapping",
     "guess_sex_coding",
+    "sex_word",
+    "sex_level_meanings",
+    "conventional_sex_coding",
+    "describe_counts",
+    "level_text",
+    "guess_id_column",
+    "training_idp_candidates",
+    "holdout_rows",
+    "join_covariates",
+    "sparse_age_spans",
+    "reference_ages",
+    "kept_weights",
     "apply_mapping",
     "training_schema",
     "fan_grid",
@@ -38,7 +52,6 @@ __all__ = [
     "real_pair_correlation_by_age",
     "model_pair_correlation_by_age",
     "near_age",
-    "individual_report_html",
     "pit_matrix",
     "calibration_summary",
     "truth_long",
@@ -90,66 +103,133 @@ def _find(columns: Sequence[str], *candidates: str) -> str | None:
     return None
 
 
-def guess_sex_coding(values: Sequence[Any], levels: Sequence[str]) -> dict[str, str]:
-    """A first guess of how a table's sex values map to the model's levels.
+#: The demo model's sex codes (fcon1000: 0 = female, 1 = male).
+DEMO_SEX_MEANINGS: dict[str, str] = {"0": "female", "1": "male"}
+#: The coding most 1/2 tables use (ABCD, NACC, DICOM-derived exports: 1 = male, 2 = female).
+#: Offered for the user to confirm, never applied without that.
+USUAL_SEX_CONVENTION: dict[str, str] = {"1": "male", "2": "female"}
+_SEX_WORDS = {
+    "female": ("f", "female", "w", "woman", "girl"),
+    "male": ("m", "male", "man", "boy"),
+}
 
-    Codes that are all model levels map to themselves. Otherwise female-looking text
-    (f, female, w, woman) goes to the model's first level and male-looking text (m, male,
-    man) to the second, and two numeric codes (e.g. 1/2) go in sorted order: the fcon1000
-    convention (0 = female, 1 = male) puts female first. It is only a guess: the page
-    shows it for the user to check.
+
+def sex_word(value: Any) -> str | None:
+    """'female' or 'male' when a sex value is that word (or its usual letter), else None."""
+    low = str(value).strip().lower()
+    return next((word for word, spellings in _SEX_WORDS.items() if low in spellings), None)
+
+
+def sex_level_meanings(levels: Sequence[str], demo: bool = False) -> dict[str, str]:
+    """What each of a model's sex levels means where that is known, never guessed: levels
+    that are words ('F', 'male'), and the demo's documented 0 = female, 1 = male. A level
+    coded by a bare number of a model trained elsewhere is left out."""
+    meanings = {str(lv): w for lv in levels if (w := sex_word(lv)) is not None}
+    if demo:
+        meanings.update({lv: m for lv, m in DEMO_SEX_MEANINGS.items() if lv in levels})
+    return meanings
+
+
+def guess_sex_coding(
+    values: Sequence[Any],
+    levels: Sequence[str],
+    meanings: Mapping[str, str] | None = None,
+    same_source: bool = False,
+) -> dict[str, str]:
+    """The table's sex values whose model level is certain, and nothing else.
+
+    Certain means: the value is a word ('F', 'female', 'M') and exactly one model level
+    has that meaning (`meanings`, from `sex_level_meanings`); or the model was trained on
+    this very column (`same_source`), so its codes are the table's own. A bare code
+    (1/2, 0/1) of a table from elsewhere is never mapped here: whether 1 means male
+    depends on the table, and a wrong guess reverses every sex-specific centile. The page
+    asks for those, showing how many people hold each code.
     """
     vals = sorted({str(v) for v in coerce_categories(pd.Series(list(values))).dropna()})
     levels = [str(v) for v in levels]
+    meanings = dict(meanings or {})
     coding: dict[str, str] = {}
-    if not levels:
-        return coding
-    if set(vals) <= set(levels):
-        return {v: v for v in vals}
-    female, male = levels[0], levels[-1]
-    rest = []
     for v in vals:
-        low = v.strip().lower()
-        if low in ("f", "female", "w", "woman", "girl"):
-            coding[v] = female
-        elif low in ("m", "male", "man", "boy"):
-            coding[v] = male
-        else:
-            rest.append(v)
-    free = [lv for lv in levels if lv not in coding.values()]
-    for v, lv in zip(rest, free):
-        coding[v] = lv
+        if same_source and v in levels:
+            coding[v] = v
+            continue
+        word = sex_word(v)
+        matches = [lv for lv in levels if meanings.get(lv) == word]
+        if word is not None and len(matches) == 1:
+            coding[v] = matches[0]
     return coding
+
+
+def level_text(column: str, level: Any, sex_meanings: Mapping[str, str]) -> str:
+    """A category level in words: 'female (0)' for a sex code of known meaning, the site's
+    own name, 'any / unknown' for the model's unknown level."""
+    text = str(level)
+    if text == UNKNOWN_LEVEL:
+        return "any / unknown"
+    if column == "sex" and text in sex_meanings:
+        return f"{sex_meanings[text]} ({text})"
+    return text
+
+
+def conventional_sex_coding(
+    values: Sequence[str], levels: Sequence[str], meanings: Mapping[str, str]
+) -> dict[str, str] | None:
+    """`USUAL_SEX_CONVENTION` (1 = male, 2 = female) in the model's levels, for a table
+    coded 1/2, or None when the table is coded otherwise or the model's levels have no
+    known meaning. The page offers it as a button: it is applied only when confirmed."""
+    if {str(v) for v in values} != set(USUAL_SEX_CONVENTION):
+        return None
+    by_meaning = {m: lv for lv, m in meanings.items() if lv in levels}
+    if not all(m in by_meaning for m in USUAL_SEX_CONVENTION.values()):
+        return None
+    return {code: by_meaning[m] for code, m in USUAL_SEX_CONVENTION.items()}
+
+
+def describe_counts(counts: Mapping[str, int], noun: str = "people") -> str:
+    """'1: 230 people, 2: 215 people' (a count of one is 'person')."""
+    single = "person" if noun == "people" else noun
+    return ", ".join(f"{k}: {n} {single if n == 1 else noun}" for k, n in counts.items())
+
+
+#: Subject-id column names, in order of preference (exact names first, then ignoring case
+#: and punctuation): BIDS' `participant_id`, FreeSurfer tables' `sub_id`, and the usual rest.
+ID_COLUMN_NAMES = (*ID_CANDIDATES, "participant", "subject", "Subject")
+
+
+def guess_id_column(columns: Sequence[str], preferred: str | None = None) -> str | None:
+    """The subject-id column of a table: `preferred` (a model's own id name) if present,
+    else the first of `ID_COLUMN_NAMES`. One rule for the dashboard's mapper and the
+    CLI's `score`, so both carry `participant_id` through to the results."""
+    return _find(
+        [str(c) for c in columns], *([preferred] if preferred else []), *ID_COLUMN_NAMES
+    )
 
 
 def guess_mapping(
     df: pd.DataFrame,
     schema: Schema | None = None,
     levels: Mapping[str, Sequence[str]] | None = None,
+    sex_meanings: Mapping[str, str] | None = None,
+    same_source: bool = False,
 ) -> ColumnMapping:
-    """Pre-fill the column mapper: the model's own names first, then common spellings."""
+    """Pre-fill the column mapper: the model's own names first, then common spellings.
+
+    Sex codes are pre-filled only where `guess_sex_coding` is certain (`sex_meanings` and
+    `same_source` are passed to it); the rest stay for the user to say."""
     columns = [str(c) for c in df.columns]
     age = _find(columns, schema.age if schema else "age", "age", "age_years", "Age")
     sex = _find(columns, "sex", "gender", "Sex")
     site = _find(columns, "site", "scanner", "centre", "center", "Site")
-    id_ = _find(
-        columns,
-        *([schema.id] if schema and schema.id else []),
-        "sub_id",
-        "subject_id",
-        "participant_id",
-        "participant",
-        "subject",
-        "id",
-        "ID",
-    )
+    id_ = guess_id_column(columns, schema.id if schema else None)
     mapping = ColumnMapping(id=id_, age=age, sex=sex, site=site)
     if schema is not None:
         extra = [c for c in schema.categorical if c not in ("sex", "site")]
         mapping.covariates = {c: m for c in extra if (m := _find(columns, c)) is not None}
         mapping.idps = {i: m for i in schema.idps if (m := _find(columns, i)) is not None}
     if sex is not None and levels and "sex" in levels:
-        mapping.sex_coding = guess_sex_coding(df[sex].tolist(), levels["sex"])
+        mapping.sex_coding = guess_sex_coding(
+            df[sex].tolist(), levels["sex"], sex_meanings, same_source
+        )
     return mapping
 
 
@@ -162,6 +242,110 @@ def training_schema(df: pd.DataFrame, mapping: ColumnMapping, idps: Sequence[str
     return Schema.infer(
         df, age=mapping.age, categorical=categorical, idps=list(idps), id=mapping.id or ""
     )
+
+
+#: Column names that hold codes of the scanner or centre, never a brain measure.
+_SITE_NAMES = ("site", "scanner", "centre", "center", "site_id", "scanner_id")
+
+
+def training_idp_candidates(
+    df: pd.DataFrame, used: Sequence[str | None]
+) -> tuple[list[str], dict[str, str]]:
+    """The numeric columns worth offering as IDPs for training, and why the others are not.
+
+    Left out, each with its reason: the columns already given a role (`used`), FreeSurfer
+    quality-control columns (Euler numbers, surface holes: they describe the reconstruction,
+    see `freesurfer.is_qc_column`), subject-id and site-code columns however numeric, and
+    columns holding one value in every row (an all-zero structure FreeSurfer writes for a
+    region it did not segment), which carry no information and block training.
+    """
+    taken = {str(u) for u in used if u}
+    idish = {_norm(n) for n in ID_COLUMN_NAMES} | {_norm(n) for n in _SITE_NAMES}
+    offered: list[str] = []
+    left_out: dict[str, str] = {}
+    for col in numeric_columns(df):
+        if col in taken:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce").dropna()
+        if is_qc_column(col):
+            left_out[col] = "a FreeSurfer quality-control column, not a brain measure"
+        elif _norm(col) in idish:
+            left_out[col] = "an id or site code, not a brain measure"
+        elif len(df) > 1 and values.nunique() <= 1:
+            shown = f"{values.iloc[0]:g}" if len(values) else "empty"
+            left_out[col] = f"the same value ({shown}) in every row"
+        else:
+            offered.append(col)
+    return offered, left_out
+
+
+def holdout_rows(
+    df: pd.DataFrame, fraction: float, stratify: str | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """0-based positions of the rows to train on and of those held out, as
+    `data.split_table` splits them (stratified by `stratify`, reproducible by `seed`).
+
+    Positions, not copies: the dashboard remembers which uploaded people a model never
+    saw, so its diagnostics can use only them."""
+    n = len(df)
+    if fraction <= 0.0:
+        return np.arange(n), np.array([], dtype=int)
+    positions = pd.DataFrame({"position": np.arange(n)})
+    if stratify is not None and stratify in df.columns:
+        positions[stratify] = df[stratify].to_numpy()
+    train, held = split_table(positions, fraction, stratify, seed)
+    return train["position"].to_numpy(dtype=int), held["position"].to_numpy(dtype=int)
+
+
+def join_covariates(
+    measures: pd.DataFrame, covariates: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    """FreeSurfer measures (one row per subject, no age, sex or site) joined with a table of
+    each subject's covariates on the subject id, and what the join left out, in words.
+
+    The id column of each table is found by `guess_id_column`; ids are compared as text
+    (FreeSurfer's subject folder names). Subjects with measures but no covariates, or the
+    reverse, are left out and named; a column both tables hold is taken from the
+    measures. Raises DataError when either table has no id column or no subject is in both.
+    """
+    m_id = guess_id_column(measures.columns)
+    c_id = guess_id_column(covariates.columns)
+    if m_id is None or c_id is None:
+        which = "FreeSurfer" if m_id is None else "covariate"
+        raise DataError(
+            f"The {which} table has no subject-id column (one of "
+            f"{', '.join(ID_COLUMN_NAMES[:5])}): the two tables cannot be joined."
+        )
+    left = measures.assign(**{m_id: measures[m_id].astype(str).str.strip()})
+    right = covariates.assign(_id=covariates[c_id].astype(str).str.strip())
+    dupes = right["_id"][right["_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise DataError(
+            f"The covariate table lists these subjects more than once in column '{c_id}': "
+            f"{', '.join(dupes[:10])}. Keep one row per subject."
+        )
+    extra = [c for c in covariates.columns if c not in measures.columns and c != c_id]
+    joined = left.merge(right[["_id", *extra]], left_on=m_id, right_on="_id", how="inner")
+    joined = joined.drop(columns="_id").reset_index(drop=True)
+    if joined.empty:
+        raise DataError(
+            f"No subject is in both tables: FreeSurfer ids such as "
+            f"{', '.join(left[m_id].head(3))} match no '{c_id}' of the covariate table."
+        )
+    notes = []
+    no_covariates = sorted(set(left[m_id]) - set(right["_id"]))
+    no_measures = sorted(set(right["_id"]) - set(left[m_id]))
+    if no_covariates:
+        notes.append(
+            f"{len(no_covariates)} subject(s) with FreeSurfer measures but no covariates were "
+            f"left out: {', '.join(no_covariates[:10])}."
+        )
+    if no_measures:
+        notes.append(
+            f"{len(no_measures)} subject(s) of the covariate table have no FreeSurfer "
+            f"measures: {', '.join(no_measures[:10])}."
+        )
+    return joined, notes
 
 
 def apply_mapping(df: pd.DataFrame, mapping: ColumnMapping, schema: Schema) -> pd.DataFrame:
@@ -189,6 +373,18 @@ def apply_mapping(df: pd.DataFrame, mapping: ColumnMapping, schema: Schema) -> p
         if col == "sex":
             if mapping.sex and mapping.sex in df.columns:
                 raw = coerce_categories(df[mapping.sex])
+                counts = category_counts(raw)
+                unsaid = {v: n for v, n in counts.items() if v not in mapping.sex_coding}
+                if unsaid:
+                    problems.append(
+                        Problem(
+                            "error",
+                            mapping.sex,
+                            (),
+                            f"say which sex each code means ({describe_counts(unsaid)}): "
+                            "nothing is assumed, since tables code sex differently.",
+                        )
+                    )
                 out[col] = raw.map(
                     lambda v: mapping.sex_coding.get(v, v) if isinstance(v, str) else v
                 )
@@ -322,14 +518,80 @@ def z_matrix(
 
 
 def person_profile(scores: pd.DataFrame, row: int, threshold: float = 1.96) -> pd.DataFrame:
-    """One person's scores with region group, short label and an 'extreme' flag."""
+    """One person's scores with region group, short label, an 'extreme' flag and the z
+    interval `z_lo`-`z_hi` that the centile's Monte-Carlo error allows (centile +-1.96
+    `centile_se`, mapped to z around the person's own z; zero width where the margins
+    are exact)."""
     p = scores[scores["row"] == row].copy()
     if p.empty:
         raise ValueError(f"no scores for row {row}")
     p["group"] = [region_group(i) for i in p["idp"]]
     p["label"] = [label(i) for i in p["idp"]]
     p["extreme"] = p["z"].abs() > threshold
+    tiny = 1e-6
+    centile = p["centile"].to_numpy(dtype=float) / 100.0
+    se = p["centile_se"].to_numpy(dtype=float) / 100.0 if "centile_se" in p else 0.0 * centile
+    se = np.nan_to_num(se)
+    at = stats.norm.ppf(np.clip(centile, tiny, 1 - tiny))
+    z = p["z"].to_numpy(dtype=float)
+    p["z_lo"] = z + stats.norm.ppf(np.clip(centile - 1.96 * se, tiny, 1 - tiny)) - at
+    p["z_hi"] = z + stats.norm.ppf(np.clip(centile + 1.96 * se, tiny, 1 - tiny)) - at
     return p.reset_index(drop=True)
+
+
+def sparse_age_spans(
+    ages: Sequence[float],
+    age_range: Sequence[float],
+    window: float = 2.5,
+    minimum: int = 5,
+    step: float = 0.25,
+) -> list[tuple[float, float]]:
+    """Age spans inside `age_range` where fewer than `minimum` reference people are within
+    +-`window` years: there a centile rests on a handful of people (or on the smoothing
+    alone), and the fan says so by shading them. Merged into maximal spans."""
+    ages = np.sort(np.asarray(ages, dtype=float))
+    ages = ages[np.isfinite(ages)]
+    lo, hi = float(age_range[0]), float(age_range[1])
+    if hi <= lo:
+        return []
+    grid = np.arange(lo, hi + step / 2, step)
+    near = np.searchsorted(ages, grid + window, "right") - np.searchsorted(ages, grid - window)
+    sparse = near < minimum
+    spans: list[tuple[float, float]] = []
+    start = None
+    for x, few in zip(grid, sparse):
+        if few and start is None:
+            start = x
+        if not few and start is not None:
+            spans.append((float(max(lo, start - step / 2)), float(x - step / 2)))
+            start = None
+    if start is not None:
+        spans.append((float(max(lo, start - step / 2)), hi))
+    return spans
+
+
+def reference_ages(
+    table: pd.DataFrame, age_column: str, fixed: Mapping[str, str] | None = None
+) -> np.ndarray:
+    """The ages of the reference people a fan is drawn for: those of `table` whose
+    categorical values are `fixed` ('unknown' matches everyone)."""
+    people = near_age(table, age_column, 0.0, np.inf, fixed)
+    ages = pd.to_numeric(people[age_column], errors="coerce").to_numpy(dtype=float)
+    return ages[np.isfinite(ages)]
+
+
+def kept_weights(history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The index in a training `history` of the weights the model kept: the first check
+    with the lowest validation loss, by the rule `train.train_denoiser` keeps them."""
+    best, kept = np.inf, None
+    for k, entry in enumerate(history):
+        value = entry.get("val_loss")
+        if value is None:
+            continue
+        value = float(value)
+        if value < best or np.isnan(value):
+            best, kept = value, k
+    return kept
 
 
 def correlation_pair(
@@ -382,69 +644,6 @@ def model_pair_correlation_by_age(
         r = part[[a, b]].corr(method="spearman").iloc[0, 1]
         rows.append((float(grid[age_column].iloc[int(g)]), "model", float(r), len(part)))
     return pd.DataFrame(rows, columns=["age", "source", "r", "n"])
-
-
-def individual_report_html(
-    person: Mapping[str, Any],
-    profile: pd.DataFrame,
-    deviation_centile: float | None,
-    figures: Sequence[Any],
-    model_summary: Mapping[str, Any],
-) -> str:
-    """A self-contained one-page HTML report of one person's deviations.
-
-    `person`: covariates to print; `profile`: from `person_profile`; `figures`: plotly
-    figures (the first embeds plotly.js so the file opens offline).
-    """
-    esc = html.escape
-    cov = "".join(
-        f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in person.items()
-    )
-    model = "".join(
-        f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in model_summary.items()
-    )
-    flagged = profile[profile["extreme"]].sort_values("z", key=np.abs, ascending=False)
-    rows = (
-        "".join(
-            f"<tr><td>{esc(r.group)}</td><td>{esc(r.idp)}</td><td>{r.value:.4g}</td>"
-            f"<td>{r.centile:.1f}</td><td>{r.z:+.2f}</td></tr>"
-            for r in flagged.itertuples()
-        )
-        or "<tr><td colspan=5>No measure beyond |z| = 1.96.</td></tr>"
-    )
-    dev = (
-        ""
-        if deviation_centile is None
-        else f"<p><b>Multivariate deviation centile:</b> {deviation_centile:.1f} "
-        "(how unusual the whole profile is among model samples of the same sex and site; "
-        "100 = more unusual than all).</p>"
-    )
-    plots = "".join(
-        fig.to_html(full_html=False, include_plotlyjs=(k == 0), default_height="380px")
-        for k, fig in enumerate(figures)
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>normcore individual report</title>
-<style>
-body {{font-family: sans-serif; color: #1c2b36; max-width: 1100px; margin: 1.5em auto;}}
-table {{border-collapse: collapse; margin: 0.5em 0 1em 0;}}
-th, td {{border: 1px solid #cfd8de; padding: 3px 8px; text-align: left; font-size: 13px;}}
-th {{background: #eef3f6;}}
-.cols {{display: flex; gap: 2em;}}
-small {{color: #555;}}
-</style></head><body>
-<h1>Individual deviation report</h1>
-<div class="cols"><div><h3>Person</h3><table>{cov}</table></div>
-<div><h3>Model</h3><table>{model}</table></div></div>
-{dev}
-<p>{int(profile["extreme"].sum())} of {len(profile)} measures have |z| &gt; 1.96
-(about {0.05 * len(profile):.1f} expected by chance).</p>
-<h3>Flagged measures</h3>
-<table><tr><th>group</th><th>measure</th><th>value</th><th>centile</th><th>z</th></tr>{rows}</table>
-{plots}
-<p><small>Centiles and z-scores from a normative model (normcore). A z beyond +-1.96 is
-expected in 5% of healthy people per measure; it is a prompt to look, not a diagnosis.</small></p>
-</body></html>"""
 
 
 def pit_matrix(scores: pd.DataFrame) -> pd.DataFrame:
@@ -583,7 +782,7 @@ def model_card(model: Any) -> dict[str, Any]:
     return {
         "training people": int(t["n"]),
         "IDPs": len(model.idps),
-        "age range": f"{lo:.0f}-{hi:.0f} years",
+        "age range": f"{lo:.1f}-{hi:.1f} years",
         "sites": len(counts.get("site", {})) if "site" in counts else "-",
         "covariates": ", ".join(model.schema.covariates),
         "backbone": model.config.backbone,

@@ -9,11 +9,13 @@ from normcore.explore import (
     unseen_levels_summary,
     z_matrix,
 )
+from normcore.export import to_csv_bytes
 from normcore.figures.charts import cohort_z_heatmap
 from normcore.figures.charts import extreme_rates as extreme_chart
 from normcore.idp_groups import default_idps, label
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -22,6 +24,7 @@ schema = model.schema
 
 st.header("Cohort")
 group, err = common.cohort(model, key)
+common.stop_if_abandoned(err)
 if err is not None:
     st.error("The uploaded table cannot be scored with the active model yet.")
     common.show_problems(err)
@@ -32,22 +35,23 @@ if group is None:
 
 report = model.check(group.table)
 if report.errors:
-    st.error("The table cannot be scored:\n" + "\n".join(f"- {p}" for p in report.errors))
+    st.error("The table cannot be scored:\n" + common.bullets(report.errors))
     st.stop()
-st.write(f"Scoring **{len(group.table)}** people from the {group.source} with {name}.")
+common.say_cohort_source(group)
+st.write(f"Scoring **{len(group.table)}** people from the {md(group.source)} with {md(name)}.")
 if report.warnings:
     with st.expander(f"{len(report.warnings)} warning(s): flagged in the results"):
-        st.markdown("\n".join(f"- {p}" for p in report.warnings))
+        st.markdown(common.bullets(report.warnings))
 
 scores = common.score(model, key, group.table, group.key)
 unseen = unseen_levels_summary(scores, group.table)
 if unseen:
-    st.warning(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX))
+    st.warning(md(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX)))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def score_csv(_scores: pd.DataFrame, model_key: str, table_key: str) -> bytes:
-    return _scores.to_csv(index=False).encode()
+    return to_csv_bytes(_scores)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -103,5 +107,5 @@ with heat_tab:
         "red = above, blue = below the median."
     )
     st.plotly_chart(cohort_z_heatmap(z), width="stretch", key="cohort_heatmap")
-if common.is_demo(key) and "uploaded" not in group.source:
+if group.demo:
     st.caption(common.FCON_CITATION)

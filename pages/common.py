@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import runpy
 import threading
 import time
@@ -21,6 +22,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from normcore import BundleError, DataError, NormativeModel, read_table
 from normcore.explore import (
@@ -28,14 +31,32 @@ from normcore.explore import (
     ColumnMapping,
     apply_mapping,
     calibration_summary,
+    category_counts,
+    conventional_sex_coding,
+    describe_counts,
     guess_mapping,
-    guess_sex_coding,
+    level_text,
     model_card,
+    reference_ages,
+    sex_level_meanings,
+    sparse_age_spans,
 )
 from normcore.figures.charts import FAN_QUANTILES
-from normcore.schema import coerce_categories
+from normcore.freesurfer import is_freesurfer, read_freesurfer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Every ASCII punctuation character CommonMark lets a backslash escape, plus line breaks.
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md(text: object) -> str:
+    """A user's text (an id, a site, a file or column name, a message quoting them) made
+    safe to put inside st.markdown, st.warning and the like: every markdown character
+    escaped, line breaks made spaces. Without it a site named `![x](http://evil/t.png)`
+    renders as an image the browser fetches from outside, and a link renders live."""
+    flat = " ".join(str(text).splitlines())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
 def demo_dir() -> Path:
@@ -98,6 +119,37 @@ def _load_demo_test(path: str) -> pd.DataFrame | None:
 def load_demo_test() -> pd.DataFrame | None:
     """Held-out fcon1000 people (never seen by the demo model), for points and scoring."""
     return _load_demo_test(str(demo_dir() / "fcon1000_test.csv"))
+
+
+def load_demo_train() -> pd.DataFrame | None:
+    """The people the demo model was trained on (their ages draw the fans' rug)."""
+    return _load_demo_test(str(demo_dir() / "fcon1000_train.csv"))
+
+
+def reference_people(model_key: str) -> pd.DataFrame | None:
+    """The table a model was trained on, where this session has it: the demo's training
+    half, or the rows a model trained here learned from. None for an uploaded bundle."""
+    if is_demo(model_key):
+        return load_demo_train()
+    return st.session_state.get("reference_tables", {}).get(model_key)
+
+
+def fan_context(
+    model: NormativeModel, model_key: str, fixed: dict[str, str]
+) -> dict[str, Any]:
+    """The fan builders' shading and rug arguments for the chosen sex and site: the
+    adapted site's controls' ages, the reference people's ages, and where they are few."""
+    out: dict[str, Any] = {}
+    site = fixed.get("site")
+    for record in model.adaptations:
+        if str(record.get("level")) == site and record.get("age_range"):
+            out["site_age_range"] = record["age_range"]
+    people = reference_people(model_key)
+    if people is not None and model.schema.age in people.columns:
+        ages = reference_ages(people, model.schema.age, fixed)
+        out["reference_ages"] = ages
+        out["sparse_spans"] = sparse_age_spans(ages, model.age_range)
+    return out
 
 
 def session_models() -> dict[str, tuple[NormativeModel, str, str]]:
@@ -206,12 +258,14 @@ def sidebar() -> None:
         card = model_card(model)
         st.markdown(
             f"**{card['training people']}** training people · **{card['IDPs']}** IDPs  \n"
-            f"ages {card['age range']} · sites: {card['sites']}  \n"
-            f"adapted sites: {card['adapted sites']}"
+            f"ages {md(card['age range'])} · sites: {card['sites']}  \n"
+            f"adapted sites: {md(card['adapted sites'])}"
         )
         table = st.session_state.get("table")
         if table is not None:
-            st.caption(f"Uploaded table: {st.session_state.get('table_name')} ({len(table)} rows)")
+            st.caption(
+                f"Uploaded table: {md(st.session_state.get('table_name'))} ({len(table)} rows)"
+            )
 
 
 # ----------------------------------------------------------------------- cached numbers
@@ -260,8 +314,11 @@ def calibration(
 
 
 #: Each upload slot's file-uploader key. The cohort/reference table lives under "table"
-#: (Data page), a new site's healthy controls under "controls" (Model page).
-UPLOADERS = {"table": "data_upload", "controls": "adapt_upload"}
+#: (Data page), the covariates of a FreeSurfer upload under "covariates" (Data page), a new
+#: site's healthy controls under "controls" (Model page).
+UPLOADERS = {"table": "data_upload", "covariates": "covariates_upload", "controls": "adapt_upload"}
+#: What the table uploaders accept: tables, and FreeSurfer's zipped stats folders and files.
+FREESURFER_TYPES = ["zip", "stats"]
 
 
 def mapping_key(slot: str) -> str:
@@ -273,15 +330,22 @@ def read_upload(slot: str = "table") -> None:
     """Upload callback: read the file into session state (memory only) or say why not.
 
     Stores `slot`, `<slot>_key`, `<slot>_name` and `<slot>_error`. A callback runs before
-    the page's rerun, so the sidebar already shows the new table.
+    the page's rerun, so the sidebar already shows the new table. FreeSurfer outputs (a zip
+    of subjects' stats folders, a .stats file, an *stats2table table) are read by
+    `normcore.freesurfer.read_freesurfer`, one row per subject, marked in `attrs`.
     """
     uploaded = st.session_state.get(UPLOADERS[slot])
     if uploaded is None:
         return
+    claim(uploaded)
     data = uploaded.getvalue()
     st.session_state.pop(mapping_key(slot), None)
     try:
-        df = read_table(data, name=uploaded.name)
+        if is_freesurfer(uploaded.name, data[:4096]):
+            df = read_freesurfer(data, name=uploaded.name)
+            df.attrs["freesurfer"] = True
+        else:
+            df = read_table(data, name=uploaded.name)
     except DataError as err:
         for k in (slot, f"{slot}_key", f"{slot}_name"):
             st.session_state.pop(k, None)
@@ -297,22 +361,71 @@ def read_upload(slot: str = "table") -> None:
     )
 
 
+def claim(uploaded: Any) -> None:
+    """Remember that an uploader's callback received this file (see `abandoned_uploads`)."""
+    st.session_state.setdefault("claimed_uploads", set()).add(getattr(uploaded, "file_id", None))
+
+
+def abandoned_uploads() -> list[str]:
+    """Names of files that reached this session's upload store but no uploader received:
+    the user chose a file and left the page before Streamlit handed it to the page.
+
+    Why: such a file is never read, and the pages would otherwise go on showing the demo
+    cohort as if nothing had been uploaded. Read from the session's in-memory upload store
+    (nothing is written to disk); a file the user removed with the uploader's x is
+    deleted from that store and no longer counts."""
+    ctx = get_script_run_ctx()
+    storage = getattr(getattr(ctx, "uploaded_file_mgr", None), "file_storage", None)
+    if ctx is None or not isinstance(storage, dict):
+        return []
+    files = storage.get(ctx.session_id) or {}
+    claimed = set(st.session_state.get("claimed_uploads", set()))
+    for value in st.session_state.to_dict().values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, UploadedFile):
+                claimed.add(item.file_id)
+    return [rec.name for file_id, rec in list(files.items()) if file_id not in claimed]
+
+
+class AbandonedUpload(DataError):
+    """A chosen file that never arrived: said plainly, never replaced by the demo."""
+
+
+def sex_meanings(model: NormativeModel, model_key: str) -> dict[str, str]:
+    """What the active model's sex levels mean, where known (see explore.sex_level_meanings)."""
+    return sex_level_meanings(model.levels.get("sex", []), demo=is_demo(model_key))
+
+
+def _active_key(model: NormativeModel | None) -> str:
+    found = active_model()
+    return found[1] if found is not None and found[0] is model else ""
+
+
 def mapping_for(model: NormativeModel | None, slot: str = "table") -> ColumnMapping | None:
-    """The session's column mapping of an uploaded table (guessed on first use)."""
+    """The session's column mapping of an uploaded table (guessed on first use).
+
+    Sex codes are pre-filled only where certain: words such as 'F' against levels of
+    known meaning, or the codes of a model trained on this very table in this session."""
     table = st.session_state.get(slot)
     if table is None:
         return None
     key = mapping_key(slot)
     schema = model.schema if model is not None else None
     levels = model.levels if model is not None else None
+    meanings = sex_meanings(model, _active_key(model)) if model is not None else {}
+    same = (
+        model is not None
+        and st.session_state.get("trained_on", {}).get(id(model))
+        == st.session_state.get(f"{slot}_key")
+    )
     if key not in st.session_state:
-        st.session_state[key] = guess_mapping(table, schema, levels)
+        st.session_state[key] = guess_mapping(table, schema, levels, meanings, same)
     elif schema is not None and st.session_state.get(f"{key}_schema") != schema:
         # Another model became active (e.g. one just trained on this very table): map its
         # IDPs and covariates by name as well, keeping the choices already made, and redo
         # the sex coding, which only means something against a model's own levels.
         mapping = st.session_state[key]
-        guessed = guess_mapping(table, schema, levels)
+        guessed = guess_mapping(table, schema, levels, meanings, same)
         mapping.idps = {**guessed.idps, **mapping.idps}
         mapping.covariates = {**guessed.covariates, **mapping.covariates}
         kept = {v: c for v, c in mapping.sex_coding.items() if c in levels.get("sex", [])}
@@ -362,21 +475,20 @@ def column_mapper(
     schema = model.schema
     levels = model.levels
     if "sex" in schema.categorical and mapping.sex:
-        values = sorted(coerce_categories(table[mapping.sex]).dropna().unique().tolist())[:10]
-        if any(v not in mapping.sex_coding for v in values):
-            mapping.sex_coding = guess_sex_coding(values, levels["sex"])
-        st.markdown("**Sex coding**: which of the model's levels each value in your table means.")
-        for v, box in zip(values, st.columns(max(len(values), 1))):
-            with box:
-                opts = list(levels["sex"])
-                cur = mapping.sex_coding.get(v, opts[0])
-                mapping.sex_coding[v] = st.selectbox(
-                    f"'{v}' means",
-                    opts,
-                    index=opts.index(cur) if cur in opts else 0,
-                    key=f"{prefix}_sexcode_{v}",
-                    format_func=lambda lv: level_name("sex", lv, model_key),
-                )
+        sex_coding_widgets(table, mapping, model, model_key, prefix)
+    if "site" in schema.categorical and mapping.site:
+        known = set(levels.get("site", []))
+        counts = category_counts(table[mapping.site])
+        new = {v: n for v, n in counts.items() if v not in known}
+        st.markdown(
+            f"**Site codes** in column {md(mapping.site)}: {md(describe_counts(counts))}."
+            + (
+                f" New to the model, scored with its 'unknown site' level: "
+                f"{md(', '.join(new))}."
+                if new
+                else " Every one is a site the model knows."
+            )
+        )
     if site_for_everyone and "site" in schema.categorical and not mapping.site:
         site_opts = [UNKNOWN_LEVEL, *levels["site"]]
         cur = mapping.site_value if mapping.site_value in site_opts else UNKNOWN_LEVEL
@@ -422,6 +534,56 @@ def column_mapper(
         }
 
 
+def sex_coding_widgets(
+    table: pd.DataFrame, mapping: ColumnMapping, model: NormativeModel, model_key: str, prefix: str
+) -> None:
+    """Ask what each sex code of the table means, showing how many people hold it.
+
+    Nothing is pre-chosen unless certain (see `mapping_for`): '1' means male in most 1/2
+    tables but female in some, and a reversed coding silently swaps every sex-specific
+    centile. The usual convention is offered as a button; it applies only when pressed.
+    """
+    levels = list(model.levels["sex"])
+    meanings = sex_meanings(model, model_key)
+    counts = category_counts(table[mapping.sex])
+    values = list(counts)[:10]
+    keys = {v: f"{prefix}_sexcode_{v}" for v in values}
+    st.markdown(
+        f"**Sex coding** of column {md(mapping.sex)}: {md(describe_counts(counts))}. "
+        "Say which of the model's levels each code means; nothing is assumed."
+    )
+    usual = conventional_sex_coding(values, levels, meanings)
+    if usual is not None and any(mapping.sex_coding.get(v) != usual[v] for v in usual):
+        if st.button(
+            "Use the usual convention: 1 = male, 2 = female (check your data dictionary)",
+            key=f"{prefix}_sex_usual",
+        ):
+            mapping.sex_coding.update(usual)
+            for v, level in usual.items():
+                st.session_state[keys[v]] = level
+    for v, box in zip(values, st.columns(max(len(values), 1))):
+        with box:
+            st.session_state.setdefault(keys[v], mapping.sex_coding.get(v))
+            chosen = st.selectbox(
+                f"{md(v)} ({counts[v]} {'person' if counts[v] == 1 else 'people'}) means",
+                levels,
+                index=None,
+                placeholder="choose ...",
+                key=keys[v],
+                format_func=lambda lv: level_text("sex", lv, meanings),
+            )
+            if chosen is None:
+                mapping.sex_coding.pop(v, None)
+            else:
+                mapping.sex_coding[v] = chosen
+    unsaid = [v for v in values if v not in mapping.sex_coding]
+    if unsaid:
+        st.warning(
+            f"Choose what sex code {md(', '.join(unsaid))} means before scoring: tables code "
+            "sex differently, so it is not guessed."
+        )
+
+
 @dataclass
 class Cohort:
     """The people a page scores or draws: a model-ready table and where it came from."""
@@ -429,11 +591,20 @@ class Cohort:
     table: pd.DataFrame
     key: str
     source: str
+    demo: bool = False
 
 
 def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataError | None]:
-    """The uploaded table mapped to the model, else the demo test set for the demo model."""
+    """The uploaded table mapped to the model, else the demo test set for the demo model,
+    which is used only when nothing was uploaded: an upload that never arrived is an
+    `AbandonedUpload` error, never silently the demo."""
     table = st.session_state.get("table")
+    lost = abandoned_uploads()
+    if lost and (table is None or st.session_state.get("table_name") not in lost):
+        return None, AbandonedUpload(
+            f"Your upload ({', '.join(lost)}) was not finished: the page was left before the "
+            "file was read, so it was not scored. Upload it again on the Data page."
+        )
     if table is not None:
         mapping = mapping_for(model)
         try:
@@ -444,21 +615,84 @@ def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataEr
         return Cohort(mapped, key, f"uploaded table '{st.session_state.get('table_name')}'"), None
     demo = load_demo_test()
     if is_demo(model_key) and demo is not None:
-        return Cohort(demo, "demo-test", "held-out fcon1000 people (not used for training)"), None
+        return Cohort(demo, "demo-test", DEMO_SOURCE, demo=True), None
     return None, None
 
 
+DEMO_SOURCE = "demo's held-out fcon1000 people (not used for training)"
+
+
+@dataclass
+class HeldOut:
+    """Which rows of an uploaded table a model trained this session never saw."""
+
+    table_key: str
+    rows: Any
+    n_rows: int
+
+
+def diagnostics_people(model_key: str, group: Cohort, include_training: bool) -> tuple[
+    pd.DataFrame, str, str
+]:
+    """The people the Diagnostics page evaluates, a cache key, and a sentence saying who.
+
+    A model trained this session on the uploaded table is judged, by default, only on the
+    rows held out from its training: its own training people would flatter it."""
+    held: HeldOut | None = st.session_state.get("held_out", {}).get(model_key)
+    n = len(group.table)
+    if group.demo:
+        return group.table, group.key, f"{n} {group.source}"
+    if held is None or not group.key.startswith(f"{held.table_key}:"):
+        return group.table, group.key, (
+            f"all {n} people of the {group.source} (the model cannot tell whether any of "
+            "them were in its training data)"
+        )
+    n_held = len(held.rows)
+    if include_training:
+        return group.table, group.key, (
+            f"all {n} people of the {group.source}, including the {n - n_held} it trained "
+            "on: these numbers flatter the model"
+        )
+    rows = group.table.iloc[list(held.rows)].reset_index(drop=True)
+    return rows, f"{group.key}:held", (
+        f"the {n_held} held-out people of the {group.source}, of {n}: the {n - n_held} "
+        "others trained the model and are left out"
+    )
+
+
+def say_cohort_source(group: Cohort) -> None:
+    """Say plainly when a page shows the demo's people rather than an upload."""
+    if group.demo:
+        st.info(
+            "Showing the demo: no table has been uploaded, so this page uses the demo "
+            "model's held-out fcon1000 people. Upload your own on the Data page."
+        )
+
+
+def stop_if_abandoned(err: DataError | None) -> None:
+    """An upload that never arrived: say so and stop the page (nothing else is shown)."""
+    if isinstance(err, AbandonedUpload):
+        st.warning(md(str(err)))
+        st.stop()
+
+
 def show_problems(err: DataError) -> None:
-    """A DataError in plain words: one line per problem, never a traceback."""
-    st.error(problems_text(err) if getattr(err, "problems", None) else str(err))
+    """A DataError in plain words: one line per problem, never a traceback; the text is
+    escaped (it quotes the user's column names and cells)."""
+    st.error(problems_text(err) if getattr(err, "problems", None) else md(str(err)))
+
+
+def bullets(items: list) -> str:
+    """Escaped markdown bullets, one per item (problems quoting the user's values)."""
+    return "\n".join(f"- {md(i)}" for i in items)
 
 
 # ---------------------------------------------------------------------- background jobs
 
 
 def problems_text(err: DataError) -> str:
-    """A DataError as markdown: its first line, then one bullet per problem."""
-    return "\n".join([str(err).splitlines()[0], *[f"- {p}" for p in err.problems]])
+    """A DataError as escaped markdown: its first line, then one bullet per problem."""
+    return "\n".join([md(str(err).splitlines()[0]), bullets(err.problems)])
 
 
 @dataclass(kw_only=True)
@@ -467,7 +701,7 @@ class BackgroundJob(ABC):
 
     The progress callback only writes to the plain `status` dict (never st.*), because
     Streamlit calls are only valid in the script thread. The result lands in `model`, or
-    a message for the user in `error`.
+    a message for the user in `error` (markdown, the user's text in it escaped).
     """
 
     failure: ClassVar[str] = "Failed"
@@ -500,7 +734,7 @@ class BackgroundJob(ABC):
             self.error = problems_text(err)
         except Exception as err:  # shown to the user in words; the trace goes to the log
             traceback.print_exc()
-            self.error = f"{self.failure}: {err}"
+            self.error = md(f"{self.failure}: {err}")
         finally:
             self.finished = time.monotonic()
 
@@ -514,6 +748,9 @@ class TrainingJob(BackgroundJob):
     schema: Any
     settings: dict
     holdout: pd.DataFrame | None = None
+    table_key: str | None = None
+    held_rows: Any = None
+    n_rows: int = 0
     history: list = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     calibration: pd.DataFrame | None = None
@@ -549,14 +786,12 @@ class AdaptJob(BackgroundJob):
 
 # ------------------------------------------------------------------------ shared widgets
 
-_DEMO_SEX = {"0": "female", "1": "male"}
-
-
 def level_name(column: str, level: str, model_key: str) -> str:
-    """How a category level reads on screen (the demo's sex codes are 0 = female, 1 = male)."""
-    if column == "sex" and is_demo(model_key) and level in _DEMO_SEX:
-        return f"{_DEMO_SEX[level]} ({level})"
-    return "any / unknown" if level == UNKNOWN_LEVEL else str(level)
+    """How a category level reads on screen: words where known ('female (0)' for the
+    demo's sex codes), the site's own name, 'any / unknown' for the unknown level."""
+    found = active_model()
+    meanings = sex_meanings(found[0], model_key) if found is not None else {}
+    return level_text(column, level, meanings)
 
 
 def category_pickers(

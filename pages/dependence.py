@@ -18,6 +18,7 @@ from normcore.figures.charts import (
 )
 from normcore.idp_groups import default_idps, label
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -81,7 +82,7 @@ else:
         )
         st.plotly_chart(correlation_heatmaps(r_real, r_model), width="stretch", key="dep_heat")
 
-    st.subheader(f"How the correlation of {label(x)} and {label(y)} changes with age")
+    st.subheader(f"How the correlation of {md(label(x))} and {md(label(y))} changes with age")
     grid = fan_grid(model.training_summary, schema, fixed, n=9, margin=0.0)
     by_age = common.sample(model, key, grid, 300, seed=2)
     table = pd.concat(

@@ -8,6 +8,7 @@ from normcore.figures import diagnostics as fig
 from normcore.idp_groups import default_idps
 from normcore.report import report_html
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -15,6 +16,7 @@ model, key, name = common.require_model()
 
 st.header("Diagnostics")
 group, err = common.cohort(model, key)
+common.stop_if_abandoned(err)
 if err is not None:
     st.error("The uploaded table cannot be evaluated with the active model yet.")
     common.show_problems(err)
@@ -23,6 +25,21 @@ if group is None:
     st.info(
         "Upload a table of healthy people the model has not seen (Data page) to check "
         "its calibration."
+    )
+    st.stop()
+common.say_cohort_source(group)
+include_training = st.toggle(
+    "Include the people the model trained on (flatters it)",
+    value=False,
+    key="diag_include_training",
+    help="A model trained here on the uploaded table is judged on its held-out rows only.",
+)
+people, people_key, who = common.diagnostics_people(key, group, include_training)
+if len(people) == 0:
+    st.warning(
+        "Every person of the uploaded table was used to train this model, so none is left "
+        "to judge it on. Upload healthy people it has not seen, or train with a share held "
+        "out for calibration."
     )
     st.stop()
 
@@ -37,11 +54,10 @@ def report(_result, model_key: str, table_key: str, model_name: str, data_name: 
     return report_html(_result, model_name=model_name, data_name=data_name).encode()
 
 
-result = run_evaluation(model, key, group.table, group.key)
+result = run_evaluation(model, key, people, people_key)
 m = result.metrics
-st.write(
-    f"{m['n']} people from the {group.source}, {m['n_idps']} IDPs: the same numbers as "
-    "`normcore evaluate`."
+st.markdown(
+    f"**Evaluated on {md(who)}**; {m['n_idps']} IDPs: the same numbers as `normcore evaluate`."
 )
 cov95 = m.get("coverage95_error")
 k1, k2, k3, k4 = st.columns(4)
@@ -64,7 +80,7 @@ k4.metric("Miscalibrated strata", f"{mis['n_miscalibrated']} of {mis['n_evaluate
 
 st.download_button(
     "Download the HTML report",
-    data=lambda: report(result, key, group.key, name, group.source),
+    data=lambda: report(result, key, people_key, name, who),
     on_click="ignore",
     file_name="normcore_evaluation.html",
     mime="text/html",
@@ -120,8 +136,8 @@ with dep_tab:
         )
     else:
         st.caption(
-            "Memorisation needs the model's training table; run `normcore evaluate "
-            "--train` on the command line to include it."
+            "Memorisation (are model samples copies of training people?) needs the model's "
+            "training table, which this page does not have."
         )
-if common.is_demo(key) and "uploaded" not in group.source:
+if group.demo:
     st.caption(common.FCON_CITATION)

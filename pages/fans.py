@@ -6,6 +6,7 @@ from normcore.explore import fan_grid, fan_points
 from normcore.figures.charts import fan_small_multiples
 from normcore.idp_groups import default_idps, label
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -35,7 +36,9 @@ fixed = common.category_pickers(model, key, "fan")
 group, err = common.cohort(model, key)
 show_points = False
 if group is not None:
-    show_points = st.toggle(f"Show people: {group.source}", value=True, key="fan_points")
+    show_points = st.toggle(f"Show people: {md(group.source)}", value=True, key="fan_points")
+elif isinstance(err, common.AbandonedUpload):
+    st.warning(md(str(err)))
 elif err is not None:
     st.warning(
         "The uploaded table is not mapped to this model yet, so no people are drawn "
@@ -57,8 +60,20 @@ age_range = model.age_range
 if site and site in model.training_summary.get("level_age_ranges", {}).get("site", {}):
     age_range = model.training_summary["level_age_ranges"]["site"][site]
     st.caption(
-        f"Site {site} contributed training people aged {age_range[0]:.0f}-{age_range[1]:.0f}: "
+        f"Site {md(site)} contributed training people aged {age_range[0]:.0f}-{age_range[1]:.0f}: "
         "outside that range its fan leans on the other sites."
+    )
+context = common.fan_context(model, key, fixed)
+if "site_age_range" in context:
+    lo, hi = context["site_age_range"]
+    st.caption(
+        f"Site {md(site)} was adapted from controls aged {lo:.0f}-{hi:.0f}: its fan is "
+        "shaded (purple) outside those ages, where it rests on the other sites."
+    )
+if "reference_ages" in context:
+    st.caption(
+        "Ticks along the bottom: the ages of the reference people of this sex and site; "
+        "shaded orange: ages with fewer than 5 of them within 2.5 years."
     )
 fig = fan_small_multiples(
     cent,
@@ -68,6 +83,7 @@ fig = fan_small_multiples(
     age_range=age_range,
     columns=n_cols,
     points_name="people",
+    **context,
 )
 st.plotly_chart(fig, width="stretch", key="fan_chart")
 if common.is_demo(key):

@@ -6,7 +6,7 @@ import streamlit as st
 from normcore import DataError
 from normcore.explore import (
     fan_grid,
-    individual_report_html,
+    level_text,
     model_card,
     person_profile,
     unseen_levels_message,
@@ -14,8 +14,10 @@ from normcore.explore import (
 )
 from normcore.figures.charts import centile_fan, deviation_profile
 from normcore.idp_groups import default_idps, label
+from normcore.report import individual_report_html
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -24,6 +26,7 @@ schema = model.schema
 
 st.header("Individual")
 group, err = common.cohort(model, key)
+common.stop_if_abandoned(err)
 mode_options = (["From the cohort"] if group is not None else []) + ["Type values"]
 mode = st.radio("Person", mode_options, horizontal=True, key="ind_mode")
 
@@ -34,8 +37,9 @@ if mode == "From the cohort":
         if schema.id and schema.id in table
         else [f"row {i}" for i in range(len(table))]
     )
+    common.say_cohort_source(group)
     pos = st.selectbox(
-        f"Choose a person ({group.source})",
+        f"Choose a person ({md(group.source)})",
         range(len(table)),
         format_func=lambda i: f"{ids[i]} · age {float(table[schema.age].iloc[i]):.0f}",
         key="ind_person",
@@ -76,11 +80,10 @@ except DataError as exc:
     common.show_problems(exc)
     st.stop()
 unseen = unseen_levels_summary(scores, person)
-if unseen:
-    st.warning(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX))
-for w in report.warnings:
-    if w.column not in unseen:  # said above, with what to do about it
-        st.warning(str(w))
+notes = [unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX)] if unseen else []
+notes += [str(w) for w in report.warnings if w.column not in unseen]  # unseen: said above
+for note in notes:
+    st.warning(md(note))
 
 profile = person_profile(scores, 0)
 n_flag = int(profile["extreme"].sum())
@@ -98,14 +101,19 @@ m2.metric(
 )
 worst = profile.loc[profile["z"].abs().idxmax()]
 m3.metric(
-    f"Most extreme: {label(worst['idp'])}",
+    f"Most extreme: {md(label(worst['idp']))}",
     f"z = {worst['z']:+.2f}",
-    help=f"{worst['idp']}: centile {worst['centile']:.1f}",
+    help=f"{md(worst['idp'])}: centile {worst['centile']:.1f}",
 )
 
 st.subheader("Deviation profile")
-profile_fig = deviation_profile(scores)
-st.plotly_chart(profile_fig, width="stretch", key="ind_profile")
+st.caption(
+    f"z of each of the {len(profile)} measures, grouped by region; bars in red beyond "
+    "|z| = 1.96 (shaded: the central 95%), whiskers: the centile's Monte-Carlo interval."
+)
+profile_fig = deviation_profile(profile)
+with st.container(height=min(700, int(profile_fig.layout.height) + 20)):
+    st.plotly_chart(profile_fig, width="stretch", key="ind_profile")
 with st.expander("All measures (sortable)"):
     st.dataframe(
         profile[["group", "idp", "value", "centile", "z", "extreme"]],
@@ -130,6 +138,7 @@ chosen = st.multiselect(
 fixed_person = {c: str(person[c].iloc[0]) for c in schema.categorical}
 grid = fan_grid(model.training_summary, schema, fixed_person)
 cent = common.centiles(model, key, grid)
+context = common.fan_context(model, key, fixed_person)
 fan_figs = []
 fan_cols = st.columns(2)
 for k, idp in enumerate(chosen):
@@ -143,14 +152,17 @@ for k, idp in enumerate(chosen):
         }
     )
     fig = centile_fan(
-        cent, idp, age=schema.age, highlight=me, age_range=model.age_range, height=360
+        cent, idp, age=schema.age, highlight=me, age_range=model.age_range, height=360,
+        **context,
     )
     fan_figs.append(fig)
     with fan_cols[k % 2]:
         st.plotly_chart(fig, width="stretch", key=f"ind_fan_{idp}")
 
 id_cols = [schema.id] if schema.id and schema.id in person else []
-who = {c: person[c].iloc[0] for c in [*id_cols, *schema.covariates]}
+meanings = common.sex_meanings(model, key)
+who = {c: person[c].iloc[0] for c in [*id_cols, schema.age]}
+who.update({c: level_text(c, person[c].iloc[0], meanings) for c in schema.categorical})
 
 
 def report() -> bytes:
@@ -161,6 +173,9 @@ def report() -> bytes:
         float(dev["deviation_centile"].iloc[0]),
         [profile_fig, *fan_figs],
         {"model": name, **model_card(model)},
+        notes=notes,
+        age=float(person[schema.age].iloc[0]),
+        age_range=model.age_range,
     ).encode()
 
 

@@ -8,19 +8,23 @@ import streamlit as st
 
 from normcore import BundleError, DataError, NormativeModel
 from normcore.adapt import plan_adaptation
-from normcore.data import split_table
 from normcore.denoisers import BACKBONES
 from normcore.explore import (
     apply_mapping,
     category_counts,
+    describe_counts,
+    holdout_rows,
+    kept_weights,
     model_card,
+    training_idp_candidates,
     training_schema,
 )
 from normcore.figures.charts import loss_curve
 from normcore.formats import upload_types
-from normcore.schema import coerce_categories, numeric_columns, validate_training
+from normcore.schema import coerce_categories, validate_training
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX, adaptation_warnings
 from pages import common
+from pages.common import md
 
 common.run_through_app()
 
@@ -69,7 +73,7 @@ if found is not None:
     with right:
         group, _ = common.cohort(model, key)
         if group is not None and common.is_demo(key) and "uploaded" not in group.source:
-            st.markdown(f"**Calibration on {len(group.table)} {group.source}**")
+            st.markdown(f"**Calibration on {len(group.table)} {md(group.source)}**")
             st.dataframe(
                 common.calibration(model, key, group.table, group.key),
                 hide_index=True,
@@ -88,7 +92,15 @@ if found is not None:
             st.markdown("**Calibration on the held-out part of the training table**")
             st.dataframe(cal, hide_index=True, width="stretch")
         if model.history:
-            st.plotly_chart(loss_curve(model.history, height=240), width="stretch", key="card_loss")
+            kept = kept_weights(model.history)
+            st.plotly_chart(
+                loss_curve(model.history, height=260, kept=kept), width="stretch", key="card_loss"
+            )
+            if kept is not None:
+                st.caption(
+                    f"The model keeps the weights of epoch {model.history[kept]['epoch']}, "
+                    "where the validation loss was lowest (ringed)."
+                )
     st.download_button(
         "Download this model (.normcore bundle)",
         data=model.to_bytes,
@@ -114,11 +126,11 @@ def adapt_status() -> None:
         text = "Starting ..."
     elif step < job.steps:
         text = (
-            f"Learning the offset of site '{job.site}': step {step} of {job.steps}, "
+            f"Learning the offset of site '{md(job.site)}': step {step} of {job.steps}, "
             f"loss {status.get('loss', float('nan')):.3f}"
         )
     else:
-        text = f"Offset learned; rebuilding the centile table for site '{job.site}' ..."
+        text = f"Offset learned; rebuilding the centile table for site '{md(job.site)}' ..."
     st.progress(min(max(fraction, 0.0), 1.0), text=text)
 
 
@@ -129,13 +141,13 @@ def adapt_result(job: common.AdaptJob) -> None:
         return
     record = job.model.adaptations[-1]
     st.success(
-        f"Adapted to site **{record['level']}** from {record['n_controls']} controls in "
+        f"Adapted to site **{md(record['level'])}** from {record['n_controls']} controls in "
         f"{job.finished - job.started:.0f} s. The adapted model is now the active model "
         f"(sidebar: *{common.CHOICES['adapted']}*); score your site's people with it."
     )
     warnings = adaptation_warnings(record)
     if warnings:
-        st.warning("Few controls:\n" + "\n".join(f"- {w}" for w in warnings))
+        st.warning("Few controls:\n" + common.bullets(warnings))
     st.download_button(
         "Download the adapted model (.normcore bundle)",
         data=job.model.to_bytes,
@@ -155,9 +167,8 @@ def choose_site(controls: pd.DataFrame, mapping) -> pd.DataFrame | None:
         if len(sites) == 1:
             return controls
         st.warning(
-            f"These controls come from {len(sites)} sites ("
-            + ", ".join(f"{s}: {n}" for s, n in sites.items())
-            + "). A model is adapted to one site at a time: choose which."
+            f"These controls come from {len(sites)} sites ({md(describe_counts(sites))}). "
+            "A model is adapted to one site at a time: choose which."
         )
         chosen = st.selectbox("Adapt to site", list(sites), key="adapt_site_pick")
         return controls[coerce_categories(controls[mapping.site]) == chosen].reset_index(drop=True)
@@ -203,7 +214,7 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
         args=("controls",),
     )
     if st.session_state.get("controls_error"):
-        st.error(f"This file could not be read. {st.session_state['controls_error']}")
+        st.error(f"This file could not be read. {md(st.session_state['controls_error'])}")
         return
     controls = st.session_state.get("controls")
     if controls is None:
@@ -213,7 +224,8 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
         )
         return
     st.markdown(
-        f"**{st.session_state['controls_name']}**: {len(controls)} rows. Which column is what:"
+        f"**{md(st.session_state['controls_name'])}**: {len(controls)} rows. "
+        "Which column is what:"
     )
     mapping = common.mapping_for(model, "controls")
     common.column_mapper(controls, mapping, model, key, prefix="adapt_map", site_for_everyone=False)
@@ -229,17 +241,14 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
     try:
         plan = plan_adaptation(mapped, schema, model.levels, model.age_range, column="site")
     except DataError as err:
-        st.error(
-            "Fix these in the controls table:\n"
-            + "\n".join(f"- {p}" for p in err.problems or [str(err)])
-        )
+        st.error("Fix these in the controls table:\n" + common.bullets(err.problems or [str(err)]))
         return
     worth_knowing = [p for p in plan.warnings if p.column != "site"]  # a new site is the point
     if worth_knowing:
-        st.warning("\n".join(f"- {p}" for p in worth_knowing))
+        st.warning(common.bullets(worth_knowing))
 
     st.markdown(
-        f"**{plan.n_controls} controls** from site **{plan.level}** "
+        f"**{plan.n_controls} controls** from site **{md(plan.level)}** "
         + (
             "(known to the model: adapting again refines it)."
             if plan.readapted
@@ -263,10 +272,10 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
             f"**Few controls.** Adapting still works, but with fewer than "
             f"{SAFE_CONTROLS_PER_SEX} healthy controls per sex the site's offset is only "
             "roughly estimated and its centiles are less trustworthy. Add controls if you "
-            "can.\n" + "\n".join(f"- {w}" for w in warnings)
+            "can.\n" + common.bullets(warnings)
         )
     if plan.shortfall:
-        st.error(plan.shortfall)
+        st.error(md(plan.shortfall))
     with st.expander("Advanced options"):
         steps = st.number_input(
             "Learning steps",
@@ -278,7 +287,7 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
             help="Optimiser steps for the site's offset; more fit it more closely.",
         )
     if st.button(
-        f"Adapt to site {plan.level}",
+        f"Adapt to site {md(plan.level)}",
         type="primary",
         disabled=plan.shortfall is not None,
         key="adapt_start",
@@ -307,6 +316,7 @@ def load_bundle() -> None:
         loaded = NormativeModel.from_bytes(bundle.getvalue())
     except (BundleError, DataError) as err:
         st.session_state["bundle_error"] = f"'{bundle.name}' is not a usable normcore model: {err}"
+        common.claim(bundle)
         return
     key = "upload:" + common.bytes_key(bundle.getvalue())
     common.add_session_model("uploaded", loaded, key, f"Uploaded bundle ({bundle.name})")
@@ -316,7 +326,7 @@ st.file_uploader(
     "Model bundle (.normcore)", type=["normcore"], key="bundle_upload", on_change=load_bundle
 )
 if st.session_state.get("bundle_error"):
-    st.error(st.session_state["bundle_error"])
+    st.error(md(st.session_state["bundle_error"]))
 
 # ------------------------------------------------------------------------------ train
 st.subheader("Train a model on the uploaded table")
@@ -328,11 +338,19 @@ if table is None and job is None:
 
 if job is None or job.done:
     mapping = common.mapping_for(found[0] if found else None)
-    used = {mapping.id, mapping.age, mapping.sex, mapping.site, *mapping.covariates.values()}
-    candidates = [c for c in numeric_columns(table) if c not in used]
-    idps = st.multiselect(
-        "Brain measures to model", candidates, default=candidates, key="train_idps"
+    used = [mapping.id, mapping.age, mapping.sex, mapping.site, *mapping.covariates.values()]
+    candidates, left_out = training_idp_candidates(table, used)
+    # The user's choice survives training and page switches: kept outside the widget (whose
+    # state Streamlit drops when the page is left) and restored, limited to what is offered.
+    chosen = st.session_state.get("train_idps", st.session_state.get("train_idps_chosen"))
+    st.session_state["train_idps"] = (
+        [c for c in chosen if c in candidates] if chosen is not None else candidates
     )
+    idps = st.multiselect("Brain measures to model", candidates, key="train_idps")
+    st.session_state["train_idps_chosen"] = list(idps)
+    if left_out:
+        with st.expander(f"{len(left_out)} numeric column(s) not offered as brain measures"):
+            st.markdown(common.bullets([f"{c}: {why}" for c, why in left_out.items()]))
     c1, c2, c3 = st.columns(3)
     with c1:
         backbone = st.selectbox(
@@ -374,23 +392,26 @@ if job is None or job.done:
         with a3:
             width = st.selectbox("Network width", ["default", 32, 64, 128, 256], key="train_width")
             depth = st.selectbox("Network depth", ["default", 1, 2, 3, 4, 6], key="train_depth")
-    ready = True
-    try:
-        schema = training_schema(table, mapping, idps)
-    except DataError as err:
-        common.show_problems(err)
-        ready = False
+    ready = bool(idps)
+    if not idps:
+        st.warning("Choose at least one IDP (brain measure) to model.")
+    else:
+        try:
+            schema = training_schema(table, mapping, idps)
+        except DataError as err:
+            common.show_problems(err)
+            ready = False
     if ready:
         report = validate_training(table, schema)
         if report.errors:
-            st.error("Fix these before training:\n" + "\n".join(f"- {p}" for p in report.errors))
+            st.error("Fix these before training:\n" + common.bullets(report.errors))
             ready = False
         if report.warnings:
-            st.warning("\n".join(f"- {p}" for p in report.warnings))
+            st.warning(common.bullets(report.warnings))
     if st.button("Train", type="primary", disabled=not ready, key="train_start"):
-        train_df, held = (
-            split_table(table, holdout, mapping.site, int(seed)) if holdout > 0 else (table, None)
-        )
+        train_rows, held_rows = holdout_rows(table, holdout, mapping.site, int(seed))
+        train_df = table.iloc[train_rows].reset_index(drop=True)
+        held = table.iloc[held_rows].reset_index(drop=True) if len(held_rows) else None
         settings = dict(
             backbone=backbone,
             max_epochs=int(epochs),
@@ -400,7 +421,15 @@ if job is None or job.done:
             sampling_steps=int(steps),
             network={k: int(v) for k, v in (("width", width), ("depth", depth)) if v != "default"},
         )
-        st.session_state["train_job"] = common.TrainingJob(train_df, schema, settings, held).start()
+        st.session_state["train_job"] = common.TrainingJob(
+            train_df,
+            schema,
+            settings,
+            held,
+            table_key=st.session_state.get("table_key"),
+            held_rows=held_rows,
+            n_rows=len(table),
+        ).start()
         st.rerun()
 
 
@@ -418,6 +447,11 @@ def training_status() -> None:
             # and would then serve one user another's centiles.
             key = f"trained:{uuid.uuid4().hex}"
             common.add_session_model("trained", job.model, key, "Trained this session")
+            st.session_state.setdefault("held_out", {})[key] = common.HeldOut(
+                job.table_key, job.held_rows, job.n_rows
+            )
+            st.session_state.setdefault("trained_on", {})[id(job.model)] = job.table_key
+            st.session_state.setdefault("reference_tables", {})[key] = job.table
             if job.calibration is not None:
                 st.session_state.setdefault("calibration", {})[key] = job.calibration
             st.session_state["train_collected"] = job
@@ -442,7 +476,11 @@ def training_status() -> None:
         text = "Starting ..." if phase == "starting" else "Checking calibration ..."
     st.progress(min(max(fraction, 0.0), 1.0), text=text)
     if job.history:
-        st.plotly_chart(loss_curve(job.history, height=260), width="stretch", key="live_loss")
+        st.plotly_chart(
+            loss_curve(job.history, height=260, kept=kept_weights(job.history)),
+            width="stretch",
+            key="live_loss",
+        )
     if st.button("Stop training", key="train_stop", disabled=job.stop.is_set()):
         job.stop.set()
         st.toast("Stopping after this epoch; the model keeps its best weights so far.")

@@ -15,7 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from normcore.idp_groups import GROUP_ORDER, SHORT_NAMES, label, region_group
+from normcore.idp_groups import GROUP_ORDER, label, region_group
+from normcore.units import axis_title, tick_format
 
 __all__ = [
     "FAN_QUANTILES",
@@ -38,6 +39,13 @@ _MEDIAN = "#1f6f8b"
 _POINTS = "#c0504d"
 _TRUTH = "#333333"
 _OUTSIDE = "rgba(120,120,120,0.13)"
+_SPARSE = "rgba(232,163,61,0.14)"
+_UNSEEN_SITE = "rgba(160,60,140,0.10)"
+_RUG = "rgba(28,43,54,0.55)"
+#: Room below the data for the rug of reference ages, as a share of the y range.
+_RUG_ROOM = 0.08
+#: Pixels per IDP of a deviation profile: every label stays readable at 150 IDPs.
+_PROFILE_ROW_PX = 20
 _FLAG = "#c0504d"
 _OK = "#1f6f8b"
 _Z_FLAG = 1.96
@@ -169,14 +177,121 @@ def _shade_outside(
     x_range: Sequence[float],
     row: int | None,
     col: int | None,
+    color: str = _OUTSIDE,
+    name: str = "outside the training ages",
 ) -> None:
-    """Grey out ages the model never saw: centiles there are extrapolated."""
+    """Shade the ages outside `age_range` (the training ages, or an adapted site's
+    controls' ages): centiles there are extrapolated."""
     lo, hi = float(age_range[0]), float(age_range[1])
     x0, x1 = float(x_range[0]), float(x_range[1])
     where = {"row": row, "col": col} if row is not None else {}
     for a, b in ((x0, lo), (hi, x1)):
         if b > a:
-            fig.add_vrect(x0=a, x1=b, fillcolor=_OUTSIDE, line_width=0, layer="below", **where)
+            fig.add_vrect(
+                x0=a, x1=b, fillcolor=color, line_width=0, layer="below", name=name, **where
+            )
+
+
+def _shade_spans(
+    fig: go.Figure,
+    spans: Sequence[Sequence[float]],
+    row: int | None,
+    col: int | None,
+) -> None:
+    """Shade age spans where reference people are few (from `explore.sparse_age_spans`)."""
+    where = {"row": row, "col": col} if row is not None else {}
+    for a, b in spans:
+        fig.add_vrect(
+            x0=float(a), x1=float(b), fillcolor=_SPARSE, line_width=0, layer="below",
+            name="few reference people", **where,
+        )
+
+
+def _add_rug(
+    fig: go.Figure,
+    ages: Sequence[float],
+    y: float,
+    row: int | None,
+    col: int | None,
+    show_legend: bool,
+) -> None:
+    """The reference people's ages as ticks along the bottom of the panel: where they
+    are dense, the centiles rest on many people; where they thin out, on few."""
+    where = {"row": row, "col": col} if row is not None else {}
+    ages = np.asarray(ages, dtype=float)
+    fig.add_trace(
+        go.Scatter(
+            x=ages,
+            y=np.full(len(ages), y),
+            mode="markers",
+            marker={"symbol": "line-ns-open", "size": 9, "color": _RUG, "line": {"width": 1}},
+            name="reference people's ages",
+            legendgroup="rug",
+            showlegend=show_legend,
+            hovertemplate="reference person aged %{x:.1f}<extra></extra>",
+        ),
+        **where,
+    )
+
+
+def _y_range(
+    wide: pd.DataFrame,
+    age_range: Sequence[float] | None,
+    *extra: pd.DataFrame | None,
+    rug: bool = False,
+) -> list[float]:
+    """The y range a fan is drawn over: its bands within the training ages and the
+    people shown, padded, never bands that explode where the model extrapolates."""
+    inside = wide
+    if age_range is not None:
+        ages = wide.index.to_numpy(dtype=float)
+        keep = (ages >= float(age_range[0])) & (ages <= float(age_range[1]))
+        inside = wide[keep] if keep.any() else wide
+    values = [inside.to_numpy(dtype=float).ravel()]
+    values += [e["value"].to_numpy(dtype=float) for e in extra if e is not None and len(e)]
+    found = np.concatenate(values)
+    found = found[np.isfinite(found)]
+    lo, hi = (float(found.min()), float(found.max())) if found.size else (0.0, 1.0)
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    bottom = lo - pad - (_RUG_ROOM * (hi - lo) if rug else 0.0)
+    return [bottom, hi + pad]
+
+
+def _panel_extras(
+    fig: go.Figure,
+    wide: pd.DataFrame,
+    idp: str,
+    row: int | None,
+    col: int | None,
+    first: bool,
+    age_range: Sequence[float] | None,
+    site_age_range: Sequence[float] | None,
+    reference_ages: Sequence[float] | None,
+    sparse_spans: Sequence[Sequence[float]] | None,
+    shown: Sequence[pd.DataFrame | None],
+) -> None:
+    """What every fan panel carries besides its bands: shading of the training ages, of
+    an adapted site's controls' ages and of sparse reference ages, the rug, the unit
+    on the y axis and a y range clipped to the data."""
+    x_range = (wide.index.min(), wide.index.max())
+    if age_range is not None:
+        _shade_outside(fig, age_range, x_range, row, col)
+    if site_age_range is not None:
+        _shade_outside(
+            fig, site_age_range, x_range, row, col, _UNSEEN_SITE, "outside the site's controls"
+        )
+    if sparse_spans:
+        _shade_spans(fig, sparse_spans, row, col)
+    has_rug = reference_ages is not None and len(reference_ages) > 0
+    y_range = _y_range(wide, age_range, *shown, rug=has_rug)
+    if has_rug:
+        _add_rug(fig, reference_ages, y_range[0] + 0.02 * (y_range[1] - y_range[0]), row, col,
+                 first)
+    where = {"row": row, "col": col} if row is not None else {}
+    fig.update_yaxes(
+        title_text=axis_title(idp, label(idp)), tickformat=tick_format(idp), range=y_range,
+        **where,
+    )
 
 
 def centile_fan(
@@ -190,6 +305,9 @@ def centile_fan(
     title: str | None = None,
     points_name: str = "people",
     height: int = 420,
+    site_age_range: Sequence[float] | None = None,
+    reference_ages: Sequence[float] | None = None,
+    sparse_spans: Sequence[Sequence[float]] | None = None,
 ) -> go.Figure:
     """Age-conditioned centile bands of one IDP.
 
@@ -197,7 +315,11 @@ def centile_fan(
     `points`: optional people (age, value, centile, optional label). `age_range`: the
     training ages; the rest of the x axis is shaded. `truth`: optional exact centiles in
     the same long layout, drawn dashed (the Teach page). `highlight`: one or a few
-    people drawn large (the Individual page).
+    people drawn large (the Individual page). `site_age_range`: an adapted site's
+    controls' ages, shaded outside. `reference_ages`: the reference people's ages, drawn
+    as a rug; `sparse_spans`: age spans where they are few, shaded
+    (`explore.sparse_age_spans`). The y axis carries the IDP's unit and is clipped to the
+    bands inside the training ages and the people shown.
     """
     wide = _wide(centiles, idp, age)
     fig = go.Figure()
@@ -208,10 +330,11 @@ def centile_fan(
         _add_points(fig, points, None, None, True, points_name, _POINTS, 6)
     if highlight is not None and len(highlight):
         _add_points(fig, highlight, None, None, True, "this person", "#e8a33d", 14)
-    if age_range is not None:
-        _shade_outside(fig, age_range, (wide.index.min(), wide.index.max()), None, None)
+    _panel_extras(
+        fig, wide, idp, None, None, True, age_range, site_age_range, reference_ages,
+        sparse_spans, (points, highlight),
+    )
     fig.update_xaxes(title_text="age (years)")
-    fig.update_yaxes(title_text=label(idp))
     return _layout(fig, title if title is not None else label(idp), height)
 
 
@@ -245,8 +368,12 @@ def fan_small_multiples(
     columns: int = 2,
     points_name: str = "people",
     panel_height: int = 300,
+    site_age_range: Sequence[float] | None = None,
+    reference_ages: Sequence[float] | None = None,
+    sparse_spans: Sequence[Sequence[float]] | None = None,
 ) -> go.Figure:
-    """One fan per IDP on a grid; `points` and `truth` carry an `idp` column to split on."""
+    """One fan per IDP on a grid; `points` and `truth` carry an `idp` column to split on.
+    The other arguments are `centile_fan`'s, applied to every panel."""
     if not idps:
         raise ValueError("choose at least one IDP")
     cols = max(1, min(columns, len(idps)))
@@ -264,12 +391,13 @@ def fan_small_multiples(
         _add_fan(fig, wide, r, c, k == 0)
         if truth is not None:
             _add_truth(fig, _wide(truth, idp, age), r, c, k == 0)
-        if points is not None and len(points):
-            mine = points[points["idp"] == idp]
-            if len(mine):
-                _add_points(fig, mine, r, c, k == 0, points_name, _POINTS, 5)
-        if age_range is not None:
-            _shade_outside(fig, age_range, (wide.index.min(), wide.index.max()), r, c)
+        mine = points[points["idp"] == idp] if points is not None else None
+        if mine is not None and len(mine):
+            _add_points(fig, mine, r, c, k == 0, points_name, _POINTS, 5)
+        _panel_extras(
+            fig, wide, idp, r, c, k == 0, age_range, site_age_range, reference_ages,
+            sparse_spans, (mine,),
+        )
         fig.update_xaxes(title_text="age (years)" if r == rows else None, row=r, col=c)
     return _layout(fig, None, panel_height * rows + 60)
 
@@ -309,8 +437,8 @@ def dependence_contours(
                 hovertemplate=f"{label(x)} %{{x:.4g}}<br>{label(y)} %{{y:.4g}}<extra></extra>",
             )
         )
-    fig.update_xaxes(title_text=label(x))
-    fig.update_yaxes(title_text=label(y))
+    fig.update_xaxes(title_text=axis_title(x, label(x)), tickformat=tick_format(x))
+    fig.update_yaxes(title_text=axis_title(y, label(y)), tickformat=tick_format(y))
     return _layout(fig, title, height)
 
 
@@ -370,46 +498,59 @@ def pair_correlation_by_age(
 def deviation_profile(
     scores: pd.DataFrame, threshold: float = _Z_FLAG, height: int | None = None
 ) -> go.Figure:
-    """One person's z per IDP, grouped by region type; |z| > threshold in red.
+    """One person's z per IDP as horizontal bars, one labelled row per IDP, grouped by
+    region type (a two-level axis: group, then IDP); |z| > threshold in red.
 
-    `scores`: the person's rows of `NormativeModel.score` (idp, z, centile, value).
+    `scores`: the person's rows of `NormativeModel.score` (idp, z, centile, value), or
+    `explore.person_profile`'s table, whose `z_lo`/`z_hi` (the z interval from the
+    centile's Monte-Carlo error) are drawn as interval bars. The figure grows
+    `_PROFILE_ROW_PX` per IDP, so 150 labels stay readable; the page scrolls it.
     """
-    df = scores[["idp", "z", "centile", "value"]].copy()
+    cols = ["idp", "z", "centile", "value", *[c for c in ("z_lo", "z_hi") if c in scores]]
+    df = scores[cols].copy()
     df["group"] = [region_group(i) for i in df["idp"]]
     order = {g: k for k, g in enumerate(GROUP_ORDER)}
     df["order"] = df["group"].map(order)
     df = df.sort_values(["order"], kind="stable").reset_index(drop=True)
-    df["flag"] = df["z"].abs() > threshold
-    groups = [g for g in GROUP_ORDER if g in set(df["group"])]
-    fig = make_subplots(
-        rows=1,
-        cols=len(groups),
-        shared_yaxes=True,
-        subplot_titles=[SHORT_NAMES[g] for g in groups],
-        horizontal_spacing=0.015,
-        column_widths=[max(len(df[df["group"] == g]), 3) for g in groups],
-    )
-    for k, g in enumerate(groups):
-        part = df[df["group"] == g]
-        fig.add_trace(
-            go.Bar(
-                x=[label(i) for i in part["idp"]],
-                y=part["z"],
-                marker_color=[_FLAG if f else _OK for f in part["flag"]],
-                customdata=np.column_stack([part["centile"], part["value"]]),
-                hovertemplate="%{x}<br>z = %{y:.2f}<br>centile %{customdata[0]:.1f}"
-                "<br>value %{customdata[1]:.4g}<extra></extra>",
-                showlegend=False,
-            ),
-            row=1,
-            col=k + 1,
+    flag = df["z"].abs() > threshold
+    error = None
+    if "z_lo" in df and "z_hi" in df:
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": (df["z_hi"] - df["z"]).clip(lower=0).to_numpy(dtype=float),
+            "arrayminus": (df["z"] - df["z_lo"]).clip(lower=0).to_numpy(dtype=float),
+            "color": "#333",
+            "thickness": 1.2,
+            "width": 4,
+            "visible": True,
+        }
+    fig = go.Figure(
+        go.Bar(
+            orientation="h",
+            y=[df["group"].tolist(), [label(i) for i in df["idp"]]],
+            x=df["z"],
+            marker_color=[_FLAG if f else _OK for f in flag],
+            error_x=error,
+            customdata=np.column_stack([df["centile"], df["value"], df["idp"]]),
+            hovertemplate="%{customdata[2]}<br>z = %{x:.2f}<br>centile %{customdata[0]:.1f}"
+            "<br>value %{customdata[1]:,.4~f}<extra></extra>",
+            showlegend=False,
         )
-        for t in (-threshold, threshold):
-            fig.add_hline(y=t, line={"color": "#888", "dash": "dot", "width": 1}, row=1, col=k + 1)
-        fig.update_xaxes(showticklabels=len(df) <= 40, tickangle=60, row=1, col=k + 1)
-    fig.update_yaxes(title_text="z", row=1, col=1)
-    fig.update_annotations(font={"size": 11})
-    return _layout(fig, None, height or 420)
+    )
+    fig.add_vrect(x0=-threshold, x1=threshold, fillcolor="rgba(31,111,139,0.07)", line_width=0,
+                  layer="below")
+    for t in (-threshold, threshold):
+        fig.add_vline(x=t, line={"color": "#888", "dash": "dot", "width": 1})
+    reach = float(np.nanmax(np.abs(np.r_[df["z"], df.get("z_lo", []), df.get("z_hi", [])])))
+    limit = max(3.0, min(6.5, reach + 0.3)) if np.isfinite(reach) else 3.0
+    fig.update_xaxes(
+        title_text="z (standard deviations from the norm for age, sex and site)",
+        range=[-limit, limit], zeroline=True, side="top",
+    )
+    fig.update_yaxes(autorange="reversed", automargin=True, dtick=1, tickfont={"size": 11})
+    rows = height or 140 + _PROFILE_ROW_PX * len(df)
+    return _layout(fig, None, rows)
 
 
 def cohort_z_heatmap(z: pd.DataFrame, height: int | None = None) -> go.Figure:
@@ -473,8 +614,13 @@ def extreme_rates(rates: pd.DataFrame, expected: float = 0.05, height: int = 420
     return _layout(fig, None, height)
 
 
-def loss_curve(history: Sequence[Mapping[str, float]], height: int = 300) -> go.Figure:
-    """Training and validation loss per epoch (the Model page's live chart)."""
+def loss_curve(
+    history: Sequence[Mapping[str, float]], height: int = 300, kept: int | None = None
+) -> go.Figure:
+    """Training and validation loss per epoch (the Model page's live chart).
+
+    `kept`: the index in `history` of the weights the model kept (the best validation
+    loss, `explore.kept_weights`), marked with a ring and a line."""
     df = pd.DataFrame(list(history))
     fig = go.Figure()
     for key, name, style in (
@@ -483,6 +629,21 @@ def loss_curve(history: Sequence[Mapping[str, float]], height: int = 300) -> go.
     ):
         if key in df.columns and df[key].notna().any():
             fig.add_trace(go.Scatter(x=df["epoch"], y=df[key], mode="lines", name=name, line=style))
+    if kept is not None and 0 <= kept < len(df) and "val_loss" in df.columns:
+        best = df.iloc[kept]
+        fig.add_trace(
+            go.Scatter(
+                x=[best["epoch"]],
+                y=[best["val_loss"]],
+                mode="markers",
+                marker={
+                    "size": 12, "color": "rgba(0,0,0,0)", "line": {"color": "#111", "width": 2}
+                },
+                name=f"weights kept (best validation loss, epoch {best['epoch']:g})",
+                hovertemplate="kept: epoch %{x}<br>validation loss %{y:.4f}<extra></extra>",
+            )
+        )
+        fig.add_vline(x=float(best["epoch"]), line={"color": "#111", "dash": "dash", "width": 1})
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="denoising loss")
     return _layout(fig, None, height)

@@ -28,8 +28,9 @@ def _slice(path: Path) -> pd.DataFrame:
 def tiny_demo() -> tuple[NormativeModel, pd.DataFrame]:
     """Train and save the tiny demo model once; every AppTest loads it as 'the demo'.
 
-    It learns from the slice of the demo's train half; the slice of its test half is
-    saved beside it as the held-out people the pages show, and returned with the model."""
+    It learns from the slice of the demo's train half, saved beside it as the reference
+    people (their ages draw the fans' rug); the slice of its test half is saved as the
+    held-out people the pages show, and returned with the model."""
     train, test = _slice(DEMO_TRAIN), _slice(DEMO_TEST)
     schema = Schema.infer(train, idps=IDPS)
     model = NormativeModel(
@@ -43,4 +44,5 @@ def tiny_demo() -> tuple[NormativeModel, pd.DataFrame]:
     model.fit(train, schema)
     model.save(DEMO_DIR / "fcon1000.normcore")
     test.to_csv(DEMO_DIR / "fcon1000_test.csv", index=False)
+    train.to_csv(DEMO_DIR / "fcon1000_train.csv", index=False)
     return model, test
