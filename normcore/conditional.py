@@ -21,9 +21,15 @@ person, batched over people (README, "Conditional centiles").
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import pandas as pd
 from scipy.special import ndtr, ndtri
 
+from normcore.errors import DataError
 from normcore.joint import CHUNK, JointModel
 
 DRAWS = 400
@@ -92,3 +98,123 @@ def z_of_probabilities(p: np.ndarray) -> np.ndarray:
 def draw_quantiles(draws: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Quantiles (n, P, D) of draws (n, K, D) at probabilities `probs` (P,)."""
     return np.moveaxis(np.quantile(draws, probs, axis=1), 0, 1)
+
+
+def given_set(idps: Sequence[str], given: Sequence[str] | str | None) -> np.ndarray:
+    """(D,) bool of the IDPs named in `given` (a list, or one comma-separated text), or
+    all False for None or an empty list; unknown names and a set that leaves no IDP to
+    score are a DataError naming them."""
+    if given is None:
+        return np.zeros(len(idps), dtype=bool)
+    names = [n.strip() for n in given.split(",")] if isinstance(given, str) else list(given)
+    names = [str(n) for n in names if str(n).strip()]
+    unknown = [n for n in dict.fromkeys(names) if n not in idps]
+    if unknown:
+        hints = []
+        for name in unknown[:5]:
+            close = difflib.get_close_matches(name, list(idps), n=2, cutoff=0.6)
+            hints.append(f"'{name}'" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        raise DataError(
+            f"The given set names {len(unknown)} IDP(s) this model does not have: "
+            f"{', '.join(hints)}. Given IDPs must be among the model's {len(idps)} IDPs."
+        )
+    chosen = np.isin(np.asarray(idps, dtype=object), np.asarray(names, dtype=object))
+    if chosen.all():
+        raise DataError(
+            f"The given set names all {len(idps)} IDPs of the model, so no IDP is left to "
+            "score given the others. Leave at least one IDP out of it."
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class ConditionalScores:
+    """What conditional draws answer for a table's people, in normal-score units."""
+
+    probability: np.ndarray
+    """(n, D) conditional P(score <= the person's) of each present IDP not conditioned
+    on (nan elsewhere)."""
+    se: np.ndarray
+    """(n, D) its Monte-Carlo standard error."""
+    bands: np.ndarray
+    """(n, P, D) conditional quantiles of each missing IDP (nan elsewhere)."""
+    condition: np.ndarray
+    """(n, D) bool: the cells each row was conditioned on."""
+
+
+def score_given(
+    joint: JointModel,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    scores: np.ndarray,
+    chosen: np.ndarray,
+    probs: np.ndarray,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> ConditionalScores:
+    """Conditional centiles and the bands of missing IDPs for first-stage `scores` (n, D),
+    nan where a person lacks an IDP.
+
+    With a given set (`chosen`, (D,) bool, not all False) every row is conditioned on the
+    given IDPs it has, and its other present IDPs get conditional centiles. Without one,
+    only rows that lack an IDP are drawn, conditioned on every IDP they have. Either way a
+    missing IDP gets the quantiles at `probs` of its conditional draws.
+    """
+    present = np.isfinite(scores)
+    condition = present & chosen if chosen.any() else present
+    n, d = scores.shape
+    probability, se = np.full((n, d), np.nan), np.full((n, d), np.nan)
+    bands = np.full((n, len(probs), d), np.nan)
+    rows = np.arange(n) if chosen.any() else np.flatnonzero(~present.all(axis=1))
+    if len(rows):
+        drawn = conditional_draws(
+            joint, age_z[rows], codes[rows], np.nan_to_num(scores[rows]), condition[rows],
+            draws, seed,
+        )  # fmt: skip
+        if chosen.any():
+            p, e = smoothed_cdf(drawn, np.nan_to_num(scores[rows]))
+            scored = present[rows] & ~condition[rows]
+            probability[rows] = np.where(scored, p, np.nan)
+            se[rows] = np.where(scored, e, np.nan)
+        missing = ~present[rows]
+        bands[rows] = np.where(missing[:, None, :], draw_quantiles(drawn, probs), np.nan)
+    return ConditionalScores(probability, se, bands, condition)
+
+
+def with_conditional_columns(
+    table: pd.DataFrame,
+    idps: Sequence[str],
+    chosen: np.ndarray,
+    result: ConditionalScores,
+    band_values: np.ndarray,
+    probs: np.ndarray,
+) -> pd.DataFrame:
+    """The long score table (one row per person and IDP, `outputs.score_table`) with the
+    conditional answers in place: conditional `centile`, `z` and `centile_se` for the
+    IDPs scored given others; `given` (the IDPs each row was conditioned on, when a given
+    set was asked for); `missing` (the person's missing IDPs); `imputed_qNN` (a missing
+    IDP's conditional quantiles in the table's units, `band_values` (n, P, D)); the given
+    IDPs' own rows dropped."""
+    n, d = result.condition.shape
+    out = table.copy()
+    names = np.asarray(idps, dtype=object)
+    if chosen.any():
+        cond = ~np.isnan(result.probability)
+        p = result.probability.reshape(-1)
+        at = cond.reshape(-1)
+        z = z_of_probabilities(p)
+        out.loc[at, "centile"] = 100.0 * p[at]
+        out.loc[at, "z"] = z[at]
+        out.loc[at, "centile_se"] = 100.0 * result.se.reshape(-1)[at]
+        out.loc[at, "beyond_reference"] = np.abs(z[at]) > 3.0
+        given_text = [",".join(names[row]) for row in result.condition]
+    else:
+        given_text = [""] * n
+    out["given"] = np.repeat(np.asarray(given_text, dtype=object), d)
+    missing = np.isnan(table["value"].to_numpy(dtype=float)).reshape(n, d)
+    out["missing"] = np.repeat(
+        np.asarray([",".join(names[row]) for row in missing], dtype=object), d
+    )
+    for k, prob in enumerate(probs):
+        out[f"imputed_q{round(100 * prob):02d}"] = band_values[:, k, :].reshape(-1)
+    return out[~np.tile(chosen, n)].reset_index(drop=True)
