@@ -80,7 +80,9 @@ def _score_progress(done: int, total: int) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
-    if stream.streamable(args.table) and stream.count_rows(args.table) > args.chunk_rows:
+    given = _split(args.given)
+    streamed = stream.streamable(args.table) and stream.count_rows(args.table) > args.chunk_rows
+    if given is None and streamed:
         summary = stream.score_file(
             model, args.table, args.out, chunk_rows=args.chunk_rows, progress=_score_progress
         )
@@ -95,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         return
     df = read_table(args.table)
     _warn(model, df)
-    model.score(df).to_csv(args.out, index=False)
+    model.score(df, given=given).to_csv(args.out, index=False)
     print(f"scored {len(df)} rows x {len(model.idps)} IDPs -> {args.out}", file=sys.stderr)
 
 
@@ -201,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="CSV/Parquet files with more rows are scored in chunks of this many "
         "(bounded memory, same output)",
+    )
+    p.add_argument(
+        "--given",
+        metavar="IDP,IDP,...",
+        help="score every other IDP given the covariates and these IDPs' values "
+        "(conditional centiles; the table is then scored in one piece)",
     )
     p.set_defaults(run=cmd_score)
 
