@@ -90,9 +90,10 @@ class ReferenceTable:
     n_eff: np.ndarray
     bandwidth: float
     precision: np.ndarray
-    """(D, D) inverse of the shrunk correlation of model samples' z."""
+    """(G, D, D) inverse of the shrunk correlation of model samples' z at each grid age."""
     mahalanobis: np.ndarray
-    """(C, Q) quantiles of squared Mahalanobis distance of model samples, per combination."""
+    """(C, G, Q) quantiles of the squared Mahalanobis distance of model samples under each
+    grid age's `precision`, per combination and grid age (`deviation_reference`)."""
 
     def combo_index(self, codes: np.ndarray) -> np.ndarray:
         """Mixed-radix index of each row's level combination (codes (n, K) -> (n,))."""
@@ -185,8 +186,7 @@ class ReferenceTable:
             quantiles=quantiles,
             n_eff=n_eff,
             bandwidth=float(bandwidth),
-            precision=np.asarray(arrays["reference.precision"], dtype=np.float64),
-            mahalanobis=np.asarray(arrays["reference.mahalanobis"], dtype=np.float64),
+            **_deviation_arrays(arrays, len(np.asarray(arrays["reference.ages"]))),
         )
 
 
@@ -248,9 +248,11 @@ def _plan(
     """Sample ages and the indices of the samples kept for the deviation, for one combination.
 
     Ages are spread evenly (with a seeded jitter) over the range widened by two bandwidths,
-    so that kernel estimates at the ends of the range are not one-sided. Drawing these
-    apart from the (slow) sampling lets several processes each sample their own
-    combinations while consuming `rng` exactly as one process does.
+    so that kernel estimates at the ends of the range are not one-sided. The samples kept
+    for the deviation are inside the range: the table, which places them, has no
+    quantiles beyond it. Drawing these apart from the (slow) sampling lets several
+    processes each sample their own combinations while consuming `rng` exactly as one
+    process does.
     """
     ages = _spread_ages(grid[0] - 2 * h, grid[-1] + 2 * h, per, rng)
     inside = np.flatnonzero((ages >= grid[0]) & (ages <= grid[-1]))
@@ -283,25 +285,42 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
 
 
 _KEEP = 2_000
-"""Samples per combination kept for the correlation and the Mahalanobis reference."""
+"""Samples per combination kept for the correlation and the Mahalanobis reference, inside
+the age range."""
+
+
+def _kept_count(grid: np.ndarray, h: float) -> int:
+    """Draws of a combination with the first stage's margins, kept for the deviation over
+    the age range widened by two bandwidths, _KEEP of them inside it.
+
+    Why widened: the deviation reference is kernel-weighted per age
+    (`deviation_reference`), and a kernel cut at the oldest age sees only younger samples;
+    where the coupling grows with age, their distances are too wide and the oldest
+    people's deviation too small. These draws are placed by their own ranks, not by the
+    table, so they may lie beyond its ages.
+    """
+    span = float(grid[-1] - grid[0])
+    return int(round(_KEEP * (span + 4 * h) / span)) if span > 0 else _KEEP
 
 
 def _first_stage_margins(
-    sampler: Sampler, codes: np.ndarray, grid: np.ndarray, prior: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores of a combination
-    whose margins are the first stage's (see `build_reference`).
+    sampler: Sampler, codes: np.ndarray, grid: np.ndarray, h: float, prior: np.ndarray,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages, of a
+    combination whose margins are the first stage's (see `build_reference`).
 
     The quantiles are `prior` at every age, exact, so their effective sample size is
-    infinite (no Monte-Carlo error). The draws serve the deviation only: _KEEP of them
+    infinite (no Monte-Carlo error). The draws serve the deviation only: `_kept_count`
     at ages spread over the grid, scored by their own ranks per IDP, so that the
     Mahalanobis reference measures the denoiser's dependence on the same standard-normal
     margins that real people's scores have under `prior`.
     """
-    ages = _spread_ages(grid[0], grid[-1], _KEEP, np.random.default_rng(seed))
-    y = sampler(ages, np.tile(codes, (_KEEP, 1)), seed)
+    n = _kept_count(grid, h)
+    ages = _spread_ages(grid[0] - 2 * h, grid[-1] + 2 * h, n, np.random.default_rng(seed))
+    y = sampler(ages, np.tile(codes, (n, 1)), seed)
     q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
-    return q, np.full(len(grid), np.inf), rank_normal_scores(y)
+    return q, np.full(len(grid), np.inf), rank_normal_scores(y), ages
 
 
 def _tabulate(
@@ -312,8 +331,9 @@ def _tabulate(
     plan: tuple[np.ndarray, np.ndarray],
     prior: np.ndarray,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantiles (G, Q, D), effective sizes (G,) and kept normal scores for one combination."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages for one
+    combination."""
     ages, pick = plan
     y = sampler(ages, np.tile(codes, (len(ages), 1)), seed)
     q = np.empty((len(grid), len(PROBABILITY_LEVELS), y.shape[1]))
@@ -326,16 +346,12 @@ def _tabulate(
     q = shrink_towards(q, n_eff, prior)
     one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
     qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
-    return q, n_eff, z_of_scores(qp, y[pick])
+    return q, n_eff, z_of_scores(qp, y[pick]), ages[pick]
 
 
 def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance of each row of normal scores z (n, D)."""
     return np.einsum("ij,jk,ik->i", z, precision, z)
-
-
-def _d2_quantiles(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    return np.quantile(_squared_distance(z, precision), PROBABILITY_LEVELS)
 
 
 def _combination_seed(seed: int, combination: int) -> int:
@@ -387,7 +403,7 @@ def build_reference(
         )
         draw_seed = _combination_seed(seed, ci)
         own[ci] = (
-            _first_stage_margins(sampler, codes, grid, prior, draw_seed)
+            _first_stage_margins(sampler, codes, grid, h, prior, draw_seed)
             if first_stage_margins[ci]
             else _tabulate(sampler, codes, grid, h, plans[ci], prior, draw_seed)
         )
@@ -395,15 +411,17 @@ def build_reference(
             progress((done + 1) / len(mine))
     everything = own if parallel is None else parallel.gather_dicts(own)
     parts = [everything[ci] for ci in range(n_combo)]
-    precision = _correlation_precision(np.concatenate([z for _, _, z in parts]))
+    precision = age_precisions(
+        np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]), grid, h
+    )
     table = ReferenceTable(
         ages=grid,
         n_levels=list(n_levels),
-        quantiles=np.stack([q for q, _, _ in parts]),
-        n_eff=np.stack([n for _, n, _ in parts]),
+        quantiles=np.stack([p[0] for p in parts]),
+        n_eff=np.stack([p[1] for p in parts]),
         bandwidth=h,
         precision=precision,
-        mahalanobis=np.stack([_d2_quantiles(z, precision) for _, _, z in parts]),
+        mahalanobis=np.stack([deviation_reference(p[2], p[3], precision, grid, h) for p in parts]),
     )
     # Round-trip through the stored precision so a fitted and a loaded model agree exactly.
     return ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
@@ -433,19 +451,22 @@ def with_level(
     grid_shape = table.quantiles.shape[1:]
     q = table.quantiles.reshape(*levels, *grid_shape)
     n_eff = table.n_eff.reshape(*levels, grid_shape[0])
-    maha = table.mahalanobis.reshape(*levels, len(PROBABILITY_LEVELS))
+    maha = table.mahalanobis.reshape(*levels, *table.mahalanobis.shape[1:])
     if appended:
         pad = [(0, 0)] * len(levels)
         pad[column] = (0, 1)
         q = np.pad(q, pad + [(0, 0)] * 3)
         n_eff = np.pad(n_eff, pad + [(0, 0)])
-        maha = np.pad(maha, pad + [(0, 0)])
+        maha = np.pad(maha, pad + [(0, 0)] * 2)
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
         draw_seed = _combination_seed(seed, int(np.ravel_multi_index(tuple(codes), new_levels)))
-        qc, nc, zc = _tabulate(sampler, codes, table.ages, table.bandwidth, plan, prior, draw_seed)
+        qc, nc, zc, ac = _tabulate(
+            sampler, codes, table.ages, table.bandwidth, plan, prior, draw_seed
+        )
         idx = tuple(codes)
-        q[idx], n_eff[idx], maha[idx] = qc, nc, _d2_quantiles(zc, table.precision)
+        q[idx], n_eff[idx] = qc, nc
+        maha[idx] = deviation_reference(zc, ac, table.precision, table.ages, table.bandwidth)
     c = int(np.prod(new_levels))
     out = ReferenceTable(
         table.ages,
@@ -454,41 +475,127 @@ def with_level(
         n_eff.reshape(c, -1),
         table.bandwidth,
         table.precision,
-        maha.reshape(c, -1),
+        maha.reshape(c, *maha.shape[len(levels):]),
     )
     return ReferenceTable.from_arrays(out.to_arrays(), new_levels, out.bandwidth)
 
 
-def _correlation_precision(z: np.ndarray) -> np.ndarray:
-    """Inverse of the Ledoit-Wolf-shrunk correlation matrix of normal scores."""
-    cov = LedoitWolf().fit(z).covariance_
+def _correlation_precision(z: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of the Ledoit-Wolf-shrunk correlation matrix of normal scores (rows
+    weighted by `w`, if given)."""
+    if w is not None:
+        z = z - np.average(z, axis=0, weights=w)
+        z = z * np.sqrt(w / w.mean())[:, None]
+    cov = LedoitWolf(assume_centered=w is not None).fit(z).covariance_
     sd = np.sqrt(np.diag(cov))
     corr = cov / np.outer(sd, sd)
     return np.linalg.inv(corr)
 
 
+def _kernel(ages: np.ndarray, at: float, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows within 3 bandwidths of age `at` and their Gaussian kernel weights, as the
+    quantiles are weighted in `_tabulate`."""
+    near = np.flatnonzero(np.abs(ages - at) <= 3 * h)
+    return near, np.exp(-0.5 * ((ages[near] - at) / h) ** 2)
+
+
+def age_precisions(z: np.ndarray, ages: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
+    """(G, D, D) precision of the model samples' normal scores z (n, D) at each grid age.
+
+    Why per age: where the coupling between IDPs changes with age, one correlation pooled
+    over ages is too strong for the young and too weak for the old, and a distance under
+    it misjudges profiles at both ends (benchmarks/RESULTS.md, "Joint model"). The
+    samples of every combination are pooled, weighted by the age kernel of the quantiles.
+    """
+    out = np.empty((len(grid), z.shape[1], z.shape[1]))
+    for gi, g in enumerate(grid):
+        near, w = _kernel(ages, g, h)
+        out[gi] = _correlation_precision(z[near], w)
+    return out
+
+
+def deviation_reference(
+    z: np.ndarray, ages: np.ndarray, precision: np.ndarray, grid: np.ndarray, h: float
+) -> np.ndarray:
+    """(G, Q) quantiles at PROBABILITY_LEVELS of one combination's samples' squared
+    Mahalanobis distances, at each grid age under that age's precision (G, D, D).
+
+    Why per age: a distance ranked among samples of every age is calibrated over everyone
+    but not within ages. Where the dependence grows with age, old people's distances are
+    ranked among mostly younger, less coupled samples and the deviation never fires for
+    them (issue 17, item 5). Ranked among the samples at their own age (kernel-weighted,
+    as the margins), it is calibrated at every age.
+    """
+    out = np.empty((len(grid), len(PROBABILITY_LEVELS)))
+    for gi, g in enumerate(grid):
+        near, w = _kernel(ages, g, h)
+        out[gi] = weighted_quantiles(
+            _squared_distance(z[near], precision[gi])[:, None], w, PROBABILITY_LEVELS
+        )[:, 0]
+    return out
+
+
+def _deviation_arrays(arrays: dict[str, np.ndarray], n_grid: int) -> dict[str, np.ndarray]:
+    """`precision` (G, D, D) and `mahalanobis` (C, G, Q) from stored arrays.
+
+    Files whose deviation reference pooled every age, (D, D) and (C, Q), are read as the
+    same reference at every grid age: they rank as they always did.
+    """
+    precision = np.asarray(arrays["reference.precision"], dtype=np.float64)
+    maha = np.asarray(arrays["reference.mahalanobis"], dtype=np.float64)
+    if precision.ndim == 2:
+        precision = np.repeat(precision[None], n_grid, axis=0)
+    if maha.ndim == 2:
+        maha = np.repeat(maha[:, None, :], n_grid, axis=1)
+    if precision.ndim != 3 or maha.ndim != 3 or n_grid != precision.shape[0] or (
+        n_grid != maha.shape[1]
+    ):
+        raise ValueError(
+            f"the deviation reference has shapes {precision.shape} and {maha.shape} for "
+            f"{n_grid} grid ages"
+        )
+    return {"precision": precision, "mahalanobis": maha}
+
+
+def _raw_deviation_scores(
+    table: ReferenceTable, codes: np.ndarray, ages: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance (n,) under the precision at each row's age, and the normal score
+    (n,) of its rank among the model's own samples' distances at that age.
+
+    Between two grid ages both are interpolated linearly, as the margins are (`lookup`):
+    the distance under each neighbouring grid age's precision, ranked among that age's
+    samples; the precision is linear in the weights, so the distance is the one under the
+    interpolated precision.
+    """
+    c = table.combo_index(codes)
+    i, w = table._age_weights(ages)
+    d2 = np.empty((2, len(z)))
+    r = np.empty((2, len(z)))
+    for side, g in enumerate((i, i + 1)):
+        d2[side] = np.einsum("ij,ijk,ik->i", z, table.precision[g], z)
+        r[side] = z_of_scores(table.mahalanobis[c, g][:, :, None], d2[side][:, None])[:, 0]
+    return d2[0] * (1 - w) + d2[1] * w, r[0] * (1 - w) + r[1] * w
+
+
 def mahalanobis_centile(
     table: ReferenceTable,
     codes: np.ndarray,
+    ages: np.ndarray,
     z: np.ndarray,
     calibration: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared Mahalanobis distance of normal-score vectors z (n, D) and its centile (0-100).
 
     The raw centile ranks the distance among model samples with the same categorical
-    levels, so it holds whatever the shape of the dependence. `calibration` = (shift,
+    levels at the person's own age (`deviation_reference`), so it holds whatever the
+    shape of the dependence and however it changes with age. `calibration` = (shift,
     spread) then maps its normal score r to (r - shift) / spread: the model's measured
     correction for people it did not train on (see `deviation_calibration`).
     """
-    d2 = _squared_distance(z, table.precision)
+    d2, r = _raw_deviation_scores(table, codes, np.asarray(ages, dtype=np.float64), z)
     shift, spread = calibration
-    return d2, 100.0 * stats.norm.cdf((_raw_deviation_scores(table, codes, d2) - shift) / spread)
-
-
-def _raw_deviation_scores(table: ReferenceTable, codes: np.ndarray, d2: np.ndarray) -> np.ndarray:
-    """Normal score of each distance's rank among the model's own samples' distances."""
-    d2_quantiles = table.mahalanobis[table.combo_index(codes)][:, :, None]
-    return z_of_scores(d2_quantiles, d2[:, None])[:, 0]
+    return d2, 100.0 * stats.norm.cdf((r - shift) / spread)
 
 
 BEYOND_NOISE = 3.0
@@ -497,7 +604,7 @@ differ from (0, 1) to be applied."""
 
 
 def deviation_calibration(
-    table: ReferenceTable, codes: np.ndarray, z: np.ndarray
+    table: ReferenceTable, codes: np.ndarray, ages: np.ndarray, z: np.ndarray
 ) -> tuple[float, float]:
     """(shift, spread) that make held-out people's deviation centiles uniform.
 
@@ -512,8 +619,8 @@ def deviation_calibration(
     sample, and correcting by their noise miscalibrates everyone else (README, "How it
     works", 5).
     """
-    d2 = _squared_distance(z, table.precision)
-    r = np.clip(_raw_deviation_scores(table, codes, d2), -4.0, 4.0)
+    _, r = _raw_deviation_scores(table, codes, np.asarray(ages, dtype=np.float64), z)
+    r = np.clip(r, -4.0, 4.0)
     n, shift, spread = len(r), float(r.mean()), float(r.std())
     if abs(shift) * np.sqrt(n) / max(spread, 1e-12) < BEYOND_NOISE:
         shift = 0.0

@@ -121,7 +121,7 @@ def test_mahalanobis_centile_is_uniform_for_draws_from_the_model():
     codes = np.zeros((3000, 1), dtype=np.int64)
     y = _exact_sampler(rng)(ages, codes)
     q, _ = table.lookup(codes, ages)
-    _, centile = mahalanobis_centile(table, codes, z_of_scores(q, y))
+    _, centile = mahalanobis_centile(table, codes, ages, z_of_scores(q, y))
     assert stats.kstest(centile / 100, "uniform").pvalue > 0.01
 
 
@@ -142,10 +142,11 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     factor = np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
     z = z_of_scores(q, mean + factor * (y - mean))
     same = z_of_scores(q, y)
-    assert deviation_calibration(table, codes[:3000], same[:3000]) == (0.0, 1.0)  # noise only
-    calibration = deviation_calibration(table, codes[:3000], z[:3000])
-    _, raw = mahalanobis_centile(table, codes[3000:], z[3000:])
-    _, fixed = mahalanobis_centile(table, codes[3000:], z[3000:], calibration)
+    # noise only
+    assert deviation_calibration(table, codes[:3000], ages[:3000], same[:3000]) == (0.0, 1.0)
+    calibration = deviation_calibration(table, codes[:3000], ages[:3000], z[:3000])
+    _, raw = mahalanobis_centile(table, codes[3000:], ages[3000:], z[3000:])
+    _, fixed = mahalanobis_centile(table, codes[3000:], ages[3000:], z[3000:], calibration)
     assert (raw > 95).mean() > 0.1 and stats.kstest(raw / 100, "uniform").statistic > 0.08
     assert stats.kstest(fixed / 100, "uniform").statistic < 0.04
 
@@ -248,7 +249,7 @@ def test_first_stage_margins_are_the_prior_and_the_deviation_sees_only_dependenc
     q, n_eff = table.lookup(codes, ages)
     assert np.all(np.isinf(n_eff))
     people = rng.multivariate_normal(np.zeros(2), corr, size=3000)  # standard normal margins
-    _, centile = mahalanobis_centile(table, codes, z_of_scores(q, people))
+    _, centile = mahalanobis_centile(table, codes, ages, z_of_scores(q, people))
     assert stats.kstest(centile / 100, "uniform").statistic < 0.04
 
 
