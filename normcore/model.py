@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from normcore import adapt as adaptation
-from normcore import bundle, outputs
+from normcore import bundle, conditional, outputs
 from normcore.config import ModelConfig
 from normcore.denoisers import build_denoiser
 from normcore.device import resolve_device
@@ -132,7 +132,8 @@ class NormativeModel:
             split_scores = split_stage.transform(values, age_z, codes)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = build_denoiser(
-                cfg.backbone, len(schema.idps), n_levels, cfg.diffusion_steps, **cfg.network
+                cfg.backbone, len(schema.idps), n_levels, cfg.diffusion_steps,
+                masked=cfg.conditional, **cfg.network,
             ).to(device)
             net, history = train_denoiser(
                 net, schedule, split_scores, age_z, codes, cfg.train, val_rows, train_rows,
@@ -294,16 +295,45 @@ class NormativeModel:
             unseen_levels=outputs.unseen_text(list(self.encoder_.levels), unseen),
         )  # fmt: skip
 
-    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+    def score(
+        self, df: pd.DataFrame, given: Sequence[str] | str | None = None
+    ) -> pd.DataFrame:
         """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
 
         Long table: `row` (0-based input row), the id column if any, `idp`, `value`,
         `centile`, `z`, `centile_se`, and flags `out_of_age_range`, `unseen_levels`
         (categorical covariates scored with the 'unknown' level), `beyond_reference`
-        (|z| > 3: an extrapolated tail). z is clipped to +-6.
+        (|z| > 3: an extrapolated tail), then `given`, `missing` and `imputed_q02` ..
+        `imputed_q98`. z is clipped to +-6.
+
+        `given` (IDP names): centiles conditional on the covariates *and* these IDPs'
+        values, from the masked denoiser's conditional draws (normcore.conditional); the
+        given IDPs' own rows are left out and `given` names, per row, the given IDPs the
+        person has. An IDP a person lacks (a blank cell, or no column) has value, centile
+        and z nan, and `imputed_qNN` holds its conditional quantiles (in the table's units)
+        given the IDPs the person has (given the given ones, with `given`); `missing`
+        lists each person's missing IDPs.
         """
         placed = self._place(df)
-        return outputs.score_table(df, self.schema_, placed)
+        chosen = conditional.given_set(self.idps, given)
+        probs = np.asarray(DEFAULT_QUANTILES)
+        table = outputs.score_table(df, self.schema_, placed)
+        ages, codes, _ = _covariates(df, self.schema_, self.encoder_)
+        age_z = self.encoder_.encode_age(ages)
+        scores = self.first_stage_.transform(placed.values, age_z, codes)
+        with torch_threads(self.threads):
+            result = conditional.score_given(
+                self.joint_, age_z, codes, scores, chosen, probs, seed=self.config.seed + 2
+            )
+        n, p, d = result.bands.shape
+        at = np.repeat(np.arange(n), p)
+        flat = result.bands.reshape(n * p, d)
+        bands = np.where(
+            np.isnan(flat), np.nan, self._to_values(np.nan_to_num(flat), ages[at], codes[at])
+        )
+        return conditional.with_conditional_columns(
+            table, self.idps, chosen, result, bands.reshape(n, p, d), probs
+        )
 
     def deviation(self, df: pd.DataFrame) -> pd.DataFrame:
         """One multivariate deviation per person: how unusual the whole IDP profile is.
@@ -395,8 +425,10 @@ def _covariates(
 
 
 def _idp_values(df: pd.DataFrame, schema: Schema) -> np.ndarray:
-    """(n, D) raw values of the schema's IDPs in a validated table."""
-    return df[list(schema.idps)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    """(n, D) raw values of the schema's IDPs in a validated table; nan where a cell is
+    blank or the IDP has no column (a missing IDP)."""
+    values = df.reindex(columns=list(schema.idps)).apply(pd.to_numeric, errors="coerce")
+    return values.to_numpy(dtype=np.float64)
 
 
 def _probabilities(quantiles: Sequence[float]) -> np.ndarray:
