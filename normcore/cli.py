@@ -1,13 +1,17 @@
-"""Command line: `python -m normcore {fit,score,centiles,sample,evaluate,adapt}`.
+"""Command line: `python -m normcore {fit,score,centiles,sample,evaluate,adapt,info,sign,keygen}`.
 
 The argument and output formats are a contract other tools rely on (see README). Results
-go to the files named by --out; progress and warnings go to stderr; any user error is one
-readable message on stderr with exit status 2.
+go to the files named by --out, checked before any work starts (writable, not an input,
+not a device or folder) and written whole or not at all (normcore.safe_write); CSVs are
+written formula-safe (normcore.export). Progress and warnings go to stderr; any user
+error, a bad flag included, is one readable message on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,19 +19,68 @@ from pathlib import Path
 
 import pandas as pd
 
-from normcore import distributed, stream
+from normcore import bundle, distributed, provenance, stream
 from normcore.data import read_table
 from normcore.denoisers import BACKBONES
 from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
+from normcore.export import write_csv
 from normcore.launch import print_progress
 from normcore.model import DEFAULT_QUANTILES, NormativeModel
+from normcore.safe_write import atomic_output, check_output
 from normcore.schema import Schema, validate_training
 from normcore.site_advice import adaptation_warnings
 
 
 def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+# ------------------------------------------------------------------- flag types
+def count(text: str) -> int:
+    """A whole number of at least 1 (epochs, draws, steps, rows, processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A whole number of at least 0 (random seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def quantile_list(text: str) -> list[float]:
+    """Comma-separated probabilities, each a finite number strictly between 0 and 1."""
+    values = []
+    for item in _split(text) or []:
+        try:
+            q = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}' is not a number") from None
+        if not (math.isfinite(q) and 0.0 < q < 1.0):
+            raise argparse.ArgumentTypeError(
+                f"'{item}' is not a probability strictly between 0 and 1 (e.g. 0.05)"
+            )
+        values.append(q)
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one probability, e.g. 0.05,0.5,0.95")
+    return values
+
+
+def _write_csv(df: pd.DataFrame, out: str) -> None:
+    """`df` to `out`, formula-safe, whole or not at all."""
+    with atomic_output(out, text=True) as f:
+        write_csv(df, f)
 
 
 def _warn(model: NormativeModel, df: pd.DataFrame) -> None:
@@ -97,16 +150,15 @@ def cmd_score(args: argparse.Namespace) -> None:
         return
     df = read_table(args.table)
     _warn(model, df)
-    model.score(df, given=given).to_csv(args.out, index=False)
+    _write_csv(model.score(df, given=given), args.out)
     print(f"scored {len(df)} rows x {len(model.idps)} IDPs -> {args.out}", file=sys.stderr)
 
 
 def cmd_centiles(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
     grid = read_table(args.grid)
-    quantiles = [float(q) for q in _split(args.quantiles) or DEFAULT_QUANTILES]
     _warn_grid(model, grid)
-    model.centiles(grid, quantiles).to_csv(args.out, index=False)
+    _write_csv(model.centiles(grid, args.quantiles), args.out)
     print(f"centiles at {len(grid)} grid rows -> {args.out}", file=sys.stderr)
 
 
@@ -116,7 +168,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _warn_grid(model, grid)
     start = time.perf_counter()
     samples = model.sample(grid, args.n, seed=args.seed).drop(columns="grid_row")
-    samples.to_csv(args.out, index=False)
+    _write_csv(samples, args.out)
     print(
         f"{len(samples)} samples in {time.perf_counter() - start:.1f}s -> {args.out}",
         file=sys.stderr,
@@ -164,6 +216,55 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_info(args: argparse.Namespace) -> None:
+    """Where a model came from, to compare with what its provider published."""
+    data = bundle.read(args.model)
+    model = NormativeModel.from_bytes(data, device="cpu")  # every check a load makes
+    origin = bundle.origin(data)
+    training = model.training_summary
+    lo, hi = model.age_range
+    sites = training["level_counts"].get("site", {})
+    lines = {
+        "fingerprint (SHA-256)": origin.fingerprint,
+        "signature": origin.signature_text,
+        "created": origin.created,
+        "normcore version": origin.normcore_version,
+        "trained on": f"{training['n']} people, ages {lo:g}-{hi:g}, {len(sites)} sites",
+        "training table SHA-256": training.get("table_sha256", "not recorded"),
+        "covariates": ", ".join(model.schema.covariates),
+        "IDPs": str(len(model.idps)),
+        "backbone": model.config.backbone,
+        "adapted sites": ", ".join(str(a["level"]) for a in model.adaptations) or "none",
+    }
+    width = max(map(len, lines))
+    for name, value in lines.items():
+        print(f"{name:<{width}}  {value}")
+
+
+def cmd_sign(args: argparse.Namespace) -> None:
+    """Sign a model file (in place, or into --out) with the key in --key."""
+    key = provenance.read_key(args.key)
+    signed = bundle.sign(bundle.read(args.model), key)
+    out = args.out or args.model
+    bundle.write(out, signed)
+    print(f"signed {args.model} -> {out}", file=sys.stderr)
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    """A new random key in a file readable by its owner only; never overwrites one."""
+    try:
+        fd = os.open(args.keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DataError(f"'{args.keyfile}' exists already; a key is never overwritten.") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(provenance.new_key_text())
+    print(
+        f"wrote a new key to {args.keyfile}: keep it private; sign with "
+        f"`normcore sign MODEL --key {args.keyfile}`",
+        file=sys.stderr,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normcore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,17 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--id", help="subject id column (default: detected)")
     p.add_argument(
-        "--epochs", type=int, help="maximum passes over the data (default: until early stopping)"
+        "--epochs",
+        type=count,
+        help="maximum passes over the data, at least 1 (default: until early stopping)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
         "--nproc",
-        type=int,
+        type=count,
         default=1,
         help="training processes on this machine (DistributedDataParallel; gloo on CPUs, "
         "NCCL on GPUs); under torchrun, torchrun's own count is used",
     )
-    p.set_defaults(run=cmd_fit)
+    p.set_defaults(run=cmd_fit, inputs=("table",))
 
     p = sub.add_parser("score", help="centiles and z-scores of every person and IDP")
     p.add_argument("model")
@@ -199,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument(
         "--chunk-rows",
-        type=int,
+        type=count,
         default=10_000,
         help="CSV/Parquet files with more rows are scored in chunks of this many "
         "(bounded memory, same output)",
@@ -210,50 +313,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="score every other IDP given the covariates and these IDPs' values "
         "(conditional centiles; the table is then scored in one piece)",
     )
-    p.set_defaults(run=cmd_score)
+    p.set_defaults(run=cmd_score, inputs=("model", "table"))
 
     p = sub.add_parser("centiles", help="model quantiles over a covariate grid")
     p.add_argument("model")
     p.add_argument("grid")
-    p.add_argument("--quantiles", default=",".join(map(str, DEFAULT_QUANTILES)))
+    p.add_argument(
+        "--quantiles",
+        type=quantile_list,
+        default=list(DEFAULT_QUANTILES),
+        help="comma-separated probabilities strictly between 0 and 1",
+    )
     p.add_argument("--out", required=True)
-    p.set_defaults(run=cmd_centiles)
+    p.set_defaults(run=cmd_centiles, inputs=("model", "grid"))
 
     p = sub.add_parser("sample", help="draw IDP vectors at each grid row's covariates")
     p.add_argument("model")
     p.add_argument("grid")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=count, default=100, help="draws per grid row, at least 1")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", required=True)
-    p.set_defaults(run=cmd_sample)
+    p.set_defaults(run=cmd_sample, inputs=("model", "grid"))
 
     p = sub.add_parser("evaluate", help="calibration and dependence report on a held-out table")
     p.add_argument("model")
     p.add_argument("table")
     p.add_argument("--out", required=True, help="directory for metrics.json and report.html")
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(run=cmd_evaluate, inputs=("model", "table"), out_is_folder=True)
 
     p = sub.add_parser("adapt", help="adapt a model to a new site from its healthy controls")
     p.add_argument("model")
     p.add_argument("table", help="controls from one site")
     p.add_argument("--out", required=True, help="adapted model file to write")
     p.add_argument("--site", help="site name (default: the table's site column)")
-    p.add_argument("--steps", type=int, default=400)
-    p.set_defaults(run=cmd_adapt)
+    p.add_argument("--steps", type=count, default=400, help="learning steps, at least 1")
+    p.set_defaults(run=cmd_adapt, inputs=("model", "table"))
 
-    for sub_parser in sub.choices.values():
+    p = sub.add_parser("info", help="a model's fingerprint, signature and provenance")
+    p.add_argument("model")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("sign", help="sign a model file with a key you hold (HMAC-SHA256)")
+    p.add_argument("model")
+    p.add_argument("--out", help="signed model file to write (default: the model, in place)")
+    p.set_defaults(run=cmd_sign, inputs=())
+
+    p = sub.add_parser("keygen", help="write a new random signing key to a file")
+    p.add_argument("keyfile")
+    p.set_defaults(run=cmd_keygen)
+
+    for name, sub_parser in sub.choices.items():
+        if name == "keygen":
+            continue
         sub_parser.add_argument(
-            "--device",
-            choices=DEVICES,
-            default="auto",
-            help="where the network runs: auto (a GPU when torch sees one), cpu or cuda",
+            "--key",
+            required=name == "sign",
+            help="key file: models written are signed with it and models read must carry "
+            f"its signature (default: the file named by {provenance.KEY_ENV})",
         )
+        if name != "sign":
+            sub_parser.add_argument(
+                "--device",
+                choices=DEVICES,
+                default="auto",
+                help="where the network runs: auto (a GPU when torch sees one), cpu or cuda",
+            )
     return parser
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Before any work: the key is readable, and --out can be written without destroying
+    an input or a non-regular file."""
+    if getattr(args, "key", None):
+        provenance.read_key(args.key)
+        # Every load, save and torchrun worker of this command reads it from here.
+        os.environ[provenance.KEY_ENV] = str(Path(args.key).resolve())
+    out = getattr(args, "out", None)
+    if out is not None:
+        inputs = [getattr(args, name) for name in getattr(args, "inputs", ())]
+        check_output(out, inputs, directory=getattr(args, "out_is_folder", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _prepare(args)
         args.run(args)
     except (DataError, BundleError, NotFittedError, ValueError, OSError) as err:
         print(f"\nerror: {err}", file=sys.stderr)

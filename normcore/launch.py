@@ -16,6 +16,7 @@ import pandas as pd
 
 from normcore import distributed
 from normcore.model import NormativeModel
+from normcore.safe_write import check_output
 from normcore.schema import Schema, validate_training
 
 
@@ -56,10 +57,13 @@ def fit_parallel(
 
     The table is validated here first, so a bad table is one DataError in this process
     rather than the same error in every worker. Rank 0 writes the bundle to `out` (a
-    temporary file when None), which is then loaded onto `model.device`.
+    temporary file when None; checked writable before the fit starts), which is then
+    loaded onto `model.device`.
     """
     schema = schema or Schema.infer(df)
     validate_training(df, schema).raise_for_errors()
+    if out is not None:
+        check_output(out)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(out) if out is not None else Path(tmp) / "model.normcore"
         distributed.spawn(nproc, fit_and_save, model, df, schema, str(path), verbose)

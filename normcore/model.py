@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from normcore import adapt as adaptation
-from normcore import bundle, conditional, outputs
+from normcore import bundle, conditional, outputs, provenance
 from normcore.config import ModelConfig
 from normcore.denoisers import build_denoiser
 from normcore.device import resolve_device
@@ -168,6 +168,7 @@ class NormativeModel:
         self.device_, self.train_seconds_ = device, train_seconds
         self.fit_seconds_ = time.perf_counter() - start
         self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
+        self.origin_ = None
         return self
 
     # --------------------------------------------------------- public read-only views
@@ -205,6 +206,12 @@ class NormativeModel:
     def adaptations(self) -> list[dict]:
         """One record per adaptation (see adapt.AdaptationPlan.record), oldest first."""
         return copy.deepcopy(self._fitted().adaptations_)
+
+    @property
+    def origin(self) -> bundle.Origin | None:
+        """Fingerprint, normcore version, date and signature state of the file this model
+        was loaded from; None for a model fitted or adapted since (not saved yet)."""
+        return getattr(self._fitted(), "origin_", None)
 
     @property
     def fit_seconds(self) -> float:
@@ -366,6 +373,7 @@ class NormativeModel:
         plan.require_enough()
         new = copy.deepcopy(self)
         new.adaptations_ = [*self.adaptations_, plan.record(steps)]
+        new.origin_ = None
         with torch_threads(self.threads):
             k, code, new.first_stage_ = adaptation.learn_site(
                 plan, self.schema_, new.encoder_, new.first_stage_, new.joint_, steps,
@@ -399,6 +407,7 @@ class NormativeModel:
         for name in bundle.SavedModel.fitted_fields():
             setattr(model, f"{name}_", getattr(saved, name))
         model.device_ = saved.joint.device
+        model.origin_ = bundle.origin(data)
         return model
 
     @classmethod
@@ -492,6 +501,7 @@ def _summary(df: pd.DataFrame, schema: Schema) -> dict:
         "idps": list(schema.idps),
         "level_counts": {},
         "level_age_ranges": {},
+        "table_sha256": provenance.table_digest(df, schema),
     }
     for col in schema.categorical:
         cats = coerce_categories(df[col])

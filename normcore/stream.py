@@ -14,8 +14,8 @@ Rows are not limited: reading a chunk at a time is what this module is for.
 The output is the file the non-streaming path writes (`model.score(read_table(f))`
 then `export.write_csv`), byte for byte: `row` counts from the top of the file, not of
 the chunk, and validation problems name rows of the whole file. Nothing is written to
-`out_path` unless every chunk passes validation: results go to a `.partial` file that
-replaces `out_path` only at the end.
+`out_path` unless every chunk passes validation: results go to a temporary file that
+replaces `out_path` only at the end (`safe_write.atomic_output`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pandas as pd
 from normcore import bounds, data, formats
 from normcore.errors import DataError
 from normcore.export import write_csv
+from normcore.safe_write import atomic_output
 from normcore.schema import Problem, ValidationReport
 
 if TYPE_CHECKING:
@@ -225,32 +226,27 @@ def score_file(
     if not source.is_file():
         raise DataError(f"There is no file at '{source}'.")
     total = count_rows(source)
-    partial = out.with_name(out.name + ".partial")
     errors: list[Problem] = []
     warnings: list[Problem] = []
     seen_ids: set[str] = set()
     id_col = model.schema.id
     offset = chunks = 0
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as f:
-            for chunk in iter_chunks(source, chunk_rows):
-                report = model.check(chunk)
-                errors += _shifted(report.errors, offset)
-                warnings += _shifted(report.warnings, offset)
-                if id_col and id_col in chunk.columns:
-                    warnings += _repeated_ids(chunk[id_col], seen_ids, id_col, offset)
-                if not errors:
-                    result = model.score(chunk)
-                    result["row"] += offset
-                    write_csv(result, f, header=chunks == 0)
-                offset += len(chunk)
-                chunks += 1
-                if progress is not None:
-                    progress(offset, max(total, offset))
+    with atomic_output(out, text=True) as f:
+        for chunk in iter_chunks(source, chunk_rows):
+            report = model.check(chunk)
+            errors += _shifted(report.errors, offset)
+            warnings += _shifted(report.warnings, offset)
+            if id_col and id_col in chunk.columns:
+                warnings += _repeated_ids(chunk[id_col], seen_ids, id_col, offset)
+            if not errors:
+                result = model.score(chunk)
+                result["row"] += offset
+                write_csv(result, f, header=chunks == 0)
+            offset += len(chunk)
+            chunks += 1
+            if progress is not None:
+                progress(offset, max(total, offset))
         ValidationReport(errors).raise_for_errors()
         if chunks == 0:
             raise DataError(f"'{source.name}' has column names but no data rows.")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     return StreamSummary(rows=offset, chunks=chunks, warnings=warnings)

@@ -84,11 +84,11 @@ def test_centiles_and_sample_follow_the_grid(model_path, tmp_path):
 
 def test_bad_input_is_one_message_on_stderr_and_exit_2(model_path, test_df, tmp_path, capsys):
     table = tmp_path / "bad.csv"
-    bad = test_df.drop(columns="idp_001")
+    bad = test_df.drop(columns="age")
     bad.to_csv(table, index=False)
     assert main(["score", str(model_path), str(table), "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
-    assert "idp_001" in err and "Traceback" not in err
+    assert "'age'" in err and "Traceback" not in err
     assert main(["score", str(tmp_path / "missing.normcore"), str(table), "--out", "x.csv"]) == 2
     assert "No model file" in capsys.readouterr().err
 
