@@ -61,7 +61,6 @@ __all__ = [
     "unseen_levels_summary",
     "unseen_levels_message",
     "model_card",
-    "provenance_card",
     "adapted_sites",
 ]
 
@@ -245,8 +244,8 @@ def training_schema(df: pd.DataFrame, mapping: ColumnMapping, idps: Sequence[str
     )
 
 
-#: Column names that hold codes of the scanner or centre, never a brain measure.
-_SITE_NAMES = ("site", "scanner", "centre", "center", "site_id", "scanner_id")
+#: How names of columns that code the scanner or centre begin (site, site_code, ScannerID).
+_SITE_PREFIXES = ("site", "scanner", "centre", "center")
 
 
 def training_idp_candidates(
@@ -261,7 +260,7 @@ def training_idp_candidates(
     region it did not segment), which carry no information and block training.
     """
     taken = {str(u) for u in used if u}
-    idish = {_norm(n) for n in ID_COLUMN_NAMES} | {_norm(n) for n in _SITE_NAMES}
+    ids = {_norm(n) for n in ID_COLUMN_NAMES}
     offered: list[str] = []
     left_out: dict[str, str] = {}
     for col in numeric_columns(df):
@@ -270,7 +269,7 @@ def training_idp_candidates(
         values = pd.to_numeric(df[col], errors="coerce").dropna()
         if is_qc_column(col):
             left_out[col] = "a FreeSurfer quality-control column, not a brain measure"
-        elif _norm(col) in idish:
+        elif _norm(col) in ids or _norm(col).startswith(_SITE_PREFIXES):
             left_out[col] = "an id or site code, not a brain measure"
         elif len(df) > 1 and values.nunique() <= 1:
             shown = f"{values.iloc[0]:g}" if len(values) else "empty"
@@ -794,26 +793,6 @@ def model_card(model: Any) -> dict[str, Any]:
             corrections["deviation_calibration"]
         ),
         "adapted sites": adapted_sites(model.adaptations),
-        **provenance_card(model),
-    }
-
-
-def provenance_card(model: Any) -> dict[str, str]:
-    """Where the model came from, to compare with what its provider published (the same
-    values `normcore info MODEL` prints)."""
-    origin = model.origin
-    digest = model.training_summary.get("table_sha256", "not recorded")
-    if origin is None:
-        return {
-            "fingerprint (SHA-256)": "not saved yet: fitted or adapted in this session",
-            "training table SHA-256": digest,
-        }
-    return {
-        "fingerprint (SHA-256)": origin.fingerprint,
-        "signature": origin.signature_text,
-        "created": origin.created,
-        "normcore version": origin.normcore_version,
-        "training table SHA-256": digest,
     }
 
 
