@@ -61,6 +61,7 @@ __all__ = [
     "unseen_levels_summary",
     "unseen_levels_message",
     "model_card",
+    "provenance_card",
     "adapted_sites",
 ]
 
@@ -793,6 +794,26 @@ def model_card(model: Any) -> dict[str, Any]:
             corrections["deviation_calibration"]
         ),
         "adapted sites": adapted_sites(model.adaptations),
+        **provenance_card(model),
+    }
+
+
+def provenance_card(model: Any) -> dict[str, str]:
+    """Where the model came from, to compare with what its provider published (the same
+    values `normcore info MODEL` prints)."""
+    origin = model.origin
+    digest = model.training_summary.get("table_sha256", "not recorded")
+    if origin is None:
+        return {
+            "fingerprint (SHA-256)": "not saved yet: fitted or adapted in this session",
+            "training table SHA-256": digest,
+        }
+    return {
+        "fingerprint (SHA-256)": origin.fingerprint,
+        "signature": origin.signature_text,
+        "created": origin.created,
+        "normcore version": origin.normcore_version,
+        "training table SHA-256": digest,
     }
 
 
