@@ -84,7 +84,8 @@ def smoothed_cdf(draws: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndar
     spread = np.minimum(sd, (q75 - q25) / 1.349)
     h = np.maximum(0.9 * np.where(spread > 0, spread, sd) * k**-0.2, 1e-6)
     pulled = mean + (draws - mean) / np.sqrt(1.0 + (h / np.maximum(sd, 1e-12)) ** 2)
-    terms = ndtr((at[:, None, :] - pulled) / h)
+    with np.errstate(over="ignore"):  # a given cell's draws are all equal: h is tiny
+        terms = ndtr((at[:, None, :] - pulled) / h)
     return terms.mean(axis=1), terms.std(axis=1, ddof=1) / np.sqrt(k)
 
 
@@ -212,6 +213,9 @@ def with_conditional_columns(
         given_text = [""] * n
     out["given"] = np.repeat(np.asarray(given_text, dtype=object), d)
     missing = np.isnan(table["value"].to_numpy(dtype=float)).reshape(n, d)
+    lacking = missing.reshape(-1)
+    out.loc[lacking, ["centile", "z", "centile_se"]] = np.nan
+    out.loc[lacking, "beyond_reference"] = False
     out["missing"] = np.repeat(
         np.asarray([",".join(names[row]) for row in missing], dtype=object), d
     )
