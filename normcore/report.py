@@ -456,14 +456,15 @@ def individual_report_html(
         f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in model_summary.items()
     )
     flags_of = [_measure_flags(r) for r in profile.to_dict("records")]
-    listed = profile.assign(_flags=flags_of)
-    listed = listed[listed["extreme"] | listed["_flags"].map(bool)]
+    listed = profile.assign(flag_words=flags_of)
+    listed = listed[listed["extreme"] | listed["flag_words"].map(bool)]
     listed = listed.sort_values("z", key=np.abs, ascending=False)
     rows = (
         "".join(
             f"<tr><td>{esc(str(r.group))}</td><td>{esc(str(r.idp))}</td>"
             f"<td>{esc(format_value(str(r.idp), float(r.value)))}</td>"
-            f"<td>{r.centile:.1f}</td><td>{r.z:+.2f}</td><td>{esc('; '.join(r._flags))}</td></tr>"
+            f"<td>{r.centile:.1f}</td><td>{r.z:+.2f}</td>"
+            f"<td>{esc('; '.join(r.flag_words))}</td></tr>"
             for r in listed.itertuples()
         )
         or "<tr><td colspan=6>No measure beyond |z| = 1.96 and no flag.</td></tr>"

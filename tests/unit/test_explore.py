@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from normcore import DataError, Schema
+from normcore.data import split_table
 from normcore.explore import (
     UNKNOWN_LEVEL,
     ColumnMapping,
@@ -17,23 +18,31 @@ from normcore.explore import (
     age_slider_range,
     apply_mapping,
     category_counts,
+    conventional_sex_coding,
     curve_distance,
+    describe_counts,
     extreme_rates,
     fan_grid,
     fan_points,
+    guess_id_column,
     guess_mapping,
     guess_sex_coding,
-    individual_report_html,
+    holdout_rows,
+    join_covariates,
+    kept_weights,
+    level_text,
     model_card,
     person_profile,
     real_pair_correlation_by_age,
+    sex_level_meanings,
+    sparse_age_spans,
+    training_idp_candidates,
     training_schema,
     truth_long,
     unseen_levels_message,
     unseen_levels_summary,
     z_matrix,
 )
-from normcore.figures.charts import deviation_profile
 from normcore.first_stage import NewPersonSpread
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
 from normcore.site_advice import MEASURED_COVERAGE_95, measured_calibration
@@ -55,22 +64,120 @@ def clinic_table() -> pd.DataFrame:
     )
 
 
+DEMO_MEANINGS = {"0": "female", "1": "male"}
+
+
 @pytest.mark.parametrize(
-    "values, levels, expected",
+    "values, levels, meanings, same_source, expected",
     [
-        (["F", "M"], ["0", "1"], {"F": "0", "M": "1"}),
-        (["female", "male"], ["F", "M"], {"female": "F", "male": "M"}),
-        ([1, 2, 2], ["0", "1"], {"1": "0", "2": "1"}),
-        ([0, 1], ["0", "1"], {"0": "0", "1": "1"}),
+        (["F", "M"], ["0", "1"], DEMO_MEANINGS, False, {"F": "0", "M": "1"}),
+        (["female", "male"], ["F", "M"], None, False, {}),
+        (["female", "male"], ["F", "M"], {"F": "female", "M": "male"}, False,
+         {"female": "F", "male": "M"}),
+        # a bare 1/2 coding is never guessed: the page asks (issue 18, item 3)
+        ([1, 2, 2], ["0", "1"], DEMO_MEANINGS, False, {}),
+        ([0, 1], ["0", "1"], DEMO_MEANINGS, False, {}),
+        # words against levels of unknown meaning: not guessed either
+        (["F", "M"], ["1", "2"], {}, False, {}),
+        # the model was trained on this very column: its codes are the table's own
+        ([1, 2], ["1", "2"], {}, True, {"1": "1", "2": "2"}),
     ],
 )
-def test_guess_sex_coding(values, levels, expected):
-    assert guess_sex_coding(values, levels) == expected
+def test_guess_sex_coding_maps_only_what_is_certain(
+    values, levels, meanings, same_source, expected
+):
+    assert guess_sex_coding(values, levels, meanings, same_source) == expected
+
+
+def test_usual_sex_convention_is_offered_for_1_2_tables_against_known_levels():
+    assert conventional_sex_coding(["1", "2"], ["0", "1"], DEMO_MEANINGS) == {"1": "1", "2": "0"}
+    assert conventional_sex_coding(["0", "1"], ["0", "1"], DEMO_MEANINGS) is None
+    assert conventional_sex_coding(["1", "2"], ["a", "b"], {}) is None
+    assert sex_level_meanings(["0", "1"], demo=True) == DEMO_MEANINGS
+    assert sex_level_meanings(["0", "1"]) == {}
+    assert sex_level_meanings(["F", "M"]) == {"F": "female", "M": "male"}
+    assert describe_counts({"1": 230, "2": 1}) == "1: 230 people, 2: 1 person"
+    assert level_text("sex", "0", DEMO_MEANINGS) == "female (0)"
+    assert level_text("site", "ICBM", DEMO_MEANINGS) == "ICBM"
+
+
+def test_unconfirmed_sex_codes_block_scoring_with_their_counts():
+    df = clinic_table().assign(Gender=[1, 2, 2])
+    m = guess_mapping(df, SCHEMA, {"sex": ["0", "1"], "site": ["A"]}, DEMO_MEANINGS)
+    assert m.sex_coding == {}
+    m.site_value = "A"
+    with pytest.raises(DataError) as info:
+        apply_mapping(df, m, SCHEMA)
+    assert "1: 1 person, 2: 2 people" in str(info.value)
+    m.sex_coding = {"1": "1", "2": "0"}
+    assert apply_mapping(df, m, SCHEMA)["sex"].tolist() == ["1", "0", "0"]
+
+
+@pytest.mark.parametrize(
+    "columns, preferred, expected",
+    [
+        (["participant_id", "age"], None, "participant_id"),
+        (["Participant", "age"], "sub_id", "Participant"),
+        (["subject_id", "sub_id"], None, "sub_id"),
+        (["ID", "x"], "subj", "ID"),
+        (["age", "eTIV"], None, None),
+    ],
+)
+def test_one_id_column_guess_for_dashboard_and_cli(columns, preferred, expected):
+    assert guess_id_column(columns, preferred) == expected
+
+
+def test_training_candidates_leave_out_qc_codes_and_constant_columns():
+    df = clinic_table().assign(
+        lh_EulerNumber=[-20, -30, -12], site_code=[1, 2, 1], participant_id=[5, 6, 7],
+        **{"Left-WM-hypointensities": 0.0},
+    )
+    offered, left_out = training_idp_candidates(df, ["Participant", "AGE", "Gender"])
+    assert offered == ["left_hippocampus", "eTIV"]
+    assert set(left_out) == {"lh_EulerNumber", "site_code", "participant_id",
+                             "Left-WM-hypointensities"}
+    assert "quality-control" in left_out["lh_EulerNumber"]
+    assert "(0)" in left_out["Left-WM-hypointensities"]
+
+
+def test_holdout_rows_are_positions_of_split_table():
+    df = pd.DataFrame({"site": list("AABBBBCCCC") * 3, "x": range(30)})
+    train, held = holdout_rows(df, 0.3, "site", seed=1)
+    assert sorted([*train, *held]) == list(range(30)) and 0 < len(held) < 30
+    _, expected = split_table(df, 0.3, "site", 1)
+    assert df.iloc[held]["x"].tolist() == expected["x"].tolist()
+    train, held = holdout_rows(df, 0.0, "site", seed=1)
+    assert len(train) == 30 and len(held) == 0
+
+
+def test_sparse_age_spans_and_kept_weights():
+    ages = np.r_[np.linspace(20, 50, 100), [70.0, 80.0]]
+    spans = sparse_age_spans(ages, (20, 80), window=2.5, minimum=5)
+    assert len(spans) == 1 and 50 < spans[0][0] < 53 and spans[0][1] == 80
+    assert sparse_age_spans(np.linspace(20, 80, 500), (20, 80)) == []
+    history = [{"val_loss": v} for v in (0.9, 0.4, 0.4, 0.5)]
+    assert kept_weights(history) == 1
+    assert kept_weights([{"loss": 1.0}]) is None
+
+
+def test_freesurfer_measures_join_their_covariates_on_the_subject_id():
+    measures = pd.DataFrame({"sub_id": ["s1", "s2", "s3"], "eTIV": [1.0, 2.0, 3.0]})
+    covariates = pd.DataFrame(
+        {"participant_id": ["s2", "s1", "s9"], "age": [40, 30, 50], "eTIV": [9, 9, 9]}
+    )
+    joined, notes = join_covariates(measures, covariates)
+    assert joined["sub_id"].tolist() == ["s1", "s2"] and joined["age"].tolist() == [30, 40]
+    assert joined["eTIV"].tolist() == [1.0, 2.0]  # the measures' own column wins
+    assert "s3" in notes[0] and "s9" in notes[1]
+    with pytest.raises(DataError, match="No subject is in both"):
+        join_covariates(measures, covariates.assign(participant_id=["x", "y", "z"]))
+    with pytest.raises(DataError, match="more than once"):
+        join_covariates(measures, covariates.assign(participant_id=["s1", "s1", "s2"]))
 
 
 def test_guess_then_apply_mapping_renames_and_recodes():
     df = clinic_table()
-    m = guess_mapping(df, SCHEMA, {"sex": ["0", "1"], "site": ["A", "B"]})
+    m = guess_mapping(df, SCHEMA, {"sex": ["0", "1"], "site": ["A", "B"]}, DEMO_MEANINGS)
     assert (m.id, m.age, m.sex, m.site) == ("Participant", "AGE", "Gender", None)
     assert m.idps == {"Left-Hippocampus": "left_hippocampus", "eTIV": "eTIV"}
     m.site_value = "B"
@@ -159,20 +266,6 @@ def test_truth_long_matches_centiles_layout():
     long = truth_long(grid, ["a", "b", "c"], [0.1, 0.9], values)
     row = long[(long["age"] == 30.0) & (long["idp"] == "b") & (long["quantile"] == 0.9)]
     assert row["value"].item() == values[1, 1, 1]
-
-
-def test_individual_report_is_self_contained_and_escapes_names():
-    scores = scores_for(1, np.array([2.5, 0.0]))
-    prof = person_profile(scores, 0)
-    html = individual_report_html(
-        {"sub_id": "<script>x</script>", "age": 30},
-        prof,
-        97.0,
-        [deviation_profile(scores)],
-        {"n": 5},
-    )
-    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
-    assert "Left-Hippocampus" in html and "97.0" in html and "plotly" in html.lower()
 
 
 def test_idp_groups_read_freesurfer_names():

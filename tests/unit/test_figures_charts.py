@@ -91,11 +91,91 @@ def test_deviation_profile_groups_by_region_and_flags_extremes():
         }
     )
     fig = charts.deviation_profile(scores)
-    titles = [a.text for a in fig.layout.annotations]
-    assert titles == ["Global", "Subcortical", "Thickness L", "Thickness R"]
-    bars = {t.x[0]: t for t in fig.data}
-    assert bars["Left-Hippocampus"].marker.color[0] != bars["eTIV"].marker.color[0]
-    assert bars["rh S central"].marker.color[0] == bars["Left-Hippocampus"].marker.color[0]
+    (bars,) = fig.data
+    groups, labels = (list(level) for level in bars.y)
+    assert groups == [
+        "Global volumes", "Subcortical volumes", "Cortical thickness (left)",
+        "Cortical thickness (right)",
+    ]
+    assert labels == ["eTIV", "Left-Hippocampus", "lh G cuneus", "rh S central"]
+    colour = dict(zip(labels, bars.marker.color))
+    assert colour["Left-Hippocampus"] != colour["eTIV"]
+    assert colour["rh S central"] == colour["Left-Hippocampus"]
+
+
+@pytest.mark.parametrize("n_idps", [47, 150])
+def test_deviation_profile_labels_every_idp_and_shows_interval_bars(n_idps):
+    """Every IDP gets its own labelled row (the figure grows with them, the page scrolls),
+    and the z interval of each is drawn as a visible error bar."""
+    names = [f"lh_region{k}_thickness" for k in range(n_idps)]
+    z = np.linspace(-3, 3, n_idps)
+    scores = pd.DataFrame(
+        {"idp": names, "z": z, "centile": 50.0, "value": 2.5, "z_lo": z - 0.2, "z_hi": z + 0.3}
+    )
+    fig = charts.deviation_profile(scores)
+    (bars,) = fig.data
+    assert len(bars.y[1]) == n_idps and len(set(bars.y[1])) == n_idps
+    assert fig.layout.yaxis.dtick == 1  # one tick label per row, none skipped
+    assert fig.layout.height >= 18 * n_idps
+    assert bars.error_x.visible
+    np.testing.assert_allclose(bars.error_x.array, 0.3)
+    np.testing.assert_allclose(bars.error_x.arrayminus, 0.2)
+    assert "z" in fig.layout.xaxis.title.text
+
+
+def test_fan_axes_carry_units_and_volumes_have_thousands_separators():
+    cent = long_centiles(idps=("eTIV", "lh_MeanThickness_thickness", "lh_precentral_area"))
+    fig = charts.fan_small_multiples(cent, ["eTIV", "lh_MeanThickness_thickness",
+                                            "lh_precentral_area"], columns=3)
+    axes = [fig.layout.yaxis, fig.layout.yaxis2, fig.layout.yaxis3]
+    assert [a.title.text for a in axes] == [
+        "eTIV (mm³)", "lh MeanThickness (mm)", "lh precentral area (mm²)"
+    ]
+    assert [a.tickformat for a in axes] == [",.0f", ".2f", ",.0f"]
+    single = charts.centile_fan(cent, "eTIV")
+    assert single.layout.yaxis.title.text == "eTIV (mm³)"
+    assert single.layout.yaxis.tickformat == ",.0f"
+
+
+def test_fan_axis_is_clipped_to_the_data_not_to_exploding_bands():
+    cent = long_centiles(ages=np.linspace(10, 90, 17))
+    outside = (cent["age"] < 20) | (cent["age"] > 80)
+    cent.loc[outside, "value"] = cent.loc[outside, "value"] * 1000 * (cent["quantile"] - 0.5)
+    fig = charts.centile_fan(cent, "a", age_range=(20, 80))
+    lo, hi = fig.layout.yaxis.range
+    inside = cent[~outside & (cent["idp"] == "a")]["value"]
+    assert inside.min() - 1 < lo < inside.min() and inside.max() < hi < inside.max() + 1
+    people = pd.DataFrame({"age": [50.0], "value": [40.0], "centile": [99.9]})
+    with_person = charts.centile_fan(cent, "a", age_range=(20, 80), points=people)
+    assert with_person.layout.yaxis.range[1] > 40.0  # people shown are never cut off
+
+
+def test_fan_draws_a_rug_of_reference_ages_and_shades_sparse_and_adapted_ages():
+    cent = long_centiles(ages=np.linspace(10, 90, 17))
+    ages = np.r_[np.linspace(20, 40, 50), [75.0]]
+    fig = charts.centile_fan(
+        cent, "a", age_range=(20, 80), reference_ages=ages, sparse_spans=[(40.5, 80.0)],
+        site_age_range=(25, 35),
+    )
+    rug = next(t for t in fig.data if t.name == "reference people's ages")
+    np.testing.assert_allclose(rug.x, ages)
+    assert np.all(np.asarray(rug.y) < fig.layout.yaxis.range[0] + 0.1 * np.ptp(
+        fig.layout.yaxis.range))
+    by_name = {}
+    for shape in fig.layout.shapes:
+        by_name.setdefault(shape.name, []).append((shape.x0, shape.x1))
+    assert by_name["few reference people"] == [(40.5, 80.0)]
+    assert sorted(by_name["outside the site's controls"]) == [(10, 25), (35, 90)]
+    assert sorted(by_name["outside the training ages"]) == [(10, 20), (80, 90)]
+
+
+def test_loss_curve_rings_the_kept_weights():
+    history = [{"epoch": e, "loss": 1.0 / e, "val_loss": v}
+               for e, v in zip(range(1, 6), [0.9, 0.5, 0.4, 0.45, 0.6])]
+    fig = charts.loss_curve(history, kept=2)
+    kept = next(t for t in fig.data if "kept" in t.name)
+    assert list(kept.x) == [3] and list(kept.y) == [0.4]
+    assert "epoch 3" in kept.name
 
 
 def test_extreme_rates_marks_idps_whose_interval_excludes_five_percent():
