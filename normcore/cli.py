@@ -130,6 +130,34 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def _score_progress(done: int, total: int) -> None:
     print(f"\rscoring: {done:,} / ~{total:,} rows   ", end="", file=sys.stderr, flush=True)
 
+def _scoring_table(model: NormativeModel, args: argparse.Namespace) -> pd.DataFrame:
+    """The table `score` reads: a plain table, or FreeSurfer outputs (a folder or zip of
+    subjects' stats files, a .stats file, an *stats2table table) joined with
+    --covariates-table on the subject id and matched to the model's IDPs by region (the
+    match is printed). The id column is found as the dashboard finds it
+    (`explore.guess_id_column`), so `participant_id` is carried into the results."""
+    from normcore.explore import guess_id_column, join_covariates
+    from normcore.freesurfer import apply_matching, is_freesurfer, match_columns, read_freesurfer
+
+    path = Path(args.table)
+    head = path.open("rb").read(4096) if path.is_file() else b""
+    if path.is_dir() or is_freesurfer(path.name, head):
+        df = read_freesurfer(path)
+        if args.covariates_table:
+            df, notes = join_covariates(df, read_table(args.covariates_table))
+            for note in notes:
+                print(f"warning: {note}", file=sys.stderr)
+        matching = match_columns(df, model.idps)
+        print(matching.message, file=sys.stderr)
+        df = apply_matching(df, matching)
+    else:
+        df = read_table(args.table)
+    own = model.schema.id
+    found = guess_id_column(df.columns, own)
+    if own and found and own not in df.columns:
+        df = df.rename(columns={found: own})
+    return df
+
 
 def cmd_score(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
@@ -148,7 +176,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         return
-    df = read_table(args.table)
+    df = _scoring_table(model, args)
     _warn(model, df)
     _write_csv(model.score(df, given=given), args.out)
     print(f"scored {len(df)} rows x {len(model.idps)} IDPs -> {args.out}", file=sys.stderr)
@@ -299,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="centiles and z-scores of every person and IDP")
     p.add_argument("model")
     p.add_argument("table")
+    p.add_argument(
+        "--covariates-table",
+        help="for FreeSurfer outputs (a folder or zip of subjects' stats files): a table of "
+        "each subject's age, sex and site, joined on the subject id",
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--chunk-rows",
