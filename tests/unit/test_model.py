@@ -54,9 +54,11 @@ def test_age_outside_the_training_range_is_flagged_not_hidden(fitted, test_df):
     assert flagged.tolist() == [True, False, False]
 
 
-def test_missing_idp_column_is_an_error_naming_it(fitted, test_df):
-    with pytest.raises(DataError, match="idp_001"):
-        fitted.score(test_df.drop(columns="idp_001"))
+def test_missing_idp_column_is_reported_by_name_and_scored_as_missing(fitted, test_df):
+    table = test_df.drop(columns="idp_001")
+    assert any("'idp_001'" in str(p) for p in fitted.check(table).warnings)
+    scores = fitted.score(table)
+    assert scores.loc[scores["idp"] == "idp_001", "centile"].isna().all()
 
 
 def test_centiles_are_monotone_in_the_quantile_and_long_format(fitted):
