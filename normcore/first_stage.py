@@ -33,9 +33,14 @@ MAX_DOF = 100.0
 class FirstStage:
     """Raw IDP values <-> normal scores, given standardised ages and category codes.
 
-    `__init__` takes no settings (the steps' own defaults apply); `fit` learns
-    `transform_` (IDPTransform), `location_scale_` (LocationScale) and `shape_` (AgeShape).
+    `fit` learns `transform_` (IDPTransform), `location_scale_` (LocationScale) and
+    `shape_` (AgeShape), with the steps' own defaults; `log_positive` False keeps IDPs that
+    are positive in every training row in raw units instead of on the log scale (the
+    comparison the log scale was chosen by, benchmarks/edges.py).
     """
+
+    def __init__(self, log_positive: bool = True) -> None:
+        self.log_positive = log_positive
 
     def fit(
         self,
@@ -48,7 +53,7 @@ class FirstStage:
         """Fit the three steps on `rows` (default: all) of (n, D) raw `values`; each step
         is fitted on the output of the one before."""
         rows = np.arange(len(values)) if rows is None else rows
-        self.transform_ = IDPTransform.fit(values[rows])
+        self.transform_ = IDPTransform.fit(values[rows], self.log_positive)
         resid = self.transform_.transform(values)
         self.location_scale_ = LocationScale.fit(resid[rows], age_z[rows], codes[rows], n_levels)
         resid = self.location_scale_.transform(resid, age_z, codes)

@@ -32,37 +32,67 @@ UNKNOWN = "<unknown>"
 
 @dataclass
 class IDPTransform:
-    """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing.
+    """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing; IDPs
+    positive in every training row are standardised on the log scale.
 
-    No power transform: the IDPs' skew is handled later, by age, in `AgeShape`, and a
-    Yeo-Johnson step here bends the location-scale structure that `LocationScale` fits
-    best in the original units (README, "How it works", 1).
+    Why the log: volumes, thicknesses and areas are positive by nature, and a
+    location-scale model in raw units puts its lower centiles below zero wherever the
+    spread is wide against the mean (ventricles in old age, issue 18). Modelled as log
+    values, every centile maps back through exp and
+    is positive by construction, and a spread proportional to the mean (ventricles that
+    vary more as they grow) becomes a constant one. Chosen by measurement against the
+    raw scale (benchmarks/RESULTS.md, "Edges of the age range"). An IDP with a zero or
+    negative training value (a difference, an asymmetry index) stays in raw units.
+    No power transform beyond the log: the IDPs' skew is handled later, by age, in
+    `AgeShape`, and a Yeo-Johnson step here bends the location-scale structure that
+    `LocationScale` fits best (README, "How it works", 1).
     """
 
     loc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scale: np.ndarray = field(default_factory=lambda: np.ones(0))
+    log: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Per IDP: standardised on the log scale (every training value was > 0)."""
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> IDPTransform:
-        """Learn the transform from an (n, D) array of training values."""
+    def fit(cls, values: np.ndarray, log_positive: bool = True) -> IDPTransform:
+        """Learn the transform from an (n, D) array of training values; `log_positive`
+        False keeps every IDP in raw units (the comparison the choice was measured by)."""
         values = np.asarray(values, dtype=np.float64)
-        scale = values.std(axis=0)
-        return cls(values.mean(axis=0), np.where(scale > 0, scale, 1.0))
+        log = np.all(values > 0, axis=0) if log_positive else np.zeros(values.shape[1], bool)
+        on_scale = np.where(log, np.log(np.where(log, values, 1.0)), values)
+        scale = on_scale.std(axis=0)
+        return cls(on_scale.mean(axis=0), np.where(scale > 0, scale, 1.0), log)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        """Raw values -> standardised values (float64)."""
-        return (np.asarray(values, dtype=np.float64) - self.loc) / self.scale
+        """Raw values -> standardised values (float64). A value <= 0 of a log-scale IDP is
+        below everything the model knows and maps to -inf (its z is clipped at the
+        reference's bound), never to NaN."""
+        values = np.asarray(values, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logged = np.log(np.where(values > 0, values, 0.0))
+        return (np.where(self.log, logged, values) - self.loc) / self.scale
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
-        """Standardised values -> raw values (float64)."""
-        return np.asarray(z, dtype=np.float64) * self.scale + self.loc
+        """Standardised values -> raw values (float64); positive for log-scale IDPs."""
+        on_scale = np.asarray(z, dtype=np.float64) * self.scale + self.loc
+        with np.errstate(over="ignore"):
+            return np.where(self.log, np.exp(np.where(self.log, on_scale, 0.0)), on_scale)
+
+    @property
+    def centre(self) -> np.ndarray:
+        """Each IDP's typical training value in raw units (D,): the mean, or for a log-scale
+        IDP the geometric mean (`loc` is on the scale the IDP is standardised on)."""
+        return self.inverse(np.zeros_like(self.loc))
 
     def to_dict(self) -> dict:
-        return {"loc": self.loc.tolist(), "scale": self.scale.tolist()}
+        return {"loc": self.loc.tolist(), "scale": self.scale.tolist(), "log": self.log.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> IDPTransform:
-        return cls(np.asarray(d["loc"], dtype=np.float64), np.asarray(d["scale"], dtype=np.float64))
+        """Files written before the log scale hold no `log` key: every IDP in raw units."""
+        loc = np.asarray(d["loc"], dtype=np.float64)
+        log = np.asarray(d.get("log", np.zeros(len(loc), dtype=bool)), dtype=bool)
+        return cls(loc, np.asarray(d["scale"], dtype=np.float64), log)
 
 
 @dataclass
@@ -164,8 +194,8 @@ class LocationScale:
 
     def _penalty(self, smoothing: float) -> np.ndarray:
         """Second differences of the spline coefficients (a P-spline: at high weight the
-        curve becomes a straight line, which is also how it extrapolates), plus the
-        ridge on level effects. The tiny ridge on the spline separates it from the
+        curve becomes a straight line; beyond the data it is held, `_held_design`), plus
+        the ridge on level effects. The tiny ridge on the spline separates it from the
         intercept (B-splines sum to one)."""
         n_basis = len(self.knots) + 2
         size = 1 + n_basis + sum(self.n_levels)
@@ -179,13 +209,15 @@ class LocationScale:
 
     def _smooth(
         self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Penalised (weighted) least squares of each column of y on x, each column with
         the penalty weight in SMOOTHING that minimises its generalised cross-validation
-        score n * RSS / (n - edf)^2. `weights` (n, D) are per row and column."""
+        score n * RSS / (n - edf)^2. `weights` (n, D) are per row and column. Returns the
+        coefficients and each column's chosen penalty weight."""
         n, d = y.shape
         coef = np.zeros((x.shape[1], d))
         best = np.full(d, np.inf)
+        chosen = np.full(d, self.SMOOTHING[-1])
         columns = [slice(None)] if weights is None else [slice(j, j + 1) for j in range(d)]
         for cols in columns:
             w = np.ones((n, 1)) if weights is None else weights[:, cols]
@@ -201,12 +233,14 @@ class LocationScale:
                 better = np.flatnonzero(score < best[cols])
                 coef[:, np.arange(d)[cols][better]] = b[:, better]
                 best[np.arange(d)[cols][better]] = score[better]
-        return coef
+                chosen[np.arange(d)[cols][better]] = smoothing
+        return coef, chosen
 
     def _log_spread(self, x: np.ndarray, resid: np.ndarray) -> np.ndarray:
         """Coefficients of log s(x), up to a constant: a gamma GLM with log link on
         absolute residuals, fitted by iteratively reweighted least squares (its weights
-        are all one), each step smoothed like the mean. Absolute residuals, not squared
+        are all one), each step smoothed like the mean, then its age curve shrunk where
+        few people carry it (`_shrink_age_curve`). Absolute residuals, not squared
         ones: nearly as efficient for Gaussian residuals and far less driven by a heavy
         tail (ventricles), which can make a squared-residual fit diverge (Davidian &
         Carroll 1987, JASA 82:1079); not log residuals, a noisy and biased spread
@@ -214,9 +248,54 @@ class LocationScale:
         size = np.abs(resid)
         eta = np.broadcast_to(np.log(size.mean(axis=0) + 1e-12), size.shape)
         for _ in range(self._SPREAD_ITERATIONS):
-            coef = self._smooth(x, eta + size / np.exp(eta) - 1.0)
+            coef, smoothing = self._smooth(x, eta + size / np.exp(eta) - 1.0)
             eta = np.clip(x @ coef, -30.0, 30.0)
-        return coef
+        # Pearson dispersion of the gamma GLM: the variance of |r| / s(x) - 1, the noise
+        # each person's working response carries (about pi / 2 - 1 for normal residuals,
+        # more for heavy tails).
+        dispersion = ((size / np.exp(eta) - 1.0) ** 2).mean(axis=0)
+        return self._shrink_age_curve(x, coef, smoothing, dispersion)
+
+    def _shrink_age_curve(
+        self, x: np.ndarray, coef: np.ndarray, smoothing: np.ndarray, dispersion: np.ndarray
+    ) -> np.ndarray:
+        """The log-spread's age curve with its departures from the people's mean shrunk
+        by their noise, so that the spread does not collapse (or balloon) where data thin.
+
+        Why: near the oldest and youngest training ages a handful of people carry the
+        curve, and a P-spline lets its end run along whatever trend they happen to show: a
+        few people with a small spread make the bands there collapse, and such bands call
+        a typical person extreme (issue 18; benchmarks/RESULTS.md, "Edges of the age
+        range").
+        Empirical Bayes, as the reference table shrinks its quantiles
+        (`reference.shrink_towards`; Efron & Morris 1975, JASA 70:311), per IDP: the
+        curve's departure d(a) from its mean over people has variance v(a) = phi
+        (c_a - c_mean)' (X'X + P)^-1 (c_a - c_mean) (the penalised fit's Bayesian
+        covariance, Wahba 1983, JRSS B 45:133, with the GLM's dispersion phi; c_a is the
+        spline basis at age a); the spread tau^2 of true departures is the people's mean
+        of d^2 less theirs of v; each d(a) is scaled by tau^2 / (tau^2 + v(a)). Where
+        many people carry the curve, v is small and it is kept; where few do it falls
+        back towards the IDP's overall spread, as far as its own noise says. The shrunk
+        curve, sampled on a fine age grid, is refitted in the same basis.
+        """
+        spline = slice(1, len(self.knots) + 3)
+        basis = x[:, spline]
+        centre = basis.mean(axis=0)
+        fine = np.linspace(self.knots[0], self.knots[-1], 8 * len(self.knots))
+        fine_basis = self._design(fine, np.zeros((len(fine), len(self.n_levels)), int))[:, spline]
+        xtx = x.T @ x
+        out = coef.copy()
+        for j in range(coef.shape[1]):
+            cov = dispersion[j] * np.linalg.inv(xtx + self._penalty(smoothing[j]))[spline, spline]
+            people = basis @ coef[spline, j]
+            mean = people.mean()
+            people_var = np.einsum("ij,jk,ik->i", basis - centre, cov, basis - centre)
+            tau2 = max(float(((people - mean) ** 2).mean() - people_var.mean()), 0.0)
+            fine_var = np.einsum("ij,jk,ik->i", fine_basis - centre, cov, fine_basis - centre)
+            keep = tau2 / np.maximum(tau2 + fine_var, 1e-300)
+            target = mean + keep * (fine_basis @ coef[spline, j] - mean)
+            out[spline, j] = np.linalg.lstsq(fine_basis, target, rcond=None)[0]
+        return out
 
     @classmethod
     def fit(
@@ -238,10 +317,10 @@ class LocationScale:
         knots = np.linspace(lo, hi, cls.KNOT_INTERVALS + 1)
         ls = cls(knots, [m - 1 for m in n_levels], np.zeros(0), np.zeros(0))
         x = ls._design(age_z, codes)
-        ls.mean_coef = ls._smooth(x, y)
+        ls.mean_coef, _ = ls._smooth(x, y)
         for _ in range(2):
             ls.scale_coef = ls._log_spread(x, y - x @ ls.mean_coef)
-            ls.mean_coef = ls._smooth(x, y, weights=np.exp(-2.0 * x @ ls.scale_coef))
+            ls.mean_coef, _ = ls._smooth(x, y, weights=np.exp(-2.0 * x @ ls.scale_coef))
         resid = y - x @ ls.mean_coef
         ls.scale_coef = ls._log_spread(x, resid)
         z = resid / np.exp(x @ ls.scale_coef)
@@ -287,19 +366,32 @@ class LocationScale:
             raise ValueError(f"level code {code} is neither known nor the next new one")
         row = grown._level_row(k, code)
         weight = len(y) / (len(y) + prior_n)
-        x = grown._design(age_z, codes)
+        x = grown._held_design(age_z, codes)
         shift = weight * (y - x @ grown.mean_coef).mean(axis=0)
         grown.mean_coef[row] += shift
         z = (y - x @ grown.mean_coef) / np.exp(x @ grown.scale_coef)
         grown.scale_coef[row] += weight * np.log(np.sqrt(np.mean(z**2, axis=0)))
         return grown
 
+    def _held_design(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The design at each row's age, with ages beyond the training range held at its
+        nearest end: mean and spread are constant beyond the data.
+
+        Why: a P-spline continues along its end slope, which rests on the fewest people,
+        and a log-spread (or a log-scale IDP's mean) continued linearly grows or shrinks
+        exponentially: bands many times too wide a few years outside the training ages
+        (issue 18; benchmarks/RESULTS.md, "Edges of the age range"). Held at the ends,
+        charts beyond the data stay as wide as at their edge, and the model flags such
+        people as out of its age range rather than inventing a trend for them."""
+        ends = np.clip(np.asarray(age_z, dtype=np.float64), self.knots[0], self.knots[-1])
+        return self._design(ends, codes)
+
     def transform(self, y: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        x = self._design(age_z, codes)
+        x = self._held_design(age_z, codes)
         return (y - x @ self.mean_coef) / np.exp(x @ self.scale_coef)
 
     def inverse(self, z: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        x = self._design(age_z, codes)
+        x = self._held_design(age_z, codes)
         return z * np.exp(x @ self.scale_coef) + x @ self.mean_coef
 
     def to_dict(self) -> dict:

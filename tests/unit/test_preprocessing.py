@@ -152,3 +152,79 @@ def test_age_shape_json_round_trip():
     shape = AgeShape.fit(resid, age)
     again = AgeShape.from_dict(shape.to_dict())
     assert np.allclose(again.transform(resid, age), shape.transform(resid, age))
+
+
+def test_idp_transform_puts_positive_idps_on_the_log_scale_and_its_inverse_stays_positive():
+    rng = np.random.default_rng(5)
+    values = np.column_stack([rng.lognormal(8, 0.8, 500), rng.normal(0.0, 1.0, 500)])
+    t = IDPTransform.fit(values)
+    assert t.log.tolist() == [True, False]  # a column with values <= 0 stays in raw units
+    assert np.allclose(t.inverse(t.transform(values)), values, rtol=1e-12)
+    far_below = t.inverse(np.full((3, 2), -50.0))
+    assert (far_below[:, 0] > 0).all() and (far_below[:, 1] < 0).all()
+    assert t.centre[0] == pytest.approx(np.exp(np.log(values[:, 0]).mean()))
+    assert t.centre[1] == pytest.approx(values[:, 1].mean())
+    assert IDPTransform.fit(values, log_positive=False).log.tolist() == [False, False]
+
+
+def test_idp_transform_maps_a_non_positive_value_of_a_log_idp_below_everything_not_to_nan():
+    t = IDPTransform.fit(np.random.default_rng(6).lognormal(8, 0.5, (200, 1)))
+    z = t.transform(np.array([[0.0], [-3.0], [10.0]]))
+    assert z[0, 0] == -np.inf and z[1, 0] == -np.inf and np.isfinite(z[2, 0])
+
+
+def test_idp_transform_reads_a_file_without_the_log_flag_as_raw_units():
+    t = IDPTransform.from_dict({"loc": [3.0, 5.0], "scale": [1.0, 2.0]})
+    assert t.log.tolist() == [False, False]
+    assert np.allclose(t.inverse(np.array([[1.0, 1.0]])), [[4.0, 7.0]])
+    again = IDPTransform.from_dict(t.to_dict())
+    assert np.array_equal(again.log, t.log) and np.array_equal(again.loc, t.loc)
+
+
+def _thin_old_tail(seed: int, n_idps: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Constant-spread IDPs with a linear decline; 320 people at ages -1.5..0 (standardised)
+    and 20 thinly spread over 0..3, as a clinic's reference table thins out with age."""
+    rng = np.random.default_rng(seed)
+    age = np.concatenate([rng.uniform(-1.5, 0.0, 320), 3.0 * rng.beta(1.0, 2.0, 20)])
+    y = -0.3 * age[:, None] + rng.standard_normal((len(age), n_idps))
+    return y, age, np.ones((len(age), 1), dtype=int)
+
+
+def test_location_scale_spread_does_not_collapse_where_few_people_carry_it():
+    """The spread is constant; near the oldest ages a handful of people carry the fit, and
+    their sample spread must not pull the curve down (or up) to theirs."""
+    for seed in range(3):
+        y, age, codes = _thin_old_tail(seed)
+        ls = LocationScale.fit(y, age, codes, [2])
+        grid = np.linspace(age.min(), age.max(), 41)
+        ones = np.ones((len(grid), 1), dtype=int)
+        spread = ls.inverse(np.ones((len(grid), y.shape[1])), grid, ones) - ls.inverse(
+            np.zeros((len(grid), y.shape[1])), grid, ones
+        )
+        ratio = spread / np.median(spread, axis=0)
+        assert ratio.min() > 0.6 and ratio.max() < 1.6, (seed, ratio.min(), ratio.max())
+
+
+def test_location_scale_keeps_a_spread_that_really_changes_with_age():
+    """Shrinkage takes out noise, not signal: a spread that triples over the ages, carried
+    by many people, is kept."""
+    rng = np.random.default_rng(8)
+    age = rng.uniform(-1.7, 1.7, 1500)
+    y = (np.exp(0.33 * age) * rng.standard_normal(1500))[:, None]
+    ls = LocationScale.fit(y, age, np.ones((1500, 1), dtype=int), [2])
+    ends = np.array([-1.5, 1.5])
+    ones = np.ones((2, 1), dtype=int)
+    spread = ls.inverse(np.ones((2, 1)), ends, ones) - ls.inverse(np.zeros((2, 1)), ends, ones)
+    assert spread[1, 0] / spread[0, 0] == pytest.approx(np.exp(0.99), rel=0.2)
+
+
+def test_location_scale_holds_mean_and_spread_beyond_the_training_ages():
+    y, age, codes = _thin_old_tail(1)
+    ls = LocationScale.fit(y, age, codes, [2])
+    lo, hi = age.min(), age.max()
+    outside = np.array([lo - 2.0, lo - 0.1, hi + 0.1, hi + 2.0])
+    edge = np.array([lo, lo, hi, hi])
+    ones = np.ones((4, 1), dtype=int)
+    z = np.full((4, y.shape[1]), 1.5)
+    assert np.allclose(ls.inverse(z, outside, ones), ls.inverse(z, edge, ones))
+    assert np.allclose(ls.transform(z, outside, ones), ls.transform(z, edge, ones))

@@ -1,0 +1,90 @@
+"""Honest edges of the age range and positive centiles (issue 18, items 1 and 2).
+
+One small model is trained on a table shaped like a clinic's reference: most people young,
+a thin tail of older ones. Its IDPs have a constant spread (so any band that narrows is
+the model's doing, not the data's), and one is a skewed, widely spread volume (a
+ventricle) whose raw-unit 2nd centile falls below zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normcore.model import NormativeModel
+from normcore.schema import Schema
+
+N_IDPS = 10
+BAND = (0.02, 0.98)
+MARGIN = 0.08
+"""Share of the age range the dashboard's fans extend beyond each end."""
+
+
+def _clinic_table(seed: int) -> pd.DataFrame:
+    """320 people aged 18-35 and 20 spread thinly over 35-85; IDPs with a linear age
+    decline and a spread that does not change with age; `ventricle` lognormal, growing."""
+    rng = np.random.default_rng(seed)
+    age = np.concatenate([rng.uniform(18, 35, 320), 35 + 50 * rng.beta(1.0, 2.0, 20)])
+    n = len(age)
+    out = {"age": age, "sex": rng.choice(["F", "M"], n), "site": "A"}
+    for j in range(N_IDPS):
+        out[f"thick_{j}"] = 2.6 - 0.004 * (age - 20) + 0.12 * rng.standard_normal(n)
+    out["ventricle"] = np.exp(np.log(6000) + 0.02 * (age - 20) + 0.8 * rng.standard_normal(n))
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def clinic() -> tuple[NormativeModel, pd.DataFrame]:
+    train = _clinic_table(3)
+    idps = tuple(c for c in train.columns if c not in ("age", "sex", "site"))
+    schema = Schema("age", ("sex", "site"), idps)
+    model = NormativeModel(
+        max_epochs=4, reference_samples=400, grid_points=11, network=dict(width=32, depth=2)
+    ).fit(train, schema)
+    return model, train
+
+
+def _bands(model: NormativeModel, ages: np.ndarray, sex: str) -> np.ndarray:
+    """2nd and 98th centiles (ages, 2, IDPs) at each age for one sex, the training site."""
+    fan = model.centiles(pd.DataFrame({"age": ages, "sex": sex, "site": "A"}), BAND)
+    d = len(model.idps)
+    return fan["value"].to_numpy().reshape(len(ages), d, 2).transpose(0, 2, 1)
+
+
+def test_fans_of_positive_idps_have_no_negative_centile(clinic):
+    model, train = clinic
+    lo, hi = model.age_range
+    ages = np.linspace(lo - MARGIN * (hi - lo), hi + MARGIN * (hi - lo), 61)
+    for sex in ("F", "M"):
+        fan = model.centiles(
+            pd.DataFrame({"age": ages, "sex": sex, "site": "A"}), (0.001, 0.02, 0.5)
+        )
+        assert (fan["value"] > 0).all(), fan.loc[fan["value"] <= 0].head()
+
+
+def test_band_near_the_oldest_training_age_is_not_collapsed(clinic):
+    """The spread is constant in the data, so the band at the oldest training ages,
+    where a handful of people carry the fit, must stay near its median width."""
+    model, train = clinic
+    lo, hi = model.age_range
+    ages = np.linspace(lo, hi, 41)
+    thick = [model.idps.index(f"thick_{j}") for j in range(N_IDPS)]
+    for sex in ("F", "M"):
+        width = np.diff(_bands(model, ages, sex), axis=1)[:, 0, thick]
+        ratio = width / np.median(width, axis=0)
+        assert ratio[-4:].min() > 0.5, ratio[-4:].min(axis=0)
+        assert ratio.min() > 0.5
+
+
+def test_bands_just_outside_the_age_range_stay_bounded(clinic):
+    """Beyond the training ages (the fans' margins) a band is at most twice as wide as at
+    the nearest end of the range, and no narrower than half."""
+    model, _ = clinic
+    lo, hi = model.age_range
+    pad = MARGIN * (hi - lo)
+    for sex in ("F", "M"):
+        for edge, beyond in ((lo, lo - pad), (hi, hi + pad)):
+            width = np.diff(_bands(model, np.array([edge, beyond]), sex), axis=1)[:, 0]
+            ratio = width[1] / width[0]
+            assert np.all((ratio > 0.5) & (ratio < 2.0)), (edge, ratio)
