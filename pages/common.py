@@ -48,14 +48,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every ASCII punctuation character CommonMark lets a backslash escape, plus line breaks.
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+# What GitHub-flavoured markdown turns into a link even in plain text (its autolink
+# literals: www., http://, https://, mailto:, xmpp: and e-mail addresses), found after
+# backslash escapes are resolved, so escaping alone does not stop them.
+_AUTOLINK_START = re.compile(r"(?i)(https?|ftp|mailto|xmpp|www)(?=[:.])")
+_ZERO_WIDTH_SPACE = "\u200b"
 
 
 def md(text: object) -> str:
     """A user's text (an id, a site, a file or column name, a message quoting them) made
     safe to put inside st.markdown, st.warning and the like: every markdown character
-    escaped, line breaks made spaces. Without it a site named `![x](http://evil/t.png)`
+    escaped, line breaks made spaces, and a zero-width space after each autolink's
+    start (`http`, `www`) and before each `@`. Without it a site named `![x](http://evil/t.png)`
     renders as an image the browser fetches from outside, and a link renders live."""
     flat = " ".join(str(text).splitlines())
+    flat = _AUTOLINK_START.sub(r"\1" + _ZERO_WIDTH_SPACE, flat)
+    flat = flat.replace("@", _ZERO_WIDTH_SPACE + "@")
     return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
