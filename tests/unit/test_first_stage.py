@@ -41,3 +41,19 @@ def test_new_person_spread_widens_when_new_people_carry_the_error_of_small_sites
 
 def test_new_person_spread_needs_enough_people():
     assert first_stage.new_person_spread(*_table(30, 3, 0.3), seed=0) == (1.0, None)
+
+
+def test_first_stage_keeps_its_log_scale_through_the_bundle_dict():
+    """Positive IDPs are modelled on the log scale; the saved parts say so, and a stage
+    read back maps values and scores exactly as the fitted one."""
+    values, age_z, codes, levels = _table(300, 2, 0.3)
+    values = np.column_stack([np.exp(values[:, 0]), values[:, 1]])
+    stage = first_stage.FirstStage().fit(values, age_z, codes, levels)
+    assert stage.transform_.log.tolist() == [True, False]
+    again = first_stage.FirstStage.from_dict(stage.to_dict())
+    scores = stage.transform(values, age_z, codes)
+    assert np.array_equal(again.transform(values, age_z, codes), scores)
+    back = again.inverse(scores - 8.0, age_z, codes)
+    assert (back[:, 0] > 0).all()
+    raw = first_stage.FirstStage(log_positive=False).fit(values, age_z, codes, levels)
+    assert not raw.transform_.log.any()
