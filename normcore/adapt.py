@@ -24,9 +24,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from normcore import plausibility
 from normcore.diffusion import Schedule, q_sample, v_target
 from normcore.errors import DataError, Problem
 from normcore.first_stage import FirstStage
+from normcore.freesurfer import classify_column
 from normcore.joint import JointModel
 from normcore.preprocessing import CovariateEncoder
 from normcore.schema import Schema, coerce_categories, validate_scoring
@@ -109,11 +111,16 @@ def plan_adaptation(
     age_range: tuple[float, float],
     site: str | None = None,
     column: str | None = None,
+    idp_centre: Sequence[float] | None = None,
 ) -> AdaptationPlan:
     """Check `controls` against a model (its schema, category `levels`, training
     `age_range`) and plan the adaptation: a DataError lists every problem of the table
     (column and rows), or says the controls come from more than one site. Too few
     controls do not raise here (the dashboard shows the plan anyway): see `shortfall`.
+
+    Values no real person has (`plausibility.implausible_cells`; `idp_centre`, the
+    model's training means, adds the x100 rule) are errors here, not flags: the site is
+    learned from these values, and a 0 mm3 thalamus would teach it that zeros are normal.
 
     `site` names the site for every row (a table without a site column); `column`
     defaults to `site_column(schema)`.
@@ -124,6 +131,7 @@ def plan_adaptation(
         controls = controls.assign(**{column: site})
     report = validate_scoring(controls, schema, age_range, levels)
     report.raise_for_errors()
+    _refuse_unusable(controls, schema, idp_centre)
     sites = coerce_categories(controls[column]).dropna().unique().tolist()
     if len(sites) != 1:
         raise DataError(
@@ -144,6 +152,65 @@ def plan_adaptation(
     return AdaptationPlan(
         controls, column, level, level in known, counts, tuple(report.warnings),
         (float(ages.min()), float(ages.max())),
+    )
+
+
+def _refuse_unusable(
+    controls: pd.DataFrame, schema: Schema, idp_centre: Sequence[float] | None
+) -> None:
+    """DataError naming every IDP column the controls lack, every blank IDP cell and
+    every implausible value (scoring reports these as information; adaptation learns
+    from them), with the likely cause: for a column constant or zero, the column of the
+    table that is the same region under another FreeSurfer version's name, if any."""
+    idps = list(schema.idps)
+    absent = [
+        Problem("error", name, (), "this brain measure is not in the controls' table.")
+        for name in idps if name not in controls.columns
+    ]
+    blank = [
+        Problem("error", name, tuple(int(i) for i in np.flatnonzero(empty)), "blank cells.")
+        for name in idps if name in controls.columns
+        and (empty := pd.to_numeric(controls[name], errors="coerce").isna().to_numpy()).any()
+    ]
+    if absent or blank:
+        raise DataError(
+            "Adaptation learns the site from every brain measure of every control: fill "
+            "in or remove these.",
+            problems=absent + blank,
+        )
+    values = controls[idps].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    _, found = plausibility.implausible_cells(
+        values, idps, None if idp_centre is None else np.asarray(idp_centre)
+    )
+    if not found:
+        return
+    problems = []
+    for problem in found:
+        region = classify_column(problem.column)
+        same = [
+            str(c) for c in controls.columns
+            if region is not None and str(c) != problem.column
+            and (other := classify_column(str(c))) is not None
+            and other.identity == region.identity
+        ]
+        renamed = (
+            " (FreeSurfer 7 renamed Thalamus-Proper to Thalamus)"
+            if "thalamus" in problem.column.lower() else ""
+        )
+        advice = (
+            f" The table's column '{same[0]}' is the same region under another FreeSurfer "
+            f"version's name{renamed}: map that column to '{problem.column}' (rename it) "
+            "and adapt again."
+            if same
+            else " The site is learned from these values, so they must be real: correct "
+            "them, remove these rows, or map the column that holds this region."
+        )
+        problems.append(Problem("error", problem.column, problem.rows, problem.message + advice))
+    raise DataError(
+        f"The controls hold values no real person has, in {len(problems)} brain "
+        f"measure{'s' if len(problems) != 1 else ''}; adaptation would learn them as "
+        "normal:",
+        problems=problems,
     )
 
 

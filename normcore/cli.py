@@ -21,14 +21,16 @@ import pandas as pd
 
 from normcore import bundle, distributed, provenance, stream
 from normcore.data import read_table
+from normcore.demo import MODEL_PATH as DEMO_MODEL_PATH
 from normcore.denoisers import BACKBONES
 from normcore.device import DEVICES
 from normcore.errors import BundleError, DataError, NotFittedError
+from normcore.explore import sex_level_meanings
 from normcore.export import write_csv
 from normcore.launch import print_progress
 from normcore.model import DEFAULT_QUANTILES, NormativeModel
 from normcore.safe_write import atomic_output, check_output
-from normcore.schema import Schema, validate_training
+from normcore.schema import Schema, parse_coding, recode, validate_training
 from normcore.site_advice import adaptation_warnings
 
 
@@ -86,6 +88,36 @@ def _write_csv(df: pd.DataFrame, out: str) -> None:
 def _warn(model: NormativeModel, df: pd.DataFrame) -> None:
     for problem in model.check(df).warnings:
         print(f"warning: {problem}", file=sys.stderr)
+
+
+def _recoded(model: NormativeModel, df: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """The table's category codes as the model's levels, from --sex-coding and --coding;
+    the sex column's codes must be the model's own levels or be given, never guessed."""
+    categorical = model.schema.categorical
+    sex = next((c for c in categorical if c.lower() == "sex"), None)
+    codings = {}
+    for spec in args.coding or ():
+        column, sep, text = spec.partition(":")
+        if not sep or column.strip() not in categorical:
+            raise DataError(
+                f"--coding '{spec}': write COLUMN:CODE=LEVEL,... with COLUMN one of the "
+                f"model's categorical covariates ({', '.join(categorical) or 'none'})."
+            )
+        codings[column.strip()] = parse_coding(text)
+    if args.sex_coding:
+        if sex is None:
+            raise DataError("--sex-coding: this model has no 'sex' covariate.")
+        codings[sex] = parse_coding(args.sex_coding)
+    demo = Path(args.model).resolve() == DEMO_MODEL_PATH.resolve()
+    levels = model.levels
+    for column in categorical:
+        if column in codings or column == sex:
+            meanings = sex_level_meanings(levels[column], demo) if column == sex else {}
+            how = "--sex-coding 1=male,2=female" if column == sex else (
+                f"--coding {column}:CODE=LEVEL,..."
+            )
+            df = recode(df, column, codings.get(column), levels[column], meanings, how)
+    return df
 
 
 def _schema(
@@ -165,7 +197,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     streamed = stream.streamable(args.table) and stream.count_rows(args.table) > args.chunk_rows
     if given is None and streamed:
         summary = stream.score_file(
-            model, args.table, args.out, chunk_rows=args.chunk_rows, progress=_score_progress
+            model, args.table, args.out, chunk_rows=args.chunk_rows, progress=_score_progress,
+            prepare=lambda chunk: _recoded(model, chunk, args),
         )
         print(file=sys.stderr)
         for problem in summary.warnings:
@@ -176,7 +209,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         return
-    df = _scoring_table(model, args)
+    df = _recoded(model, _scoring_table(model, args), args)
     _warn(model, df)
     _write_csv(model.score(df, given=given), args.out)
     print(f"scored {len(df)} rows x {len(model.idps)} IDPs -> {args.out}", file=sys.stderr)
@@ -184,7 +217,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_centiles(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
-    grid = read_table(args.grid)
+    grid = _recoded(model, read_table(args.grid), args)
     _warn_grid(model, grid)
     _write_csv(model.centiles(grid, args.quantiles), args.out)
     print(f"centiles at {len(grid)} grid rows -> {args.out}", file=sys.stderr)
@@ -192,7 +225,7 @@ def cmd_centiles(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
-    grid = read_table(args.grid)
+    grid = _recoded(model, read_table(args.grid), args)
     _warn_grid(model, grid)
     start = time.perf_counter()
     samples = model.sample(grid, args.n, seed=args.seed).drop(columns="grid_row")
@@ -221,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from normcore.report import write_report
 
     model = NormativeModel.load(args.model, device=args.device)
-    df = read_table(args.table)
+    df = _recoded(model, read_table(args.table), args)
     _warn(model, df)
     result = evaluate(model, df)
     write_report(result, Path(args.out))
@@ -230,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_adapt(args: argparse.Namespace) -> None:
     model = NormativeModel.load(args.model, device=args.device)
-    controls = read_table(args.table)
+    controls = _recoded(model, read_table(args.table), args)
     adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=print_progress)
     print(file=sys.stderr)
     record = adapted.adaptations[-1]
@@ -395,6 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keyfile")
     p.set_defaults(run=cmd_keygen)
 
+    for name in ("score", "centiles", "sample", "evaluate", "adapt"):
+        sub.choices[name].add_argument(
+            "--sex-coding",
+            metavar="CODE=LEVEL,...",
+            help="what each code of the table's sex column means, e.g. 1=male,2=female "
+            "(the model's levels or their meanings); without it every code must be one of "
+            "the model's levels",
+        )
+        sub.choices[name].add_argument(
+            "--coding",
+            action="append",
+            metavar="COLUMN:CODE=LEVEL,...",
+            help="the same for any categorical covariate (repeatable); every code of "
+            "COLUMN must then be given",
+        )
     for name, sub_parser in sub.choices.items():
         if name == "keygen":
             continue

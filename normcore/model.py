@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from normcore import adapt as adaptation
-from normcore import bundle, conditional, outputs, provenance
+from normcore import bundle, conditional, outputs, plausibility, provenance
 from normcore.config import ModelConfig
 from normcore.denoisers import build_denoiser
 from normcore.device import resolve_device
@@ -38,6 +38,7 @@ from normcore.metrics import DEFAULT_QUANTILES
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import (
     PROBABILITY_LEVELS,
+    Z_LEVELS,
     ReferenceTable,
     Sampler,
     build_reference,
@@ -110,14 +111,18 @@ class NormativeModel:
     def fit(
         self, df: pd.DataFrame, schema: Schema | None = None,
         progress: Callable[[dict], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, keep_outliers: bool = False,
     ) -> NormativeModel:  # fmt: skip
-        """Validate `df`, fit the first stage, train the denoiser, tabulate the reference."""
+        """Validate `df`, fit the first stage, train the denoiser, tabulate the reference.
+
+        Values that cannot be real (schema.validate_training) are refused unless
+        `keep_outliers`; a numeric failure they cause is a DataError naming them."""
         schema = schema or Schema.infer(df)
-        validate_training(df, schema).raise_for_errors()
+        validate_training(df, schema, keep_outliers).raise_for_errors()
         cfg, start, parallel = self.config, time.perf_counter(), current_parallel()
         device = resolve_device(self.device, parallel.local_rank if parallel else None)
-        with torch_threads(self.threads):
+        failures = plausibility.numeric_failures(_idp_values(df, schema), schema.idps)
+        with torch_threads(self.threads), failures:
             torch.manual_seed(cfg.seed)  # the network's initial weights
             encoder = CovariateEncoder.fit(df, schema)
             n_levels = encoder.n_levels
@@ -287,20 +292,56 @@ class NormativeModel:
     # ----------------------------------------------------------------- scoring
     def check(self, df: pd.DataFrame) -> ValidationReport:
         """Validate a table for scoring: errors block it, warnings are flagged per row."""
-        return validate_scoring(df, self.schema, self.age_range, self.encoder_.levels)
+        return validate_scoring(
+            df, self.schema, self.age_range, self.encoder_.levels,
+            idp_centre=self.first_stage_.transform_.centre, site_ages=self._site_ages(),
+        )  # fmt: skip
+
+    def _site_ages(self) -> tuple[str, dict[str, tuple[float, float]]] | None:
+        """The site column and the ages each site was seen at (training and adaptation)."""
+        if not self.schema.categorical:
+            return None
+        column = adaptation.site_column(self.schema_)
+        return column, plausibility.site_age_ranges(self.training_, self.adaptations_, column)
 
     def _place(self, df: pd.DataFrame) -> outputs.PlacedRows:
         """Check a table, then place its people in the reference table (z per IDP)."""
         self.check(df).raise_for_errors()
         ages, codes, unseen = _covariates(df, self.schema_, self.encoder_)
         y = _idp_values(df, self.schema_)
-        scores = self.first_stage_.transform(y, self.encoder_.encode_age(ages), codes)
-        z, n_eff = _reference_z(self.reference_, scores, ages, codes)
+        centre = self.first_stage_.transform_.centre
+        implausible, _ = plausibility.implausible_cells(y, self.schema_.idps, centre)
+        usable = np.where(implausible, centre, y)  # placeholders: their z is set to NaN
+        z, n_eff = self._reference_z_of(usable, ages, codes)
+        # Far out whatever the age: the age-extrapolated first stage can take a value 100
+        # SDs out at 120 years for an ordinary one, so it is also placed at the nearest
+        # training age.
         lo, hi = self.age_range
+        nearest = np.clip(ages, lo, hi)
+        beyond = np.abs(z) > Z_LEVELS[-1]
+        out = nearest != ages
+        if out.any():
+            z_near, _ = self._reference_z_of(usable[out], nearest[out], codes[out])
+            beyond[out] |= np.abs(z_near) > Z_LEVELS[-1]
+        z[implausible], beyond[implausible] = np.nan, False
+        site_ages = self._site_ages()
+        out_of_site = np.zeros(len(df), dtype=bool)
+        if site_ages is not None and site_ages[0] in df.columns:
+            sites = coerce_categories(df[site_ages[0]]).tolist()
+            out_of_site = plausibility.outside_site_ages(ages, sites, site_ages[1])
         return outputs.PlacedRows(
-            y, z, n_eff, codes, out_of_age_range=(ages < lo) | (ages > hi),
+            y, z, n_eff, codes, out_of_age_range=out,
             unseen_levels=outputs.unseen_text(list(self.encoder_.levels), unseen),
+            out_of_site_age_range=out_of_site, beyond_reference=beyond, implausible=implausible,
         )  # fmt: skip
+
+    def _reference_z_of(
+        self, values: np.ndarray, ages: np.ndarray, codes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """z (n, D) of raw `values` within the reference table at `ages` (years) and
+        `codes`, and the table's effective sample sizes there."""
+        scores = self.first_stage_.transform(values, self.encoder_.encode_age(ages), codes)
+        return _reference_z(self.reference_, scores, ages, codes)
 
     def score(
         self, df: pd.DataFrame, given: Sequence[str] | str | None = None
@@ -368,8 +409,9 @@ class NormativeModel:
         site's share of the reference table is then rebuilt; the copy records the
         adaptation in `adaptations`."""
         plan = adaptation.plan_adaptation(
-            controls, self.schema, self.encoder_.levels, self.age_range, site, column
-        )
+            controls, self.schema, self.encoder_.levels, self.age_range, site, column,
+            idp_centre=self.first_stage_.transform_.centre,
+        )  # fmt: skip
         plan.require_enough()
         new = copy.deepcopy(self)
         new.adaptations_ = [*self.adaptations_, plan.record(steps)]

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normcore.reference import Z_LEVELS
 from normcore.schema import Schema
 
 
@@ -33,6 +32,14 @@ class PlacedRows:
     """(n,) bool: age outside the training ages."""
     unseen_levels: np.ndarray
     """(n,) str: the categorical covariates scored with the 'unknown' level, comma-joined."""
+    out_of_site_age_range: np.ndarray
+    """(n,) bool: age outside the training ages of the person's own site."""
+    beyond_reference: np.ndarray
+    """(n, D) bool: |z| past the last tabled z-level (`reference.Z_LEVELS`), at the
+    person's age or at the nearest training age (see the model's `_place`)."""
+    implausible: np.ndarray
+    """(n, D) bool: a value no real person has (`plausibility.implausible_cells`); its z
+    is NaN."""
 
 
 def unseen_text(covariates: list[str], unseen: np.ndarray) -> np.ndarray:
@@ -49,6 +56,8 @@ def score_table(df: pd.DataFrame, schema: Schema, placed: PlacedRows) -> pd.Data
     `centile_se` is the binomial standard error of a proportion estimated from the
     reference table's effective sample size: sqrt(p (1 - p) / n_eff). `beyond_reference`
     flags |z| past the last tabled z-level, where z is a Gaussian-tail extrapolation.
+    Implausible values get no centile, z or standard error (NaN), never an
+    ordinary-looking one.
     """
     n, d = placed.z.shape
     p = stats.norm.cdf(placed.z)
@@ -60,7 +69,9 @@ def score_table(df: pd.DataFrame, schema: Schema, placed: PlacedRows) -> pd.Data
     out["centile_se"] = (100.0 * np.sqrt(p * (1 - p) / placed.n_eff[:, None])).reshape(-1)
     out["out_of_age_range"] = np.repeat(placed.out_of_age_range, d)
     out["unseen_levels"] = np.repeat(placed.unseen_levels, d)
-    out["beyond_reference"] = (np.abs(placed.z) > Z_LEVELS[-1]).reshape(-1)
+    out["out_of_site_age_range"] = np.repeat(placed.out_of_site_age_range, d)
+    out["beyond_reference"] = placed.beyond_reference.reshape(-1)
+    out["implausible"] = placed.implausible.reshape(-1)
     return out
 
 
@@ -72,13 +83,17 @@ def deviation_table(
     centile: np.ndarray,
 ) -> pd.DataFrame:
     """One row per person: `row`, the id column if any, `n_idps`, `mahalanobis`,
-    `deviation_centile` and the flags."""
+    `deviation_centile` and the flags; no deviation (NaN) for a person with an
+    implausible value, whose profile cannot be read as a whole."""
     out = _rows(df, schema, len(mahalanobis), 1)
     out["n_idps"] = placed.z.shape[1]
-    out["mahalanobis"] = mahalanobis
-    out["deviation_centile"] = centile
+    any_implausible = placed.implausible.any(axis=1)
+    out["mahalanobis"] = np.where(any_implausible, np.nan, mahalanobis)
+    out["deviation_centile"] = np.where(any_implausible, np.nan, centile)
     out["out_of_age_range"] = placed.out_of_age_range
     out["unseen_levels"] = placed.unseen_levels
+    out["out_of_site_age_range"] = placed.out_of_site_age_range
+    out["implausible"] = any_implausible
     return out
 
 

@@ -40,12 +40,13 @@ Rules, and why these thresholds:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from normcore.errors import Problem
+from normcore.errors import DataError, Problem
 
 __all__ = [
     "MAX_MAGNITUDE",
@@ -54,9 +55,11 @@ __all__ = [
     "RATIO_LIMIT",
     "constant_columns",
     "implausible_cells",
+    "numeric_failures",
     "outside_site_ages",
     "positive_by_nature",
     "robust_z",
+    "site_age_ranges",
     "training_problems",
 ]
 
@@ -253,3 +256,65 @@ def outside_site_ages(
         if bounds is not None:
             out[i] = not (float(bounds[0]) <= age <= float(bounds[1]))
     return out
+
+
+def site_age_ranges(
+    training: Mapping, adaptations: Sequence[Mapping], column: str
+) -> dict[str, tuple[float, float]]:
+    """Youngest and oldest age at which a model saw each level of `column` (its site
+    column): its training people (`training["level_age_ranges"]`), widened by the
+    controls of every adaptation to that level."""
+    ranges = {
+        str(site): (float(lo), float(hi))
+        for site, (lo, hi) in training.get("level_age_ranges", {}).get(column, {}).items()
+    }
+    for record in adaptations:
+        seen = record.get("age_range")
+        if record.get("column") != column or not seen:
+            continue
+        site, (lo, hi) = str(record["level"]), (float(seen[0]), float(seen[1]))
+        old = ranges.get(site, (lo, hi))
+        ranges[site] = (min(old[0], lo), max(old[1], hi))
+    return ranges
+
+
+_NUMERIC_SYMPTOMS = ("nan", "infinity", "converge", "singular", "overflow")
+
+
+@contextlib.contextmanager
+def numeric_failures(values: np.ndarray, idps: Sequence[str]) -> Iterator[None]:
+    """Turn a numeric failure while learning from (n, D) training `values` (a singular
+    matrix, an eigendecomposition that does not converge, NaN reaching scikit-learn) into
+    a DataError naming the most extreme values, the likely cause: such failures follow
+    from values the plausibility checks were told to keep."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
+        if not any(s in str(err).lower() for s in _NUMERIC_SYMPTOMS) and not isinstance(
+            err, np.linalg.LinAlgError
+        ):
+            raise
+        values = np.asarray(values, dtype=np.float64)
+        z = np.column_stack([robust_z(values[:, j]) for j in range(values.shape[1])])
+        with np.errstate(invalid="ignore"):
+            worst = np.where(np.isfinite(z), np.abs(z), -np.inf)
+        worst[~np.isfinite(values) | (np.abs(values) >= MAX_MAGNITUDE)] = np.inf
+        order = np.argsort(worst, axis=None)[::-1][:5]
+        rows, cols = np.unravel_index(order, values.shape)
+        problems = [
+            Problem("error", idps[c], (int(r),),
+                    f"value {values[r, c]:.6g}, {_distance(worst[r, c])} from the column's median.")
+            for r, c in zip(rows, cols, strict=True)
+        ]
+        raise DataError(
+            f"Training failed on a numeric problem ({type(err).__name__}: {err}). The most "
+            "extreme values of the table, which usually cause it, are below: correct or "
+            "remove them.",
+            problems=problems,
+        ) from None
+
+
+def _distance(z: float) -> str:
+    return "too large to compute with" if not np.isfinite(z) else f"{z:.1f} robust SDs"

@@ -31,6 +31,8 @@ __all__ = [
     "validate_training",
     "validate_scoring",
     "coerce_categories",
+    "parse_coding",
+    "recode",
     "numeric_columns",
     "MIN_TRAINING_ROWS",
     "AGE_LIMITS",
@@ -449,15 +451,16 @@ def validate_training(
         if name not in columns or name == schema.age:
             continue
         cell, values = _cell_problems(df, name)
-        problems += cell
         finite = values[np.isfinite(values)]
-        if not finite.size and len(df):
+        if len(df) and _missing_mask(df[name]).all():
             problems.append(Problem(
                 "error", name, (),
                 "the column is empty: no row holds a value. Fill it in, or remove it from "
                 "the brain measures.",
             ))
-        elif len(df) > 1 and np.unique(finite).size == 1:
+            continue
+        problems += cell
+        if len(df) > 1 and finite.size and np.unique(finite).size == 1:
             problems.append(Problem(
                 "error", name, (),
                 f"every usable value is the same ({finite[0]:g}); a norm cannot be learned "
@@ -626,6 +629,86 @@ def coerce_categories(series: pd.Series) -> pd.Series:
         [_category_text(v) for v in series.astype(object)],
         index=series.index, name=series.name, dtype="str",
     )
+
+
+def parse_coding(text: str) -> dict[str, str]:
+    """'1=male,2=female' -> {'1': 'male', '2': 'female'}: each code of a table's category
+    column and what it means. Codes are read as `coerce_categories` reads cells (1.0 is
+    1). Malformed text, or a code given twice, raises DataError."""
+    coding: dict[str, str] = {}
+    for pair in (p.strip() for p in str(text).split(",")):
+        code, sep, level = (part.strip() for part in pair.partition("="))
+        if not sep or not code or not level:
+            raise DataError(
+                f"The coding '{text}' cannot be read: write CODE=LEVEL pairs separated by "
+                "commas, for example 1=male,2=female."
+            )
+        code = str(_category_text(code))
+        if code in coding:
+            raise DataError(f"The coding '{text}' gives the code '{code}' twice.")
+        coding[code] = level
+    return coding
+
+
+def recode(
+    df: pd.DataFrame,
+    column: str,
+    coding: Mapping[str, str] | None,
+    levels: Sequence[str],
+    meanings: Mapping[str, str] | None = None,
+    how: str = "",
+) -> pd.DataFrame:
+    """`df` with the codes of category `column` replaced by a model's `levels`, never
+    guessed: a wrong guess of which code means male reverses every sex-specific centile.
+
+    `coding` maps each code of the table to a model level, or to what one level means
+    (`meanings`: level -> word, such as {'0': 'female', '1': 'male'}). With a coding,
+    every code in the column must be in it; without one, every code must be a model level.
+    Otherwise DataError lists the codes with their counts and the model's levels; `how`
+    ends the message (how to give a coding where the caller is). Missing cells stay
+    missing.
+    """
+    if column not in df.columns:
+        return df
+    levels = [str(lv) for lv in levels]
+    meanings = dict(meanings or {})
+    codes = coerce_categories(df[column])
+    counts = codes.value_counts()
+    known = ", ".join(
+        f"'{lv}'" + (f" ({meanings[lv]})" if lv in meanings else "") for lv in levels
+    )
+    target: dict[str, str] = {}
+    for code, said in (coding or {}).items():
+        matches = [lv for lv in levels if said == lv] or [
+            lv for lv in levels
+            if said.lower() in (lv.lower(), meanings.get(lv, "").lower())
+        ]
+        if len(matches) != 1:
+            raise DataError(
+                f"Column '{column}': the coding says '{code}' means '{said}', which is not "
+                f"one of the model's levels: {known}."
+            )
+        target[code] = matches[0]
+    accepted = set(target) if coding else set(levels)
+    unmapped = [(code, int(n)) for code, n in counts.items() if code not in accepted]
+    if unmapped:
+        what = "not in the coding given" if coding else "that are not levels of the model"
+        raise DataError(
+            f"Column '{column}' holds codes {what}: {_counted(unmapped)} (all its codes: "
+            f"{_counted(counts.items())}). The model's levels are {known}. Nothing is "
+            "assumed about what a code means; say it for every code"
+            + (f" ({how})." if how else ".")
+        )
+    if not coding:
+        return df
+    out = df.copy()
+    out[column] = codes.map(target).where(codes.notna(), np.nan)
+    return out
+
+
+def _counted(counts: Iterable[tuple[Any, Any]]) -> str:
+    """"'1' (230 people), '2' (1 person)"."""
+    return ", ".join(f"'{k}' ({int(n)} {'person' if int(n) == 1 else 'people'})" for k, n in counts)
 
 
 def numeric_columns(df: pd.DataFrame) -> list[str]:

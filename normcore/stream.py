@@ -216,8 +216,10 @@ def score_file(
     out_path: str | os.PathLike,
     chunk_rows: int = 10_000,
     progress: Progress | None = None,
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> StreamSummary:
-    """Score a CSV/TSV/Parquet file chunk by chunk into the long score CSV at `out_path`.
+    """Score a CSV/TSV/Parquet file chunk by chunk into the long score CSV at `out_path`;
+    `prepare` maps each chunk first (the CLI's category codings).
 
     Raises DataError naming file rows when any chunk fails validation (all chunks are
     checked, so every error is reported at once) and leaves `out_path` untouched.
@@ -233,6 +235,7 @@ def score_file(
     offset = chunks = 0
     with atomic_output(out, text=True) as f:
         for chunk in iter_chunks(source, chunk_rows):
+            chunk = chunk if prepare is None else prepare(chunk)
             report = model.check(chunk)
             errors += _shifted(report.errors, offset)
             warnings += _shifted(report.warnings, offset)

@@ -10,7 +10,7 @@ from scipy import stats
 from normcore.errors import DataError, NotFittedError
 from normcore.first_stage import NewPersonSpread
 from normcore.joint import JointModel, moment_match
-from normcore.model import NormativeModel
+from normcore.model import DEFAULT_QUANTILES, NormativeModel
 from normcore.reference import PROBABILITY_LEVELS
 from normcore.schema import Schema
 
@@ -24,7 +24,9 @@ def test_score_has_the_documented_columns_and_consistent_values(fitted, test_df,
     scores = fitted.score(test_df)
     assert list(scores.columns) == [
         "row", "subject_id", "idp", "value", "centile", "z", "centile_se",
-        "out_of_age_range", "unseen_levels", "beyond_reference",
+        "out_of_age_range", "unseen_levels", "out_of_site_age_range", "beyond_reference",
+        "implausible", "given", "missing",
+        *(f"imputed_q{round(100 * q):02d}" for q in DEFAULT_QUANTILES),
     ]  # fmt: skip
     assert len(scores) == len(test_df) * len(schema.idps)
     assert scores["centile"].between(0, 100).all()

@@ -274,9 +274,11 @@ def test_scoring_age_errors_are_not_range_warnings() -> None:
 def test_scoring_missing_columns() -> None:
     df = _cohort().drop(columns=["vol", "site", "sub_id"])
     report = validate_scoring(df, SCHEMA, (18.0, 90.0), LEVELS)
-    assert {p.column for p in report.errors} == {"vol", "site"}
+    assert {p.column for p in report.errors} == {"site"}
     assert "the model needs it" in report.errors[0].message
-    assert [w.column for w in report.warnings] == ["sub_id"]
+    # A missing IDP is information: a model with conditioning masks imputes its bands.
+    assert [w.column for w in report.warnings] == [None, "sub_id"]
+    assert "'vol'" in report.warnings[0].message
 
 
 def test_scoring_cell_checks_and_duplicate_ids() -> None:
