@@ -132,10 +132,14 @@ def _schema(
 def cmd_fit(args: argparse.Namespace) -> None:
     df = read_table(args.table)
     schema = _schema(df, _split(args.covariates), _split(args.idps), args.id)
+    report = validate_training(df, schema, args.keep_outliers)
+    if not distributed.launched():
+        for problem in report.warnings:  # columns left out, outliers kept: said once
+            print(f"warning: {problem}", file=sys.stderr)
     if args.nproc > 1 and not distributed.launched():
         # Check the table once here; each worker then runs this command under torchrun's
         # environment variables and takes the branch below.
-        validate_training(df, schema).raise_for_errors()
+        report.raise_for_errors()
         print(f"starting {args.nproc} training processes", file=sys.stderr)
         distributed.spawn(args.nproc, cmd_fit, args)
         seconds = NormativeModel.load(args.out, device="cpu").fit_seconds
@@ -152,7 +156,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
         model = NormativeModel(
             backbone=args.backbone, max_epochs=args.epochs, seed=args.seed, device=args.device
         )
-        model.fit(df, schema, progress=print_progress if is_main else None)
+        model.fit(
+            df, schema, progress=print_progress if is_main else None,
+            keep_outliers=args.keep_outliers,
+        )  # fmt: skip
         if is_main:
             print(file=sys.stderr)
             model.save(args.out)
@@ -342,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--idps", help="comma-separated IDP columns (default: all other numeric columns)"
     )
     p.add_argument("--id", help="subject id column (default: detected)")
+    p.add_argument(
+        "--keep-outliers",
+        action="store_true",
+        help="train on values the plausibility checks refuse (zero or negative volumes, "
+        "gross outliers) because you know them to be real; they are listed as warnings",
+    )
     p.add_argument(
         "--epochs",
         type=count,

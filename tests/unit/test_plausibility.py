@@ -346,3 +346,32 @@ def test_cli_refuses_sex_codes_it_cannot_read(demo_model, people, tmp_path, caps
     code = main(["score", str(demo_model), str(table), "--out", str(out), "--device", "cpu",
                  "--coding", "handedness:1=left"])  # fmt: skip
     assert code == 2 and "categorical covariates (sex, site)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ CLI fit
+
+
+def test_cli_fit_refuses_an_outlier_unless_kept_and_names_an_empty_column(
+    train_df, tmp_path, capsys, monkeypatch, tiny_settings
+):
+    import functools
+
+    import normcore.cli
+
+    tiny = {k: v for k, v in tiny_settings.items() if k != "max_epochs"}
+    monkeypatch.setattr(
+        normcore.cli, "NormativeModel", functools.partial(normcore.cli.NormativeModel, **tiny)
+    )
+    bad = train_df.copy()
+    bad.loc[11, "idp_000"] *= 1000
+    table, out = tmp_path / "train.csv", tmp_path / "m.normcore"
+    bad.assign(eTIV=np.nan).to_csv(table, index=False)
+    assert main(["fit", str(table), "--out", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "column 'idp_000', row 11 (spreadsheet line 13)" in err and "--keep-outliers" in err
+    assert "warning: column 'eTIV': this column is empty in every row" in err
+    assert not out.exists() and "Traceback" not in err
+    assert main(["fit", str(table), "--out", str(out), "--epochs", "2", "--keep-outliers"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: column 'idp_000', row 11" in err and "kept, as asked" in err
+    assert out.exists()
