@@ -27,6 +27,7 @@ STEPS=(
   "benchmarks/draws.py"
   "benchmarks/compare.py --datasets synth20,synth2,fcon --fcon-idps demo --hbr-max-idps 1 --hbr-datasets fcon"
   "benchmarks/adapt.py --sites ICBM,Cambridge_Buckner --repeats 1 --blr-repeats 1"
+  "benchmarks/edges.py --label after --ablation"
   "benchmarks/compare.py --append --datasets synth100,synth200 --models film,saint,blr,gamlss"
 )
 if [ -n "${BENCH_STEPS:-}" ]; then
