@@ -82,17 +82,18 @@ if table.attrs.get("freesurfer"):
             st.session_state.pop(common.mapping_key("table"), None)
         table = st.session_state["table"]
     if model is not None:
-        matching = match_columns(table, model.idps)
-        st.info(md(matching.message))
-        if matching.renames and st.session_state.get("fs_matched") != (
-            st.session_state.get("table_key"),
-            key,
-        ):
-            table = apply_matching(table, matching)
-            table.attrs.update({"freesurfer": True, "joined": True})
-            st.session_state["table"] = table
-            st.session_state["fs_matched"] = (st.session_state.get("table_key"), key)
-            st.session_state.pop(common.mapping_key("table"), None)
+        # Matched once per table and model: the message says what the table held before
+        # its other-version columns were renamed to the model's IDPs.
+        matched_for = (st.session_state.get("table_key"), key)
+        if st.session_state.get("fs_matched") != matched_for:
+            matching = match_columns(table, model.idps)
+            st.session_state["fs_message"] = matching.message
+            if matching.renames:
+                table = apply_matching(table, matching)
+                st.session_state["table"] = table
+                st.session_state.pop(common.mapping_key("table"), None)
+            st.session_state["fs_matched"] = matched_for
+        st.info(md(st.session_state["fs_message"]))
 
 st.success(
     f"**{md(st.session_state['table_name'])}**: {len(table)} rows, {table.shape[1]} columns."

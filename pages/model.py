@@ -312,11 +312,11 @@ def load_bundle() -> None:
     st.session_state["bundle_error"] = None
     if bundle is None:
         return
+    common.claim(bundle)
     try:
         loaded = NormativeModel.from_bytes(bundle.getvalue())
     except (BundleError, DataError) as err:
         st.session_state["bundle_error"] = f"'{bundle.name}' is not a usable normcore model: {err}"
-        common.claim(bundle)
         return
     key = "upload:" + common.bytes_key(bundle.getvalue())
     common.add_session_model("uploaded", loaded, key, f"Uploaded bundle ({bundle.name})")

@@ -43,6 +43,7 @@ def upload(page: Page, uploader_label: str, path: Path) -> None:
 def choose(page: Page, label: str, option: str) -> None:
     box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
     box.click()
+    page.keyboard.type(option)
     page.get_by_role("option", name=option, exact=True).first.click()
     wait_for_app(page)
 
