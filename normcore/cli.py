@@ -490,10 +490,17 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    key_before = os.environ.get(provenance.KEY_ENV)
     try:
         _prepare(args)
         args.run(args)
     except (DataError, BundleError, NotFittedError, ValueError, OSError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
+    finally:
+        # `--key` holds for this command only, also when main() is called in-process.
+        if key_before is None:
+            os.environ.pop(provenance.KEY_ENV, None)
+        else:
+            os.environ[provenance.KEY_ENV] = key_before
     return 0
