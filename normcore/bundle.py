@@ -40,9 +40,13 @@ from normcore.safe_write import atomic_output
 from normcore.schema import Schema
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Raised whenever a stored field changes meaning or layout, so that an older or newer
 file is refused with a plain message instead of being read as something else."""
+READABLE_VERSIONS = (6, FORMAT_VERSION)
+"""Formats this normcore reads: 6 tabled every combination with an unknown level, which
+`ReferenceTable.from_arrays` still reads as it is (7 stores the people per combination
+and reads an unknown sex as a mixture)."""
 MAX_BUNDLE_BYTES = 512 * 1024**2
 
 
@@ -160,11 +164,12 @@ def _verified(
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError("This file is not a normcore model bundle.")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
             f"This model was saved in bundle format {version!r} "
-            f"(normcore {meta.get('normcore_version', '?')}); this normcore reads format "
-            f"{FORMAT_VERSION}. Re-fit the model or use a matching normcore version."
+            f"(normcore {meta.get('normcore_version', '?')}); this normcore reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-fit the model or use a matching "
+            "normcore version."
         )
     try:
         tensors = st_load(data)
@@ -343,7 +348,7 @@ def _check_shapes(model: SavedModel) -> None:
         )
     joint = model.joint
     if (
-        ref.precision.shape[1:] != (d, d)
+        ref.precision.shape[-2:] != (d, d)
         or model.first_stage.n_idps != d
         or joint.moment_map[0].shape != (d, d)
         or tuple(joint.x0_cov.shape) != (len(joint.timesteps), d, d)

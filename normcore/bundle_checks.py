@@ -470,14 +470,15 @@ def _check_reference(
             f"has shape {ref.quantiles.shape}, but the model has {combinations} level "
             f"combinations and {d} IDPs",
         )
-    _finite(ref.quantiles, "reference.quantiles")
-    _increasing(ref.quantiles, "reference.quantiles", axis=2)
+    tabled = ~ref.mixed_combinations()  # a mixture has no table of its own (NaN)
+    _finite(ref.quantiles[tabled], "reference.quantiles")
+    _increasing(ref.quantiles[tabled], "reference.quantiles", axis=2)
     _finite(ref.ages, "reference.ages")
     _increasing(ref.ages, "reference.ages", strict=True)
     if (
         ref.n_eff.shape != ref.quantiles.shape[:2]
-        or np.isnan(ref.n_eff).any()
-        or (ref.n_eff <= 0).any()
+        or np.isnan(ref.n_eff[tabled]).any()
+        or (ref.n_eff[tabled] <= 0).any()
     ):
         raise _fail(
             "'reference.n_eff'",

@@ -40,6 +40,7 @@ from normcore.reference import (
     PROBABILITY_LEVELS,
     Z_LEVELS,
     ReferenceTable,
+    Rescorer,
     Sampler,
     build_reference,
     deviation_calibration,
@@ -162,6 +163,8 @@ class NormativeModel:
                 joint.spread.quantiles(PROBABILITY_LEVELS),
                 samples_per_combination=cfg.reference_samples, grid_points=cfg.grid_points,
                 seed=cfg.seed, parallel=parallel, first_stage_margins=_known(n_levels),
+                people=codes, closed_columns=_closed_columns(schema),
+                rescore=_rescorer(stage, encoder),
                 progress=None if progress is None
                 else lambda f: progress({"phase": "reference", "fraction": f}),
             )  # fmt: skip
@@ -282,7 +285,7 @@ class NormativeModel:
         """
         ages, codes, _ = _covariates(covariates, self.schema, self.encoder_)
         probs = _probabilities(quantiles)
-        q, _ = self.reference_.lookup(codes, ages)
+        q, _ = self.reference_.lookup(codes, ages, _rescorer(self.first_stage_, self.encoder_))
         scores = scores_at(q, probs)  # (n, P, D)
         n, p, d = scores.shape
         at = np.repeat(np.arange(n), p)
@@ -341,7 +344,8 @@ class NormativeModel:
         """z (n, D) of raw `values` within the reference table at `ages` (years) and
         `codes`, and the table's effective sample sizes there."""
         scores = self.first_stage_.transform(values, self.encoder_.encode_age(ages), codes)
-        return _reference_z(self.reference_, scores, ages, codes)
+        rescore = _rescorer(self.first_stage_, self.encoder_)
+        return _reference_z(self.reference_, scores, ages, codes, rescore)
 
     def score(
         self, df: pd.DataFrame, given: Sequence[str] | str | None = None
@@ -426,6 +430,8 @@ class NormativeModel:
                 prior=new.joint_.spread.quantiles(PROBABILITY_LEVELS),
                 samples_per_combination=self.config.reference_samples,
                 seed=self.config.seed + len(self.adaptations_) + 1,
+                people=_site_codes(new.encoder_, plan.controls, k, code),
+                rescore=_rescorer(new.first_stage_, new.encoder_),
             )  # fmt: skip
         return new
 
@@ -497,14 +503,48 @@ def _sampler(
     return lambda ages, codes, seed: joint.draw(encoder.encode_age(ages), codes, seed, adapted)
 
 
+def _rescorer(stage: FirstStage, encoder: CovariateEncoder) -> Rescorer:
+    """Normal scores at one level combination -> the same raw values' scores at another,
+    through the first stage at each row's age (see `reference.Rescorer`)."""
+
+    def rescore(
+        scores: np.ndarray, codes_from: np.ndarray, codes_to: np.ndarray, ages: np.ndarray
+    ) -> np.ndarray:
+        n, p, d = scores.shape
+        at = np.repeat(np.arange(n), p)
+        age_z = encoder.encode_age(ages)[at]
+        raw = stage.inverse(scores.reshape(n * p, d), age_z, codes_from[at])
+        return stage.transform(raw, age_z, codes_to[at]).reshape(n, p, d)
+
+    return rescore
+
+
+def _site_codes(encoder: CovariateEncoder, controls: pd.DataFrame, k: int, code: int) -> np.ndarray:
+    """Codes of an adapted site's controls, column `k` set to the site's `code`."""
+    codes = encoder.encode_categories(controls)[0]
+    codes[:, k] = code
+    return codes
+
+
+def _closed_columns(schema: Schema) -> np.ndarray:
+    """(K,) bool: the categorical columns other than the site (`adapt.site_column`), whose
+    unknown level is one of the known ones (see `reference.ReferenceTable.closed_columns`)."""
+    site = adaptation.site_column(schema) if schema.categorical else None
+    return np.array([column != site for column in schema.categorical], dtype=bool)
+
+
 def _reference_z(
-    reference: ReferenceTable, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    reference: ReferenceTable, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray,
+    rescore: Rescorer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """z within the reference table, and its effective sample sizes, of first-stage
-    `scores` (n, D) at each row's age (years) and levels, in chunks of bounded memory."""
+    `scores` (n, D) at each row's age (years) and levels, in chunks of bounded memory
+    (`rescore`: for rows read as mixtures, see `ReferenceTable.lookup`)."""
     z, n_eff = np.empty_like(scores), np.empty(len(scores))
     for s in range(0, len(scores), CHUNK):
-        q, n_eff[s : s + CHUNK] = reference.lookup(codes[s : s + CHUNK], ages[s : s + CHUNK])
+        q, n_eff[s : s + CHUNK] = reference.lookup(
+            codes[s : s + CHUNK], ages[s : s + CHUNK], rescore
+        )
         z[s : s + CHUNK] = z_of_scores(q, scores[s : s + CHUNK])
     return z, n_eff
 

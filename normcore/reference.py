@@ -28,8 +28,17 @@ IDP, whatever the model: a person's z is the z-level at which their normal score
 the tabled quantiles. Beyond z = +-3 the tail is extrapolated linearly in z along the
 outermost tabled segments (a Gaussian tail) and z is clipped to +-Z_BOUND.
 
-Stored, the table holds the first stage's margins (`prior`) once and only the combinations
-the denoiser's draws were tabled for (`ReferenceTable.to_arrays`).
+A person whose level of a closed covariate is unknown (sex not recorded) at known other
+levels (the site) is one of the known levels, with the probabilities the training people
+at those levels had: their law is the mixture sum_s p(s | site) p(y | s, site) of the
+known combinations' laws, built per row at lookup (`ReferenceTable.lookup`,
+`mixture_quantiles`), not tabled. The site is open: an unknown site is a new one, whose
+law the denoiser learned by covariate dropout and the first stage does not know, so it
+stays tabled from the draws.
+
+Stored, the table holds the first stage's margins (`prior`) once, the training people per
+combination, and only the combinations the denoiser's draws were tabled for
+(`ReferenceTable.to_arrays`).
 
 The same pass yields the multivariate deviation: the samples' z give a shrunk correlation
 matrix of the IDPs, and the squared Mahalanobis distance of the samples' z vectors gives,
@@ -39,12 +48,13 @@ is ranked.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from sklearn.covariance import LedoitWolf
 
 from normcore.numeric import (
@@ -75,6 +85,12 @@ Each combination is drawn with its own seed: with one noise sequence shared by e
 combination, the deviation reference's Monte-Carlo error is the same everywhere and does
 not average out over people (benchmarks/RESULTS.md, "What did not run, and why")."""
 
+Rescorer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""rescore(scores (n, Q, D), codes_from (n, K), codes_to (n, K), ages (n,)): the normal
+scores under the first stage at codes_to of the raw values whose normal scores at
+codes_from are `scores`. Each combination's table is in its own first stage's scores
+(the first stage has each level's mean and spread), so laws are mixed in one space."""
+
 
 @dataclass
 class ReferenceTable:
@@ -82,6 +98,7 @@ class ReferenceTable:
 
     `quantiles` are normal scores at `Z_LEVELS`; `n_eff` (C, G) their effective sample
     sizes, infinite where a combination's margins are the first stage's own (exact).
+    Both are NaN for a combination read as a mixture of others (`mixture_components`).
     """
 
     ages: np.ndarray
@@ -94,6 +111,31 @@ class ReferenceTable:
     mahalanobis: np.ndarray
     """(C, G, Q) quantiles of the squared Mahalanobis distance of model samples under each
     grid age's `precision`, per combination and grid age (`deviation_reference`)."""
+    level_counts: np.ndarray | None = None
+    """(C,) people the first stage learned each combination from (training rows, an
+    adapted site's controls); zero for a combination with an unknown level."""
+    closed_columns: np.ndarray | None = None
+    """(K,) bool: categorical columns whose levels are a closed set (sex), so that a
+    person whose level is unknown holds one of the known ones. The others (the site) are
+    open: their unknown level is a new one."""
+
+    def __post_init__(self) -> None:
+        n_combo = len(self.quantiles)
+        counts = np.zeros(n_combo) if self.level_counts is None else self.level_counts
+        closed = np.zeros(len(self.n_levels), bool) if self.closed_columns is None else (
+            self.closed_columns
+        )  # fmt: skip
+        self.level_counts = np.asarray(counts, dtype=np.float64)
+        self.closed_columns = np.asarray(closed, dtype=bool)
+        if self.level_counts.shape != (n_combo,) or self.closed_columns.shape != (
+            len(self.n_levels),
+        ):
+            raise ValueError(
+                f"the reference table has {n_combo} combinations of {len(self.n_levels)} "
+                f"categorical columns but {self.level_counts.shape} people counts and "
+                f"{self.closed_columns.shape} closed-column flags"
+            )
+        self._mixtures = _mixtures(self.n_levels, self.level_counts, self.closed_columns)
 
     def combo_index(self, codes: np.ndarray) -> np.ndarray:
         """Mixed-radix index of each row's level combination (codes (n, K) -> (n,))."""
@@ -102,18 +144,32 @@ class ReferenceTable:
             idx = idx * m + codes[:, k]
         return idx
 
+    def mixture_components(self, combination: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The combinations (S,) whose mixture is `combination`'s law, and their weights
+        (S,), or None where the combination has a table of its own.
+
+        A combination is a mixture when every unknown level in it is in a closed column
+        and the training people at its known levels hold some known level there: its
+        components are those fully known combinations, weighted by their people, i.e.
+        p(s | known levels) estimated by the training proportions. A person of unknown
+        sex at a site is a man with the site's share of men and a woman otherwise; that
+        is their law, and it needs no table (Titterington, Smith & Makov 1985,
+        *Statistical Analysis of Finite Mixture Distributions*, ch. 1).
+        """
+        return self._mixtures[combination]
+
+    def mixed_combinations(self) -> np.ndarray:
+        """(C,) bool: combinations read as mixtures (see `mixture_components`)."""
+        return np.array([m is not None for m in self._mixtures], dtype=bool)
+
     def _age_weights(self, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = np.clip(np.asarray(ages, dtype=np.float64), self.ages[0], self.ages[-1])
         i = np.clip(np.searchsorted(self.ages, a, side="right") - 1, 0, len(self.ages) - 2)
         w = (a - self.ages[i]) / (self.ages[i + 1] - self.ages[i])
         return i, w
 
-    def lookup(self, codes: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Quantile vectors (n, Q, D) and effective sample sizes (n,) at each row's covariates.
-
-        Ages outside the grid are clamped to its ends; callers flag such rows.
-        """
-        c = self.combo_index(codes)
+    def _interpolate(self, c: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tabled quantile vectors (n, Q, D) and effective sizes (n,) of combinations c."""
         i, w = self._age_weights(ages)
         q = (
             self.quantiles[c, i] * (1 - w)[:, None, None]
@@ -122,6 +178,49 @@ class ReferenceTable:
         with np.errstate(invalid="ignore"):  # inf * 0 where margins are exact
             n_eff = self.n_eff[c, i] * (1 - w) + self.n_eff[c, i + 1] * w
         return q, np.where(np.isinf(self.n_eff[c, i]), np.inf, n_eff)
+
+    def lookup(
+        self, codes: np.ndarray, ages: np.ndarray, rescore: Rescorer | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Quantile vectors (n, Q, D) and effective sample sizes (n,) at each row's covariates,
+        in the normal scores of the first stage at the row's own levels.
+
+        A row whose combination is a mixture (`mixture_components`) gets the mixture's
+        quantiles at its age: each component's tabled quantiles, moved by `rescore` into
+        the row's normal scores, mixed by `mixture_quantiles`. Its effective size is the
+        smallest of its components': the variance of a mixture's estimated CDF,
+        sum_s w_s^2 F_s(1 - F_s) / n_s, is at most F(1 - F) / min n_s by the concavity
+        of F(1 - F). Ages outside the grid are clamped to its ends; callers flag such rows.
+        """
+        ages = np.asarray(ages, dtype=np.float64)
+        c = self.combo_index(codes)
+        mixed = self.mixed_combinations()[c]
+        if not mixed.any():
+            return self._interpolate(c, ages)
+        if rescore is None:
+            raise ValueError(
+                "rows with an unknown level of a closed column are read as a mixture of the "
+                "known levels' laws, which needs `rescore` to bring them to the row's scores"
+            )
+        q = np.empty((len(c), *self.quantiles.shape[2:]))
+        n_eff = np.empty(len(c))
+        plain = np.flatnonzero(~mixed)
+        q[plain], n_eff[plain] = self._interpolate(c[plain], ages[plain])
+        every_codes = _all_codes(self.n_levels)
+        for combination in np.unique(c[mixed]):
+            parts, weights = self._mixtures[combination]
+            for block in np.array_split(
+                np.flatnonzero(c == combination), -(-int((c == combination).sum()) // _BLOCK)
+            ):
+                laws, sizes = [], []
+                for part in parts:
+                    qp, size = self._interpolate(np.full(len(block), part), ages[block])
+                    part_codes = np.tile(every_codes[part], (len(block), 1))
+                    laws.append(rescore(qp, part_codes, codes[block], ages[block]))
+                    sizes.append(size)
+                q[block] = mixture_quantiles(np.stack(laws, axis=1), weights)
+                n_eff[block] = np.min(sizes, axis=0)
+        return q, n_eff
 
     def _from_prior(self) -> tuple[np.ndarray, np.ndarray]:
         """(C,) bool: combinations whose stored quantiles are the first stage's margins at
@@ -137,23 +236,31 @@ class ReferenceTable:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Named arrays for the bundle: the first stage's margins once (`reference.prior`)
-        and a mask of the combinations that use them, quantiles and effective sizes of the
+        and a mask of the combinations that use them, the people per combination and the
+        closed columns (which make the mixtures), and quantiles and effective sizes of the
         other (tabled) combinations only.
 
         Why: most combinations (every sex x site seen in training) take their margins from
-        the first stage (`build_reference`); a copy of the same (G, Q, D) block for each of
-        them would be most of a model file.
+        the first stage (`build_reference`), and those with an unknown sex are mixtures of
+        them; a (G, Q, D) block for each of them would be most of a model file.
         """
         from_prior, prior = self._from_prior()
-        tabled = ~from_prior
+        tabled = ~from_prior & ~self.mixed_combinations()
+        precision, maha = self.precision, self.mahalanobis
+        if (precision == precision[:1]).all():  # one for every age: read back as such
+            precision = precision[0]
+        if (maha == maha[:, :1]).all():
+            maha = maha[:, 0]
         return {
             "reference.ages": self.ages.astype(np.float64),
             "reference.prior": prior,
             "reference.from_prior": from_prior,
             "reference.quantiles": self.quantiles[tabled].astype(np.float32),
             "reference.n_eff": self.n_eff[tabled].astype(np.float32),
-            "reference.precision": self.precision.astype(np.float32),
-            "reference.mahalanobis": self.mahalanobis.astype(np.float32),
+            "reference.precision": precision.astype(np.float32),
+            "reference.mahalanobis": maha.astype(np.float32),
+            "reference.level_counts": self.level_counts.astype(np.float64),
+            "reference.closed_columns": self.closed_columns.copy(),
         }
 
     @classmethod
@@ -161,24 +268,43 @@ class ReferenceTable:
         cls, arrays: dict[str, np.ndarray], n_levels: list[int], bandwidth: float
     ) -> ReferenceTable:
         """The table `to_arrays` stored. Arrays without `reference.prior` are the layout
-        that stored every combination's quantiles in full; they are read as they are."""
+        that stored every combination's quantiles in full, and arrays without
+        `reference.level_counts` the one that tabled every combination with an unknown
+        level; both are read as they are (no mixtures)."""
         quantiles = np.asarray(arrays["reference.quantiles"], dtype=np.float64)
         n_eff = np.asarray(arrays["reference.n_eff"], dtype=np.float64)
+        n_combo = int(np.prod(n_levels)) if n_levels else 1
+        counts = np.asarray(arrays.get("reference.level_counts", np.zeros(n_combo)), np.float64)
+        closed = np.asarray(
+            arrays.get("reference.closed_columns", np.zeros(len(n_levels), bool)), dtype=bool
+        )
+        if counts.shape != (n_combo,) or closed.shape != (len(n_levels),):
+            raise ValueError(
+                f"the reference table has {n_combo} combinations of {len(n_levels)} columns "
+                f"but {counts.shape} people counts and {closed.shape} closed-column flags"
+            )
         if "reference.prior" in arrays:
             from_prior = np.asarray(arrays["reference.from_prior"], dtype=bool)
             prior = np.asarray(arrays["reference.prior"], dtype=np.float64)
-            if quantiles.ndim != 4 or len(quantiles) != int((~from_prior).sum()):
+            if from_prior.shape != (n_combo,):
+                raise ValueError(
+                    f"the reference table marks {from_prior.shape} combinations for "
+                    f"{n_combo} level combinations"
+                )
+            mixed = np.array([m is not None for m in _mixtures(n_levels, counts, closed)])
+            tabled = ~from_prior & ~mixed
+            if quantiles.ndim != 4 or len(quantiles) != int(tabled.sum()):
                 raise ValueError(
                     f"the reference table stores {len(quantiles)} tabled combinations but "
-                    f"marks {int((~from_prior).sum())} of {len(from_prior)} as tabled"
+                    f"marks {int(tabled.sum())} of {len(from_prior)} as tabled"
                 )
-            full = np.empty((len(from_prior), *quantiles.shape[1:]))
-            full[~from_prior] = quantiles
+            full = np.full((len(from_prior), *quantiles.shape[1:]), np.nan)
+            full[tabled] = quantiles
             if from_prior.any():
                 full[from_prior] = prior[None, :, None]
-            grid = quantiles.shape[1]
-            full_n_eff = np.full((len(from_prior), grid), np.inf)
-            full_n_eff[~from_prior] = n_eff
+            full_n_eff = np.full((len(from_prior), quantiles.shape[1]), np.nan)
+            full_n_eff[tabled] = n_eff
+            full_n_eff[from_prior] = np.inf
             quantiles, n_eff = full, full_n_eff
         return cls(
             ages=np.asarray(arrays["reference.ages"], dtype=np.float64),
@@ -187,7 +313,112 @@ class ReferenceTable:
             n_eff=n_eff,
             bandwidth=float(bandwidth),
             **_deviation_arrays(arrays, len(np.asarray(arrays["reference.ages"]))),
+            level_counts=counts,
+            closed_columns=closed,
         )
+
+
+_BLOCK = 256
+"""Rows mixed at once: the mixture's CDF at every knot is (rows, S, S * Q, D) floats."""
+
+
+def _all_codes(n_levels: list[int]) -> np.ndarray:
+    """(C, K) codes of every combination, in `ReferenceTable.combo_index` order."""
+    return np.indices(n_levels).reshape(len(n_levels), -1).T
+
+
+def _mixtures(
+    n_levels: list[int], counts: np.ndarray, closed: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per combination, its mixture's components and weights or None (see
+    `ReferenceTable.mixture_components`)."""
+    if not n_levels:
+        return [None]
+    every = _all_codes(n_levels)
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for codes in every:
+        unknown = codes == 0
+        if not unknown.any() or not closed[unknown].all():
+            out.append(None)
+            continue
+        same = (every[:, ~unknown] == codes[~unknown]).all(axis=1)
+        weights = np.where(same & (every[:, unknown] > 0).all(axis=1), counts, 0.0)
+        parts = np.flatnonzero(weights > 0)
+        out.append((parts, weights[parts] / weights[parts].sum()) if len(parts) else None)
+    return out
+
+
+def people_per_combination(n_levels: list[int], codes: np.ndarray) -> np.ndarray:
+    """(C,) rows of `codes` (n, K) in each combination; rows with an unknown level are
+    not counted (they are in no fully known combination)."""
+    n_combo = int(np.prod(n_levels)) if n_levels else 1
+    codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), len(n_levels))
+    known = codes[(codes > 0).all(axis=1)]
+    index = (
+        np.ravel_multi_index(tuple(known.T), n_levels)
+        if n_levels
+        else np.zeros(len(known), dtype=np.int64)
+    )
+    return np.bincount(index, minlength=n_combo).astype(np.float64)
+
+
+_SOLVE_STEPS = 60
+"""Safeguarded Newton steps per mixture quantile; each halves the bracket at worst."""
+
+
+def mixture_quantiles(q: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Quantile vectors (n, Q, D) of the mixture of S laws given by their quantile vectors
+    q (n, S, Q, D) at `Z_LEVELS`, with weights (S,) summing to one.
+
+    Each law is read as the tables are read everywhere (`z_of_scores`: z linear in the
+    score between quantiles, linear tails), so its CDF is Phi of a piecewise-linear z.
+    The mixture's CDF F = sum_s w_s Phi(z_s) is computed at the union of all laws'
+    quantiles; between two neighbouring ones every z_s is linear, so F(x) = p is solved
+    there exactly, by Newton's method kept inside the bracket (bisection when a step
+    would leave it). F at the union's ends is at most PROBABILITY_LEVELS[0] and at least
+    PROBABILITY_LEVELS[-1] (each end is one law's outermost quantile), so no level needs
+    extrapolation.
+    """
+    n, s, n_q, d = q.shape
+    if s == 1:
+        return q[:, 0].copy()
+    knots = np.sort(q.reshape(n, s * n_q, d), axis=1)
+    z = np.stack(
+        [
+            np.stack([z_of_scores(q[:, j], knots[:, m]) for m in range(s * n_q)], 1)
+            for j in range(s)
+        ],
+        axis=1,
+    )  # (n, S, M, D)
+    weights = np.asarray(weights, dtype=np.float64)
+    w = weights[None, :, None]
+    cdf = np.einsum("s,nsmd->nmd", weights, special.ndtr(z))
+    out = np.empty((n, n_q, d))
+    for k, p in enumerate(PROBABILITY_LEVELS):
+        hi = np.clip((cdf < p).sum(axis=1), 1, s * n_q - 1)[:, None, :]  # (n, 1, D)
+        lo = hi - 1
+        z_lo = np.take_along_axis(z, lo[:, None], axis=2)[:, :, 0]  # (n, S, D)
+        dz = np.take_along_axis(z, hi[:, None], axis=2)[:, :, 0] - z_lo
+        # Start where the mixture's own z is linear between the two knots.
+        f_lo = special.ndtri(np.take_along_axis(cdf, lo, axis=1)[:, 0])
+        f_hi = special.ndtri(np.take_along_axis(cdf, hi, axis=1)[:, 0])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.clip((Z_LEVELS[k] - f_lo) / (f_hi - f_lo), 0.0, 1.0)
+        t, below, above = np.nan_to_num(t, nan=0.5), np.zeros((n, d)), np.ones((n, d))
+        for _ in range(_SOLVE_STEPS):
+            at = z_lo + dz * t[:, None]
+            f = (w * special.ndtr(at)).sum(axis=1) - p
+            slope = (w * np.exp(-0.5 * at**2) * dz).sum(axis=1) / np.sqrt(2 * np.pi)
+            below, above = np.where(f < 0, t, below), np.where(f > 0, t, above)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = t - f / slope
+            inside = (slope > 0) & (step > below) & (step < above)
+            t = np.where(f == 0, t, np.where(inside, step, 0.5 * (below + above)))
+            if np.all(np.abs(f) < 1e-15):
+                break
+        x_lo = np.take_along_axis(knots, lo, axis=1)[:, 0]
+        out[:, k] = x_lo + t * (np.take_along_axis(knots, hi, axis=1)[:, 0] - x_lo)
+    return np.sort(out, axis=1)
 
 
 def z_of_scores(q: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -304,7 +535,11 @@ def _kept_count(grid: np.ndarray, h: float) -> int:
 
 
 def _first_stage_margins(
-    sampler: Sampler, codes: np.ndarray, grid: np.ndarray, h: float, prior: np.ndarray,
+    sampler: Sampler,
+    codes: np.ndarray,
+    grid: np.ndarray,
+    h: float,
+    prior: np.ndarray,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages, of a
@@ -354,6 +589,73 @@ def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk,ik->i", z, precision, z)
 
 
+Draws = dict[int, tuple[np.ndarray, np.ndarray]]
+"""Per combination, the z (n, D) of the model's draws within its own margins and their
+ages (n,): what its deviation reference ranks (`deviation_reference`)."""
+
+
+def mixture_people(
+    table: ReferenceTable, combination: int, rescore: Rescorer, draws: Draws, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """z (n, D) within its mixture, and ages (n,), of _KEEP people of a mixed combination
+    (`ReferenceTable.mixture_components`), made from its components' `draws`.
+
+    Why: the deviation ranks a person's distance among the distances of the model's
+    draws with the same law, scored the same way; a person of unknown sex is scored
+    within the mixture, so the reference must be too. Each person is a draw of a
+    component taken with the component's weight, at the nearest grid age (so that each
+    age's mixture is built once), given the component's margins there and moved by
+    `rescore` into the mixture's normal scores, exactly as a real person of that sex
+    would be; the dependence is the draws' own, as in every other combination's
+    reference, so the deviation calibration measured at fit time applies alike.
+    """
+    rng = np.random.default_rng(seed)
+    parts, weights = table.mixture_components(combination)
+    which = rng.choice(len(parts), size=_KEEP, p=weights)
+    every = _all_codes(table.n_levels)
+    grid_codes = np.tile(every[combination], (len(table.ages), 1))
+    mixture, _ = table.lookup(grid_codes, table.ages, rescore)
+    z_out, at_out = [], []
+    for s, part in enumerate(parts):
+        z, ages = draws[part]
+        inside = np.flatnonzero((ages >= table.ages[0]) & (ages <= table.ages[-1]))
+        n = int((which == s).sum())
+        pick = rng.choice(inside, size=n, replace=n > len(inside))
+        at = np.abs(ages[pick, None] - table.ages[None, :]).argmin(axis=1)
+        q, _ = table._interpolate(np.full(n, part), table.ages[at])
+        own = values_of_z(q, z[pick][:, None, :], Z_LEVELS, _TAIL_SPAN)
+        part_codes = np.tile(every[part], (n, 1))
+        scores = rescore(own, part_codes, grid_codes[at], table.ages[at])[:, 0]
+        z_out.append(z_of_scores(mixture[at], scores))
+        at_out.append(at)
+    at = np.concatenate(at_out)
+    return np.concatenate(z_out), table.ages[at]
+
+
+def with_mixture_deviations(
+    table: ReferenceTable,
+    rescore: Rescorer,
+    draws: Draws,
+    seed: int,
+    combinations: np.ndarray | None = None,
+) -> ReferenceTable:
+    """The table with the deviation reference of its mixed `combinations` (default: all)
+    from `mixture_people`, at the stored precision: per grid age (`deviation_reference`),
+    or pooled over ages where the table's reference is one for every age (a file that
+    pooled them), as its other combinations are."""
+    maha = table.mahalanobis.copy()
+    pooled = (maha == maha[:, :1]).all() and (table.precision == table.precision[:1]).all()
+    mixed = np.flatnonzero(table.mixed_combinations())
+    for c in mixed if combinations is None else np.intersect1d(mixed, combinations):
+        z, ages = mixture_people(table, int(c), rescore, draws, _combination_seed(seed, int(c)))
+        if pooled:
+            d2 = _squared_distance(z, table.precision[0])
+            maha[c] = np.quantile(d2, PROBABILITY_LEVELS)[None, :]
+        else:
+            maha[c] = deviation_reference(z, ages, table.precision, table.ages, table.bandwidth)
+    return dataclasses.replace(table, mahalanobis=maha.astype(np.float32).astype(np.float64))
+
+
 def _combination_seed(seed: int, combination: int) -> int:
     """The sampler's seed for one level combination (see `Sampler`)."""
     return int(np.random.default_rng([seed, combination]).integers(2**31))
@@ -370,6 +672,9 @@ def build_reference(
     progress: Callable[[float], None] | None = None,
     parallel: Parallel | None = None,
     first_stage_margins: np.ndarray | None = None,
+    people: np.ndarray | None = None,
+    closed_columns: np.ndarray | None = None,
+    rescore: Rescorer | None = None,
 ) -> ReferenceTable:
     """Sample the model for every level combination and tabulate its quantiles over age.
 
@@ -383,6 +688,12 @@ def build_reference(
     tell from a real departure (README, "How it works", 4, and benchmarks/RESULTS.md,
     training draws). Where the first stage knows nothing of its own (an unknown
     level, an adapted site), the draws' margins are tabled and shrunk.
+
+    `people` (n, K): the codes the first stage learned from, counted per combination;
+    with `closed_columns` (K,) bool they make a combination whose unknown levels are all
+    in closed columns a mixture of the known ones (`ReferenceTable.mixture_components`),
+    whose margins are not tabled; with `rescore` its deviation reference is that of the
+    mixture (`with_mixture_deviations`), else its own draws'.
 
     With `parallel` each process samples every world_size-th combination and the parts
     are gathered, so every process returns the table one process would have built.
@@ -422,9 +733,15 @@ def build_reference(
         bandwidth=h,
         precision=precision,
         mahalanobis=np.stack([deviation_reference(p[2], p[3], precision, grid, h) for p in parts]),
+        level_counts=None if people is None else people_per_combination(n_levels, people),
+        closed_columns=closed_columns,
     )
     # Round-trip through the stored precision so a fitted and a loaded model agree exactly.
-    return ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
+    table = ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
+    if rescore is None:
+        return table
+    draws = {ci: (p[2], p[3]) for ci, p in enumerate(parts)}
+    return with_mixture_deviations(table, rescore, draws, seed)
 
 
 def with_level(
@@ -435,12 +752,17 @@ def with_level(
     prior: np.ndarray,
     samples_per_combination: int,
     seed: int = 0,
+    people: np.ndarray | None = None,
+    rescore: Rescorer | None = None,
 ) -> ReferenceTable:
     """The table with level `code` of categorical `column` (re)tabulated from `sampler`.
 
     `code` may be one past the last level: the level is then appended (a new site).
     Other combinations are kept as they are, so adapting to a site costs only that site's
-    share of the table; the IDP correlation is kept too.
+    share of the table; the IDP correlation is kept too. `people` (n, K): codes of the
+    people the level was learned from (a site's controls), added to its combinations'
+    counts, which weigh its mixtures (`ReferenceTable.mixture_components`); with
+    `rescore` their deviation reference is rebuilt (`with_mixture_deviations`).
     """
     levels = list(table.n_levels)
     appended = code == levels[column]
@@ -452,12 +774,17 @@ def with_level(
     q = table.quantiles.reshape(*levels, *grid_shape)
     n_eff = table.n_eff.reshape(*levels, grid_shape[0])
     maha = table.mahalanobis.reshape(*levels, *table.mahalanobis.shape[1:])
+    counts = table.level_counts.reshape(levels)
     if appended:
         pad = [(0, 0)] * len(levels)
         pad[column] = (0, 1)
         q = np.pad(q, pad + [(0, 0)] * 3)
         n_eff = np.pad(n_eff, pad + [(0, 0)])
         maha = np.pad(maha, pad + [(0, 0)] * 2)
+        counts = np.pad(counts, pad)
+    if people is not None:
+        counts = counts + people_per_combination(new_levels, people).reshape(new_levels)
+    draws: Draws = {}
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
         draw_seed = _combination_seed(seed, int(np.ravel_multi_index(tuple(codes), new_levels)))
@@ -467,6 +794,7 @@ def with_level(
         idx = tuple(codes)
         q[idx], n_eff[idx] = qc, nc
         maha[idx] = deviation_reference(zc, ac, table.precision, table.ages, table.bandwidth)
+        draws[int(np.ravel_multi_index(idx, new_levels))] = (zc, ac)
     c = int(np.prod(new_levels))
     out = ReferenceTable(
         table.ages,
@@ -475,9 +803,15 @@ def with_level(
         n_eff.reshape(c, -1),
         table.bandwidth,
         table.precision,
-        maha.reshape(c, *maha.shape[len(levels):]),
+        maha.reshape(c, *maha.shape[len(levels) :]),
+        counts.reshape(c),
+        table.closed_columns,
     )
-    return ReferenceTable.from_arrays(out.to_arrays(), new_levels, out.bandwidth)
+    out = ReferenceTable.from_arrays(out.to_arrays(), new_levels, out.bandwidth)
+    if rescore is None:
+        return out
+    level = _all_codes(new_levels)[:, column] == code
+    return with_mixture_deviations(out, rescore, draws, seed, np.flatnonzero(level))
 
 
 def _correlation_precision(z: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -547,8 +881,11 @@ def _deviation_arrays(arrays: dict[str, np.ndarray], n_grid: int) -> dict[str, n
         precision = np.repeat(precision[None], n_grid, axis=0)
     if maha.ndim == 2:
         maha = np.repeat(maha[:, None, :], n_grid, axis=1)
-    if precision.ndim != 3 or maha.ndim != 3 or n_grid != precision.shape[0] or (
-        n_grid != maha.shape[1]
+    if (
+        precision.ndim != 3
+        or maha.ndim != 3
+        or n_grid != precision.shape[0]
+        or (n_grid != maha.shape[1])
     ):
         raise ValueError(
             f"the deviation reference has shapes {precision.shape} and {maha.shape} for "

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from normcore.reference import (
     PROBABILITY_LEVELS,
@@ -9,6 +9,7 @@ from normcore.reference import (
     build_reference,
     deviation_calibration,
     mahalanobis_centile,
+    mixture_quantiles,
     scores_at,
     shrink_towards,
     with_level,
@@ -268,3 +269,210 @@ def test_every_combination_is_drawn_with_its_own_seed():
     )
     with_level(table, recording, column=0, code=3, prior=NORMAL, samples_per_combination=1000)
     assert len(seeds) == 4 and len(set(seeds)) == 4
+
+
+def _two_gaussians(mu: list[float], sd: list[float], n: int = 1, d: int = 1) -> np.ndarray:
+    """Quantile vectors (n, S, Q, d) of S normal laws, exact at the table's levels."""
+    q = np.array(mu)[:, None] + np.array(sd)[:, None] * NORMAL[None, :]
+    return np.broadcast_to(q[None, :, :, None], (n, len(mu), len(NORMAL), d)).copy()
+
+
+def _table_cdf(q: np.ndarray, weights: np.ndarray, x: float) -> float:
+    """The mixture's CDF at x, each law read from its quantile vector q (S, Q) one point
+    at a time, as `z_of_scores` reads any table."""
+    return sum(
+        w * stats.norm.cdf(z_of_scores(q[s][None, :, None], np.array([[x]]))[0, 0])
+        for s, w in enumerate(weights)
+    )
+
+
+def test_mixture_quantiles_invert_the_mixture_cdf():
+    q = _two_gaussians([-1.0, 1.5], [0.7, 1.3])
+    weights = np.array([0.3, 0.7])
+    mixed = mixture_quantiles(q, weights)[0, :, 0]
+    brute = [
+        optimize.brentq(lambda x, p=p: _table_cdf(q[0, :, :, 0], weights, x) - p, -30, 30,
+                        xtol=1e-14)
+        for p in PROBABILITY_LEVELS
+    ]  # fmt: skip
+    assert np.allclose(mixed, brute, rtol=0, atol=1e-10)
+    # The laws are normal and tabled exactly, so this is also the true mixture's quantiles.
+    truth = [
+        optimize.brentq(
+            lambda x, p=p: 0.3 * stats.norm.cdf(x, -1.0, 0.7)
+            + 0.7 * stats.norm.cdf(x, 1.5, 1.3) - p, -30, 30, xtol=1e-14,
+        )
+        for p in PROBABILITY_LEVELS
+    ]  # fmt: skip
+    assert np.allclose(mixed, truth, rtol=0, atol=1e-6)
+
+
+def test_mixture_quantiles_match_quantiles_of_mixed_draws():
+    """Draws of a skewed law and a normal one, mixed in proportion: their empirical
+    quantiles agree with the mixture of the two tables within Monte-Carlo error."""
+    rng = np.random.default_rng(8)
+    a = rng.gamma(2.0, 1.0, 200_000)
+    b = rng.normal(4.0, 0.5, 200_000)
+    q = np.stack([np.quantile(a, PROBABILITY_LEVELS), np.quantile(b, PROBABILITY_LEVELS)])
+    mixed = mixture_quantiles(q[None, :, :, None], np.array([0.25, 0.75]))[0, :, 0]
+    draws = np.concatenate([a[:50_000], b[:150_000]])
+    empirical = np.quantile(draws, PROBABILITY_LEVELS)
+    assert np.all(np.diff(mixed) > 0)
+    assert np.abs(mixed - empirical).max() < 0.05
+    assert np.abs(mixed - empirical)[3:-3].max() < 0.02
+
+
+def test_a_mixture_of_one_law_or_of_equal_laws_is_that_law():
+    q = _two_gaussians([0.5, 0.5], [2.0, 2.0], n=3, d=2)
+    assert np.allclose(mixture_quantiles(q, np.array([0.4, 0.6])), q[:, 0], rtol=0, atol=1e-9)
+    assert np.array_equal(mixture_quantiles(q[:, :1], np.array([1.0])), q[:, 0])
+
+
+SEX_MEAN, SEX_SD, SITE_MEAN = 2.0, 0.5, 1.0
+"""The tests' first stage: sex code s and site code j have mean 2 s + j and spread
+1 + 0.5 s; an unknown sex (code 0) has mean j and spread 1, as a first stage gives an
+unknown level no effect of its own."""
+
+
+def _stage_mean_sd(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return SEX_MEAN * codes[:, 0] + SITE_MEAN * codes[:, 1], 1 + SEX_SD * codes[:, 0]
+
+
+def _rescore(scores, codes_from, codes_to, ages):
+    """Normal scores at codes_from -> raw values -> normal scores at codes_to."""
+    m_from, s_from = _stage_mean_sd(codes_from)
+    m_to, s_to = _stage_mean_sd(codes_to)
+    raw = m_from[:, None, None] + s_from[:, None, None] * scores
+    return (raw - m_to[:, None, None]) / s_to[:, None, None]
+
+
+def _seeded_sampler(ages, codes, seed):
+    """Standard normal scores with a correlation, from the seed alone (so two tables built
+    with the same seed see the same draws)."""
+    draws = np.random.default_rng(seed).multivariate_normal(
+        [0.0, 0.0], [[1.0, 0.5], [0.5, 1.0]], size=len(ages)
+    )
+    return draws + 0.3 * codes[:, :1]  # some departure where levels are unknown
+
+
+SEX_SITE_PEOPLE = np.array([[1, 1]] * 30 + [[2, 1]] * 10 + [[1, 2]] * 5 + [[2, 2]] * 45)
+"""Training codes: site 1 is 3/4 sex 1, site 2 is 1/10 sex 1."""
+
+
+def _sex_site_table(mixing: bool = True) -> ReferenceTable:
+    """Sex (closed) x site (open), codes 0..2 each; known combinations from the prior."""
+    known = np.array([s > 0 and j > 0 for s in range(3) for j in range(3)])
+    return build_reference(
+        _seeded_sampler, (20, 80), [3, 3], NORMAL, 2000, 7, seed=3,
+        first_stage_margins=known,
+        people=SEX_SITE_PEOPLE if mixing else None,
+        closed_columns=np.array([True, False]) if mixing else None,
+        rescore=_rescore if mixing else None,
+    )  # fmt: skip
+
+
+def test_unknown_sex_at_a_known_site_is_the_mixture_of_the_sites_sexes():
+    table = _sex_site_table()
+    mixed = table.mixed_combinations().reshape(3, 3)
+    assert mixed.tolist() == [[False, True, True], [False] * 3, [False] * 3]
+    parts, weights = table.mixture_components(1)  # sex unknown, site 1
+    assert parts.tolist() == [4, 7] and np.allclose(weights, [0.75, 0.25])
+    arrays = table.to_arrays()
+    assert arrays["reference.quantiles"].shape[0] == 3  # unknown site: (0, 0), (1, 0), (2, 0)
+    for site, share in ((1, 0.75), (2, 0.1)):
+        n = 20_000
+        rng = np.random.default_rng(site)
+        sex = np.where(rng.random(n) < share, 1, 2)
+        raw = SEX_MEAN * sex + SITE_MEAN * site + (1 + SEX_SD * sex) * rng.standard_normal(n)
+        codes = np.column_stack([np.zeros(n, np.int64), np.full(n, site)])
+        ages = rng.uniform(20, 80, n)
+        q, n_eff = table.lookup(codes, ages, rescore=_rescore)
+        mean, sd = _stage_mean_sd(codes)
+        z = z_of_scores(q, np.repeat(((raw - mean) / sd)[:, None], 2, axis=1))
+        assert stats.kstest(z[:, 0], "norm").pvalue > 0.01
+        assert np.all(np.isinf(n_eff))
+        # At each tabled quantile the true mixture's CDF is the table's probability level.
+        x = q[0, :, 0] * sd[0] + mean[0]
+        truth = share * stats.norm.cdf(x, SEX_MEAN + SITE_MEAN * site, 1 + SEX_SD) + (
+            1 - share
+        ) * stats.norm.cdf(x, 2 * SEX_MEAN + SITE_MEAN * site, 1 + 2 * SEX_SD)
+        assert np.allclose(truth, PROBABILITY_LEVELS, rtol=0, atol=1e-8)
+
+
+def test_mixing_leaves_known_and_unknown_site_combinations_as_they_were():
+    mixing, tabled = _sex_site_table(), _sex_site_table(mixing=False)
+    rng = np.random.default_rng(9)
+    codes = np.array([[s, j] for s in range(3) for j in range(3) if s > 0 or j == 0] * 20)
+    ages = rng.uniform(15, 85, len(codes))
+    a, a_n = mixing.lookup(codes, ages, rescore=_rescore)
+    b, b_n = tabled.lookup(codes, ages)
+    assert np.array_equal(a, b) and np.array_equal(a_n, b_n)
+    unmixed = ~mixing.mixed_combinations()
+    assert np.array_equal(mixing.mahalanobis[unmixed], tabled.mahalanobis[unmixed])
+    assert np.array_equal(mixing.precision, tabled.precision)
+    assert tabled.to_arrays()["reference.quantiles"].shape[0] == 5  # sex or site unknown
+    with pytest.raises(ValueError, match="rescore"):
+        mixing.lookup(np.array([[0, 1]]), np.array([50.0]))
+
+
+def test_mixed_tables_round_trip_and_tables_without_people_still_load():
+    table = _sex_site_table()
+    again = ReferenceTable.from_arrays(table.to_arrays(), [3, 3], table.bandwidth)
+    assert np.array_equal(again.level_counts, table.level_counts)
+    assert again.closed_columns.tolist() == [True, False]
+    mixed = table.mixed_combinations()
+    assert np.array_equal(again.quantiles[~mixed], table.quantiles[~mixed])
+    assert np.all(np.isnan(again.quantiles[mixed]))
+    older = _sex_site_table(mixing=False).to_arrays()
+    del older["reference.level_counts"], older["reference.closed_columns"]
+    loaded = ReferenceTable.from_arrays(older, [3, 3], table.bandwidth)
+    assert not loaded.mixed_combinations().any()
+    assert np.all(np.isfinite(loaded.quantiles))
+
+
+def test_a_site_with_one_sex_mixes_nothing_and_a_new_site_mixes_its_controls():
+    people = np.array([[1, 1]] * 4 + [[2, 2]] * 6)
+    known = np.array([s > 0 and j > 0 for s in range(3) for j in range(3)])
+    table = build_reference(
+        _seeded_sampler, (20, 80), [3, 3], NORMAL, 1000, 5, seed=1,
+        first_stage_margins=known, people=people, closed_columns=np.array([True, False]),
+    )  # fmt: skip
+    parts, weights = table.mixture_components(1)
+    assert parts.tolist() == [4] and weights.tolist() == [1.0]
+    codes, ages = np.array([[0, 1], [1, 1]]), np.array([40.0, 40.0])
+    q, _ = table.lookup(codes, ages, rescore=_rescore)
+    assert np.allclose(q[0], _rescore(q[1:], codes[1:], codes[:1], ages[:1])[0])
+    controls = np.array([[1, 3]] * 2 + [[2, 3]] * 6 + [[0, 3]] * 3)  # 3 of unknown sex
+    extended = with_level(
+        table, _seeded_sampler, column=1, code=3, prior=NORMAL, samples_per_combination=1000,
+        people=controls,
+    )  # fmt: skip
+    parts, weights = extended.mixture_components(3)  # sex unknown, the new site
+    assert parts.tolist() == [7, 11] and np.allclose(weights, [0.25, 0.75])
+    assert extended.level_counts.reshape(3, 4)[:, 1:3].tolist() == [[0, 0], [4, 0], [0, 6]]
+
+
+def test_the_deviation_of_an_unknown_sex_ranks_among_people_of_the_mixture():
+    """People of unknown sex at site 2, drawn from its mixture (sex 1 or 2 in the site's
+    proportions, the model's IDP correlation within each sex) and scored within it: their
+    deviation centiles are uniform. The denoiser's own draws for an unknown sex (here
+    shifted by 0.3) would give another reference."""
+    table = _sex_site_table()
+    assert not np.array_equal(table.mahalanobis, _sex_site_table(mixing=False).mahalanobis)
+    rng = np.random.default_rng(10)
+    n = 4000
+    sex = np.where(rng.random(n) < 0.1, 1, 2)
+    at = rng.integers(len(table.ages), size=n)  # people at the grid ages, with their coupling
+    e = np.empty((n, 2))
+    for g, precision in enumerate(table.precision):
+        cov = np.linalg.inv(precision)
+        corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+        e[at == g] = rng.multivariate_normal([0.0, 0.0], corr, size=int((at == g).sum()))
+    raw = (SEX_MEAN * sex + SITE_MEAN * 2)[:, None] + (1 + SEX_SD * sex)[:, None] * e
+    codes = np.column_stack([np.zeros(n, np.int64), np.full(n, 2)])
+    ages = table.ages[at]
+    q, _ = table.lookup(codes, ages, rescore=_rescore)
+    mean, sd = _stage_mean_sd(codes)
+    z = z_of_scores(q, (raw - mean[:, None]) / sd[:, None])
+    _, centile = mahalanobis_centile(table, codes, ages, z)
+    assert stats.kstest(centile / 100, "uniform").statistic < 0.04
