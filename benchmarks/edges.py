@@ -150,9 +150,14 @@ def model_run(name: str, max_epochs: int | None) -> dict:
     return out
 
 
-def first_stage_run(name: str, log_positive: bool) -> dict:
+SCALES = {"raw": False, "log": True, "chosen": None}
+"""Scale of positive IDPs in the ablation: `FirstStage(log_positive=...)`."""
+
+
+def first_stage_run(name: str, log_positive: bool | None) -> dict:
     """Per-decile calibration (and, on the synthetic table, centile error) of the first
-    stage with the new-person spread, on the log scale for positive IDPs or not."""
+    stage with the new-person spread, with positive IDPs in raw units, on the log scale,
+    or on the scale the first stage chooses per IDP."""
     train, test, schema = datasets()[name]
     encoder = CovariateEncoder.fit(train, schema)
 
@@ -283,8 +288,8 @@ def main(argv: list[str]) -> None:
     run = {name: model_run(name, args.max_epochs) for name in ("fcon1000", "synthetic")}
     if args.ablation:
         run["ablation"] = {
-            scale: {name: first_stage_run(name, scale == "log") for name in datasets()}
-            for scale in ("raw", "log")
+            scale: {name: first_stage_run(name, flag) for name in datasets()}
+            for scale, flag in SCALES.items()
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"edges.{args.label}.json").write_text(

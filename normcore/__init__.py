@@ -8,7 +8,8 @@ Glossary (names in the code follow it)
 raw values
     An IDP as the table gives it, in its own units (mm, mm^3): "user units".
 standardised values
-    Raw values less the training mean, over the training SD, per IDP (`IDPTransform`).
+    Raw values (or, for a positive IDP the first stage puts on the log scale, their
+    logs) less the training mean, over the training SD, per IDP (`IDPTransform`).
 residuals
     Standardised values with the first stage's mean and spread in age, sex and site
     removed: (y - m(x)) / s(x) (`LocationScale`).

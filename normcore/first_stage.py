@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from normcore.preprocessing import AgeShape, IDPTransform, LocationScale
+from normcore.reference import Z_LEVELS
 
 FOLDS = 5
 MIN_ROWS = 50
@@ -34,12 +35,13 @@ class FirstStage:
     """Raw IDP values <-> normal scores, given standardised ages and category codes.
 
     `fit` learns `transform_` (IDPTransform), `location_scale_` (LocationScale) and
-    `shape_` (AgeShape), with the steps' own defaults; `log_positive` False keeps IDPs that
-    are positive in every training row in raw units instead of on the log scale (the
-    comparison the log scale was chosen by, benchmarks/edges.py).
+    `shape_` (AgeShape), with the steps' own defaults. `log_positive` says which IDPs
+    positive in every training row are modelled on the log scale: None (the default)
+    chooses per IDP by the data (`choose_log_scale`); True puts them all there, False
+    none (the comparisons the choice is measured against, benchmarks/edges.py).
     """
 
-    def __init__(self, log_positive: bool = True) -> None:
+    def __init__(self, log_positive: bool | None = None) -> None:
         self.log_positive = log_positive
 
     def fit(
@@ -53,7 +55,21 @@ class FirstStage:
         """Fit the three steps on `rows` (default: all) of (n, D) raw `values`; each step
         is fitted on the output of the one before."""
         rows = np.arange(len(values)) if rows is None else rows
-        self.transform_ = IDPTransform.fit(values[rows], self.log_positive)
+        if self.log_positive is None:
+            return choose_log_scale(values, age_z, codes, n_levels, rows)
+        log = np.all(values[rows] > 0, axis=0) & self.log_positive
+        return self._fit_steps(values, age_z, codes, n_levels, rows, log)
+
+    def _fit_steps(
+        self,
+        values: np.ndarray,
+        age_z: np.ndarray,
+        codes: np.ndarray,
+        n_levels: list[int],
+        rows: np.ndarray,
+        log: np.ndarray,
+    ) -> FirstStage:
+        self.transform_ = IDPTransform.fit(values[rows], log)
         resid = self.transform_.transform(values)
         self.location_scale_ = LocationScale.fit(resid[rows], age_z[rows], codes[rows], n_levels)
         resid = self.location_scale_.transform(resid, age_z, codes)
@@ -109,6 +125,94 @@ class FirstStage:
         stage.location_scale_ = LocationScale.from_dict(d["location_scale"])
         stage.shape_ = AgeShape.from_dict(d["shape"])
         return stage
+
+
+CHOICE_HELD_OUT = 5
+"""One person in this many is held out when the scale of positive IDPs is chosen."""
+SAFE_Z = 1.5 * Z_LEVELS[0]
+"""Raw units are kept only if the centile at this first-stage score is positive
+everywhere: the reference table's lowest level (z = -3), the lowest centile a model
+tables, with half again as margin for the new-person spread that widens it (z beyond
+the table is a Gaussian-tail extrapolation and is clipped at Z_BOUND)."""
+_SAFETY_AGES = 41
+
+
+def choose_log_scale(
+    values: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    n_levels: list[int],
+    rows: np.ndarray,
+) -> FirstStage:
+    """A first stage fitted on `rows` with each IDP that is positive in every row on the
+    scale that fits it better: raw units or the log, chosen per IDP by the data.
+
+    Why choose: the log guarantees positive centiles and suits an IDP whose spread grows
+    with its mean (ventricles: multiplicative, skewed, near zero), but where sex, site and
+    age act additively in raw units (most thicknesses and volumes far from zero, and the
+    synthetic benchmark's IDPs) the log bends those effects into interactions that the
+    location-scale model lacks, and the centiles lose accuracy (benchmarks/RESULTS.md,
+    "Edges of the age range"). The criterion is the held-out log-likelihood in raw units,
+    so that the two scales are comparable: every CHOICE_HELD_OUT-th person (a fixed
+    permutation) is left out, both scales are fitted on the rest, and each IDP's left-out
+    people score sum log phi(score) + log |d score / d y| (the change-of-variables
+    density of y; the derivative by central differences of the whole map, so the log's
+    Jacobian 1 / y and the shape's local slope are both in it). Raw units are kept only
+    if they fit better and are safe: with every row fitted, the centile at SAFE_Z stays
+    positive at every age of the training range (means and spreads are held beyond it)
+    for every combination of levels in the training rows and the unknown level; else
+    the log. Below MIN_ROWS people the held-out likelihood is too noisy and every
+    positive IDP goes on the log scale.
+    """
+    positive = np.all(values[rows] > 0, axis=0)
+    log = positive.copy()
+    if positive.any() and len(rows) >= MIN_ROWS:
+        order = np.random.default_rng(0).permutation(len(rows))
+        held = rows[order % CHOICE_HELD_OUT == 0]
+        kept = rows[order % CHOICE_HELD_OUT != 0]
+        cols = np.flatnonzero(positive)
+        fit_on = values[:, cols]
+        likelihood = [
+            held_out_log_likelihood(
+                FirstStage()._fit_steps(
+                    fit_on, age_z, codes, n_levels, kept, np.full(len(cols), on_log)
+                ),
+                fit_on[held], age_z[held], codes[held],
+            )
+            for on_log in (False, True)
+        ]
+        log[cols[likelihood[0] > likelihood[1]]] = False
+    stage = FirstStage()._fit_steps(values, age_z, codes, n_levels, rows, log)
+    unsafe = positive & ~log & (lowest_centile(stage, age_z[rows], codes[rows]) <= 0)
+    if unsafe.any():
+        stage = FirstStage()._fit_steps(values, age_z, codes, n_levels, rows, log | unsafe)
+    return stage
+
+
+def held_out_log_likelihood(
+    stage: FirstStage, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray
+) -> np.ndarray:
+    """Per IDP, the log-likelihood in raw units of positive `values` (n, D) under `stage`:
+    sum over rows of log phi(score) + log |d score / d y|, the derivative by central
+    differences at y (1 +- 1e-6)."""
+    step = 1e-6 * values
+    up = stage.transform(values + step, age_z, codes)
+    down = stage.transform(values - step, age_z, codes)
+    slope = np.abs(up - down) / (2.0 * step)
+    with np.errstate(divide="ignore"):
+        density = stats.norm.logpdf(stage.transform(values, age_z, codes)) + np.log(slope)
+    return density.sum(axis=0)
+
+
+def lowest_centile(stage: FirstStage, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per IDP, the lowest value `stage` gives at normal score SAFE_Z over an age grid
+    spanning `age_z` and every combination of levels in `codes` plus the unknown one."""
+    ages = np.linspace(age_z.min(), age_z.max(), _SAFETY_AGES)
+    combos = np.unique(np.vstack([codes, np.zeros((1, codes.shape[1]), codes.dtype)]), axis=0)
+    grid_ages = np.tile(ages, len(combos))
+    grid_codes = np.repeat(combos, len(ages), axis=0)
+    scores = np.full((len(grid_ages), stage.n_idps), SAFE_Z)
+    return stage.inverse(scores, grid_ages, grid_codes).min(axis=0)
 
 
 class NewPersonSpread(NamedTuple):

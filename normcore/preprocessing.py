@@ -32,20 +32,20 @@ UNKNOWN = "<unknown>"
 
 @dataclass
 class IDPTransform:
-    """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing; IDPs
-    positive in every training row are standardised on the log scale.
+    """Per-IDP standardisation, so IDPs in mm and in mm^3 share one numeric footing; an
+    IDP positive in every training row may be standardised on the log scale instead.
 
     Why the log: volumes, thicknesses and areas are positive by nature, and a
     location-scale model in raw units puts its lower centiles below zero wherever the
     spread is wide against the mean (ventricles in old age, issue 18). Modelled as log
-    values, every centile maps back through exp and
-    is positive by construction, and a spread proportional to the mean (ventricles that
-    vary more as they grow) becomes a constant one. Chosen by measurement against the
-    raw scale (benchmarks/RESULTS.md, "Edges of the age range"). An IDP with a zero or
-    negative training value (a difference, an asymmetry index) stays in raw units.
-    No power transform beyond the log: the IDPs' skew is handled later, by age, in
-    `AgeShape`, and a Yeo-Johnson step here bends the location-scale structure that
-    `LocationScale` fits best (README, "How it works", 1).
+    values, every centile maps back through exp and is positive by construction, and a
+    spread proportional to the mean (ventricles that vary more as they grow) becomes a
+    constant one. Which IDPs go on the log scale is the first stage's choice, by
+    held-out likelihood and a positivity check (`first_stage.choose_log_scale`); an IDP
+    with a zero or negative training value (a difference, an asymmetry index) stays in
+    raw units. No power transform beyond the log: the IDPs' skew is handled later, by
+    age, in `AgeShape`, and a Yeo-Johnson step here bends the location-scale structure
+    that `LocationScale` fits best (README, "How it works", 1).
     """
 
     loc: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -54,11 +54,18 @@ class IDPTransform:
     """Per IDP: standardised on the log scale (every training value was > 0)."""
 
     @classmethod
-    def fit(cls, values: np.ndarray, log_positive: bool = True) -> IDPTransform:
-        """Learn the transform from an (n, D) array of training values; `log_positive`
-        False keeps every IDP in raw units (the comparison the choice was measured by)."""
+    def fit(cls, values: np.ndarray, log: np.ndarray | None = None) -> IDPTransform:
+        """Learn the transform from an (n, D) array of training values. `log` (D,) says
+        which IDPs go on the log scale; None puts every IDP positive in every row there.
+        Raises ValueError if `log` asks it of an IDP with a value <= 0."""
         values = np.asarray(values, dtype=np.float64)
-        log = np.all(values > 0, axis=0) if log_positive else np.zeros(values.shape[1], bool)
+        positive = np.all(values > 0, axis=0)
+        log = positive if log is None else np.asarray(log, dtype=bool)
+        if (log & ~positive).any():
+            raise ValueError(
+                f"IDP columns {np.flatnonzero(log & ~positive).tolist()} hold values <= 0 "
+                "and cannot be standardised on the log scale"
+            )
         on_scale = np.where(log, np.log(np.where(log, values, 1.0)), values)
         scale = on_scale.std(axis=0)
         return cls(on_scale.mean(axis=0), np.where(scale > 0, scale, 1.0), log)

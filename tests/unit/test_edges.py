@@ -88,3 +88,46 @@ def test_bands_just_outside_the_age_range_stay_bounded(clinic):
             width = np.diff(_bands(model, np.array([edge, beyond]), sex), axis=1)[:, 0]
             ratio = width[1] / width[0]
             assert np.all((ratio > 0.5) & (ratio < 2.0)), (edge, ratio)
+
+
+def _additive_and_ventricle(seed: int, n: int = 1500) -> tuple[np.ndarray, ...]:
+    """`thickness`: far from zero, sex and site effects and spread additive in raw units;
+    `ventricle`: lognormal near zero, its spread growing with its mean."""
+    rng = np.random.default_rng(seed)
+    age_z = rng.uniform(-1.7, 1.7, n)
+    codes = np.column_stack([rng.integers(1, 3, n), rng.integers(1, 4, n)])
+    site_shift = np.array([0.0, -0.8, 0.0, 0.8])[codes[:, 1]]
+    thickness = 3.0 - 0.5 * age_z + 0.5 * (codes[:, 0] == 2) + site_shift
+    thickness = thickness + 0.2 * rng.standard_normal(n)
+    ventricle = np.exp(np.log(300.0) + 0.5 * age_z + 0.8 * rng.standard_normal(n))
+    return np.column_stack([thickness, ventricle]), age_z, codes
+
+
+def test_first_stage_chooses_raw_units_for_additive_effects_and_the_log_for_a_ventricle():
+    """By held-out likelihood in raw units: the additive IDP far from zero stays in raw
+    units, the skewed one near zero goes on the log scale, and neither has a negative
+    centile at the lowest level the choice guards, at any age, sex or site."""
+    from normcore.first_stage import SAFE_Z, FirstStage, lowest_centile
+
+    values, age_z, codes = _additive_and_ventricle(0)
+    stage = FirstStage().fit(values, age_z, codes, [3, 4])
+    assert stage.transform_.log.tolist() == [False, True]
+    assert (lowest_centile(stage, age_z, codes) > 0).all()
+    beyond = np.linspace(-4.0, 4.0, 9)
+    floor = stage.inverse(np.full((9, 2), SAFE_Z), beyond, np.zeros((9, 2), int))
+    assert (floor > 0).all()
+    raw = FirstStage(log_positive=False).fit(values, age_z, codes, [3, 4])
+    assert lowest_centile(raw, age_z, codes)[1] < 0  # why the ventricle must not stay raw
+
+
+def test_first_stage_keeps_the_log_where_raw_units_fit_better_but_go_negative():
+    """Additive effects, but a spread wide against the mean: raw units fit better, yet their
+    low centiles cross zero, so the log is kept."""
+    from normcore.first_stage import FirstStage, lowest_centile
+
+    values, age_z, codes = _additive_and_ventricle(1)
+    wide = values[:, :1] - 1.6 + 0.3 * np.random.default_rng(3).standard_normal((len(values), 1))
+    wide = np.abs(wide) + 0.01
+    stage = FirstStage().fit(wide, age_z, codes, [3, 4])
+    assert stage.transform_.log.tolist() == [True]
+    assert (lowest_centile(stage, age_z, codes) > 0).all()

@@ -164,7 +164,9 @@ def test_idp_transform_puts_positive_idps_on_the_log_scale_and_its_inverse_stays
     assert (far_below[:, 0] > 0).all() and (far_below[:, 1] < 0).all()
     assert t.centre[0] == pytest.approx(np.exp(np.log(values[:, 0]).mean()))
     assert t.centre[1] == pytest.approx(values[:, 1].mean())
-    assert IDPTransform.fit(values, log_positive=False).log.tolist() == [False, False]
+    assert IDPTransform.fit(values, log=np.array([False, False])).log.tolist() == [False, False]
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        IDPTransform.fit(values, log=np.array([True, True]))
 
 
 def test_idp_transform_maps_a_non_positive_value_of_a_log_idp_below_everything_not_to_nan():
