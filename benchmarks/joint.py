@@ -27,6 +27,7 @@ answers or the model's public outputs; the sections:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -535,11 +536,13 @@ def _shares(coverage: dict[str, float]) -> str:
     return " / ".join(f"{100 * v:.1f} %" for v in coverage.values())
 
 
-def markdown(results: list[dict], fcon: list[dict] | None, argv: list[str]) -> str:
+def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) -> str:
     parts = [
         "## Joint model (`benchmarks/joint.py`, issue 17)",
         "",
-        f"Command: `python benchmarks/joint.py {' '.join(argv)}`. Truth: "
+        "Commands: "
+        + "; ".join(f"`python benchmarks/joint.py {c}`".replace(" `", "`") for c in commands)
+        + ". Truth: "
         "`SyntheticSpec(n_idps=D, dependence='subgroup')` (a latent subgroup shared by all "
         "IDPs, its share growing with age; coupling growing with age), "
         f"`simulate(spec, {N_TRAIN}, seed={TRAIN_SEED})` for training, seed {TEST_SEED} for "
@@ -668,22 +671,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbones", default="film")
     p.add_argument("--dims", default="20")
     p.add_argument("--no-fcon", action="store_true")
+    p.add_argument(
+        "--fcon-only",
+        action="store_true",
+        help="rerun the fcon1000 part only, keeping the synthetic results of results/joint.json",
+    )
     args = p.parse_args(argv)
     results: list[dict] = []
     fcon = None
-    for dims in [int(d) for d in args.dims.split(",")]:
+    commands = [" ".join(argv)]
+    if args.fcon_only:
+        previous = json.loads((common.RESULTS / "joint.json").read_text())
+        results = previous["synthetic"]
+        commands = previous.get("commands", [""]) + commands
+    for dims in [] if args.fcon_only else [int(d) for d in args.dims.split(",")]:
         for backbone in args.backbones.split(","):
             results.append(run_synthetic(5 if QUICK else dims, backbone))
             common.write_section(
                 "joint",
-                markdown(results, fcon, argv),
-                {"synthetic": results, "fcon": fcon, "quick": QUICK},
+                markdown(results, fcon, commands),
+                {"synthetic": results, "fcon": fcon, "quick": QUICK, "commands": commands},
             )
     if not args.no_fcon:
         log("fcon")
         fcon = fcon_deviation()
     common.write_section(
-        "joint", markdown(results, fcon, argv), {"synthetic": results, "fcon": fcon, "quick": QUICK}
+        "joint",
+        markdown(results, fcon, commands),
+        {"synthetic": results, "fcon": fcon, "quick": QUICK, "commands": commands},
     )
     log("joint done")
     return 0
