@@ -63,6 +63,10 @@ __all__ = [
     "model_card",
     "provenance_card",
     "adapted_sites",
+    "default_given",
+    "imputed_columns",
+    "imputed_band_z",
+    "share_between",
 ]
 
 #: The value that asks the model for its 'unknown' level (e.g. a fan over all sites).
@@ -845,3 +849,60 @@ def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:
     """The adapted levels with their number of controls, latest adaptation of each level."""
     latest = {str(a["level"]): int(a["n_controls"]) for a in adaptations}
     return ", ".join(f"{lv} ({n} controls)" for lv, n in latest.items()) or "none"
+
+
+#: Head-size measures a profile is most often read "given": FreeSurfer's eTIV under its
+#: aseg.stats table name and under its long name.
+HEAD_SIZE_IDPS = ("eTIV", "EstimatedTotalIntraCranialVol")
+
+
+def default_given(idps: Sequence[str]) -> list[str]:
+    """The IDPs a conditional profile is first shown given: the head size (eTIV) when the
+    model has it, since "is this region small for a head of this size?" is the question
+    clinicians ask first (README, "Conditional centiles"); none otherwise."""
+    return [name for name in HEAD_SIZE_IDPS if name in idps][:1]
+
+
+def imputed_columns(scores: pd.DataFrame) -> list[str]:
+    """The `imputed_qNN` columns of a score table, lowest quantile first."""
+    return sorted(c for c in scores.columns if str(c).startswith("imputed_q"))
+
+
+def imputed_band_z(model: Any, person: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Where the imputed band of each IDP a person lacks falls among people of the same
+    age, sex and site: one row per missing IDP (`idp`), and per `imputed_qNN` column of
+    `scores` (the person's rows of `model.score(person)`) a column `z_qNN`.
+
+    Why: the deviation profile is read in z, but the imputed quantiles arrive in the
+    IDP's units. Each quantile is placed in the reference law by scoring the person with
+    the missing cells filled by it; z is monotone in the value, so the band's quantiles
+    stay its quantiles. Filled in, the person has no blank cell, so this is a reference
+    lookup, never a draw.
+    """
+    columns = imputed_columns(scores)
+    missing = scores.loc[scores["value"].isna() & scores[columns].notna().all(axis=1)]
+    out = pd.DataFrame({"idp": missing["idp"].tolist()})
+    if missing.empty or not columns:
+        return out
+    filled = person.iloc[[0] * len(columns)].reset_index(drop=True)
+    for idp, band in zip(missing["idp"], missing[columns].to_numpy(dtype=float)):
+        filled[idp] = band
+    placed = model.score(filled)
+    for k, column in enumerate(columns):
+        at = placed[placed["row"] == k].set_index("idp")["z"]
+        out[f"z_{column.removeprefix('imputed_')}"] = at.reindex(out["idp"]).to_numpy()
+    return out
+
+
+def share_between(
+    draws: pd.DataFrame, margins: pd.DataFrame, idp: str, lo: float, hi: float
+) -> float:
+    """Share of `draws[idp]` (model.sample) between the `lo` and `hi` quantiles of the
+    `margins` table (`model.centiles` at the same covariates): near hi - lo when the
+    draws and the centiles are one law (issue 17, item 4)."""
+    one = margins[margins["idp"] == idp]
+    quantiles = one["quantile"].to_numpy(dtype=float)
+    low = float(one["value"].to_numpy()[np.isclose(quantiles, lo)][0])
+    high = float(one["value"].to_numpy()[np.isclose(quantiles, hi)][0])
+    values = draws[idp].to_numpy(dtype=float)
+    return float(np.mean((values >= low) & (values <= high)))

@@ -1,8 +1,10 @@
-"""Cohort: score everyone, sort by centile or z, see extremes per IDP, download the CLI's CSV."""
+"""Cohort: score everyone (optionally given some IDPs), sort by centile or z, see extremes per
+IDP, download the CLI's CSV."""
 
 import pandas as pd
 import streamlit as st
 
+from normcore import DataError, NormativeModel
 from normcore.explore import (
     extreme_rates,
     unseen_levels_message,
@@ -43,7 +45,45 @@ if report.warnings:
     with st.expander(f"{len(report.warnings)} warning(s): flagged in the results"):
         st.markdown(common.bullets(report.warnings))
 
-scores = common.score(model, key, group.table, group.key)
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def score_given(
+    _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str,
+    given: tuple[str, ...],
+) -> pd.DataFrame:  # fmt: skip
+    """The cohort's centiles given `given`: 400 conditional draws per person."""
+    return _model.score(_table, given=list(given))
+
+
+given = st.multiselect(
+    "Score given these IDPs (optional)",
+    list(schema.idps),
+    key="cohort_given",
+    format_func=label,
+    help="Every other IDP is scored given these IDPs' values as well as age, sex and site "
+    "(`normcore score --given`); the download's `given` column names them.",
+)
+scores = None
+if given:
+    st.caption(
+        "Conditional scoring draws from the joint model for every person: it can take "
+        "about a minute per 1,000 people."
+    )
+    try:
+        with st.spinner(
+            f"Scoring {len(group.table)} people given {md(', '.join(given))}: about a "
+            "minute per 1,000 people ..."
+        ):
+            scores = score_given(model, key, group.table, group.key, tuple(given))
+    except (DataError, ValueError) as exc:  # a model trained without conditioning masks
+        st.warning(md(f"Scored without the given IDPs: {exc}".rstrip(".") + "."))
+        given = []
+if scores is None:
+    try:
+        scores = common.score(model, key, group.table, group.key)
+    except (DataError, ValueError) as exc:  # blank cells and a model without masks
+        common.show_problems(exc)
+        st.stop()
 unseen = unseen_levels_summary(scores, group.table)
 if unseen:
     st.warning(md(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX)))
@@ -59,10 +99,11 @@ def summaries(_scores: pd.DataFrame, model_key: str, table_key: str, id_column: 
     return extreme_rates(_scores), z_matrix(_scores, id_column, max_people=300)
 
 
-rates, z = summaries(scores, key, group.key, schema.id)
+given_key = f"{group.key}:given:{','.join(given)}"
+rates, z = summaries(scores, key, given_key, schema.id)
 st.download_button(
     "Download scores (CSV, same columns as `normcore score`)",
-    data=lambda: score_csv(scores, key, group.key),
+    data=lambda: score_csv(scores, key, given_key),
     on_click="ignore",
     file_name="normcore_scores.csv",
     mime="text/csv",

@@ -1,18 +1,21 @@
-"""Individual: one person's deviation profile, multivariate deviation, fans, one-page report."""
+"""Individual: one person's deviation profile (also given IDPs the user picks, with the
+imputed bands of IDPs the person lacks), multivariate deviation, fans, one-page report."""
 
 import pandas as pd
 import streamlit as st
 
-from normcore import DataError
+from normcore import DataError, NormativeModel
 from normcore.explore import (
+    default_given,
     fan_grid,
+    imputed_band_z,
     level_text,
     model_card,
     person_profile,
     unseen_levels_message,
     unseen_levels_summary,
 )
-from normcore.figures.charts import centile_fan, deviation_profile
+from normcore.figures.charts import IMPUTED_LABEL, centile_fan, profile_comparison
 from normcore.idp_groups import default_idps, label
 from normcore.report import individual_report_html
 from normcore.site_advice import SAFE_CONTROLS_PER_SEX
@@ -20,6 +23,15 @@ from pages import common
 from pages.common import md
 
 common.run_through_app()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def score_given(
+    _model: NormativeModel, model_key: str, person: pd.DataFrame, given: tuple[str, ...]
+) -> pd.DataFrame:
+    """The person's centiles given `given` (conditional draws: about a second)."""
+    return _model.score(person, given=list(given))
+
 
 model, key, name = common.require_model()
 schema = model.schema
@@ -76,7 +88,7 @@ try:
         raise DataError("This person cannot be scored:", problems=report.errors)
     scores = model.score(person)
     dev = model.deviation(person)
-except DataError as exc:
+except (DataError, ValueError) as exc:  # ValueError: blank cells, a model without masks
     common.show_problems(exc)
     st.stop()
 unseen = unseen_levels_summary(scores, person)
@@ -107,11 +119,39 @@ m3.metric(
 )
 
 st.subheader("Deviation profile")
-st.caption(
-    f"z of each of the {len(profile)} measures, grouped by region; bars in red beyond "
-    "|z| = 1.96 (shaded: the central 95%), whiskers: the centile's Monte-Carlo interval."
+given = st.multiselect(
+    "... and the same (measures the others are scored given)",
+    list(schema.idps),
+    default=default_given(schema.idps),
+    format_func=label,
+    key="ind_given",
+    help="Score every other measure given these measures' values as well as age, sex and "
+    "site: 'is this hippocampus small for a head of this size?'. Drawn from the joint "
+    "model: about a second.",
 )
-profile_fig = deviation_profile(profile)
+conditional = None
+if given:
+    try:
+        with st.spinner("Scoring given " + md(", ".join(given)) + " ..."):
+            given_scores = score_given(model, key, person, tuple(given))
+        conditional = person_profile(given_scores, 0)
+    except (DataError, ValueError) as exc:  # a model trained without conditioning masks
+        st.info(
+            md(f"Only the profile for age, sex and site is shown: {exc}".rstrip(".") + ".")
+        )
+imputed = imputed_band_z(model, person, scores)
+st.caption(
+    f"z of each of the {len(profile)} measures, grouped by region: compared with people "
+    "of the same age, sex and site"
+    + (f" (plain bars) and of the same {md(', '.join(map(label, given)))} too (hatched)"
+       if conditional is not None else "")
+    + "; red beyond |z| = 1.96 (shaded: the central 95%), whiskers: the centile's "
+    "Monte-Carlo interval."
+    + (f" Grey bars: {IMPUTED_LABEL}, the 2nd-98th centile band of a measure this person "
+       "lacks, given the measures they have; the tick is its median."
+       if len(imputed) else "")
+)
+profile_fig = profile_comparison(profile, conditional, imputed, given)
 with st.container(height=min(700, int(profile_fig.layout.height) + 20)):
     st.plotly_chart(profile_fig, width="stretch", key="ind_profile")
 with st.expander("All measures (sortable)"):

@@ -1,10 +1,17 @@
-"""Teach: simulate data with a known truth, train a small model live, compare the centiles."""
+"""Teach: simulate data with a known truth, train a small model live, compare the centiles,
+and see the model's joint draws of two measures over their fans."""
 
+import pandas as pd
 import streamlit as st
 
 from normcore import Schema
-from normcore.explore import curve_distance, fan_grid, pit_matrix, truth_long
-from normcore.figures.charts import FAN_QUANTILES, centile_fan, loss_curve
+from normcore.explore import curve_distance, fan_grid, pit_matrix, share_between, truth_long
+from normcore.figures.charts import (
+    FAN_QUANTILES,
+    centile_fan,
+    joint_draws_over_fans,
+    loss_curve,
+)
 from normcore.figures.diagnostics import pit_histogram
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_quantiles
 from pages import common
@@ -13,6 +20,9 @@ common.run_through_app()
 
 TEACH_HELD_OUT = 500
 """New people simulated after training, whose centiles make the PIT histogram."""
+TEACH_DRAWS = 400
+"""Joint draws shown over a pair of fans: enough for a 2-98 band's share to read to a few
+points."""
 
 st.header("Teach: centiles on data whose truth we know")
 st.write(
@@ -116,6 +126,38 @@ def teach_result() -> None:
         ),
         width="stretch",
         key="teach_pit",
+    )
+    joint_draws(job, spec, cent, truth, sex, site)
+
+
+def joint_draws(job, spec: SyntheticSpec, cent: pd.DataFrame, truth: pd.DataFrame,
+                sex: str, site: str) -> None:  # fmt: skip
+    """The model's joint draws of two measures at one age over their fans."""
+    model, names = job.model, idp_names(spec)
+    st.subheader("Joint draws over a pair of fans")
+    c1, c2, c3 = st.columns(3)
+    x = c1.selectbox("First measure", names, index=0, key="teach_pair_x")
+    y = c2.selectbox("Second measure", [n for n in names if n != x], key="teach_pair_y")
+    lo, hi = model.age_range
+    at_age = c3.slider(
+        "Draws at age", float(round(lo)), float(round(hi)), float(round((lo + hi) / 2)),
+        key="teach_draw_age",
+    )  # fmt: skip
+    covs = pd.DataFrame({"age": [at_age], "sex": [sex], "site": [site]})
+    model_key = f"teach:{id(job)}"
+    draws = common.sample(model, model_key, covs, TEACH_DRAWS)
+    margins = common.centiles(model, model_key, covs)
+    st.plotly_chart(
+        joint_draws_over_fans(cent, draws, margins, x, y, at_age, truth=truth),
+        width="stretch",
+        key="teach_joint",
+    )
+    inside = [share_between(draws, margins, i, 0.02, 0.98) for i in (x, y)]
+    st.caption(
+        f"{TEACH_DRAWS} draws of both measures together at age {at_age:g} ({sex}, {site}). "
+        f"Within the 2nd-98th centile band at that age: {inside[0]:.0%} of {x}'s draws and "
+        f"{inside[1]:.0%} of {y}'s (96% if the draws and the fans are one law). The "
+        "cloud on the right shows what no fan can: how the two measures vary together."
     )
 
 

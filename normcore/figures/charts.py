@@ -29,6 +29,9 @@ __all__ = [
     "cohort_z_heatmap",
     "extreme_rates",
     "loss_curve",
+    "IMPUTED_LABEL",
+    "profile_comparison",
+    "joint_draws_over_fans",
 ]
 
 #: The bands a clinician reads: 2-98 (about +-2 SD), 10-90, 25-75, and the median.
@@ -646,4 +649,191 @@ def loss_curve(
         fig.add_vline(x=float(best["epoch"]), line={"color": "#111", "dash": "dash", "width": 1})
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="denoising loss")
+    return _layout(fig, None, height)
+
+
+_GIVEN = "#8c6bb1"
+_IMPUTED = "rgba(120,120,120,0.45)"
+#: What the profile calls an IDP the person lacks, on its axis and in its legend.
+IMPUTED_LABEL = "imputed (missing)"
+
+
+def _conditional_trace(
+    df: pd.DataFrame, conditional: pd.DataFrame, y: list, given_label: str, threshold: float
+) -> go.Bar:
+    """The conditional z of each row of `df` (nan for given IDPs), hatched, with the
+    centile's Monte-Carlo interval."""
+    found = conditional.set_index("idp")
+    z = found["z"].reindex(df["idp"]).to_numpy(dtype=float)
+    lo = found["z_lo"].reindex(df["idp"]).to_numpy(dtype=float) if "z_lo" in found else z
+    hi = found["z_hi"].reindex(df["idp"]).to_numpy(dtype=float) if "z_hi" in found else z
+    centile = found["centile"].reindex(df["idp"]).to_numpy(dtype=float)
+    return go.Bar(
+        orientation="h", y=y, x=z, name=f"... and the same {given_label}",
+        offsetgroup="given",
+        marker={
+            "color": [_FLAG if abs(v) > threshold else _GIVEN for v in np.nan_to_num(z)],
+            "pattern": {"shape": "/", "fgcolor": "white", "size": 5},
+        },
+        error_x={
+            "type": "data", "symmetric": False, "array": np.clip(hi - z, 0, None),
+            "arrayminus": np.clip(z - lo, 0, None), "color": "#333", "thickness": 1.2,
+            "width": 3, "visible": True,
+        },
+        customdata=np.column_stack([centile, df["idp"]]),
+        hovertemplate="%{customdata[1]}<br>given " + given_label
+        + "<br>z = %{x:.2f}<br>centile %{customdata[0]:.1f}<extra></extra>",
+    )  # fmt: skip
+
+
+def profile_comparison(
+    profile: pd.DataFrame,
+    conditional: pd.DataFrame | None = None,
+    imputed: pd.DataFrame | None = None,
+    given: Sequence[str] = (),
+    threshold: float = _Z_FLAG,
+    height: int | None = None,
+) -> go.Figure:
+    """One person's profile "compared with people of the same age, sex and site" and,
+    beside it on each IDP's row, "... and the same [given IDPs]".
+
+    `profile`: `explore.person_profile` of the person's unconditional scores (every IDP;
+    z nan where the person lacks the IDP). `conditional`: the same of `score(given=...)`
+    (the given IDPs have no row there; their rows say "(given)"). `imputed`:
+    `explore.imputed_band_z`, one row per missing IDP with its imputed band in z
+    (`z_q02` ... `z_q98`): drawn as a grey bar from its lowest to its highest quantile with
+    a tick at the median, the row labelled "imputed (missing)". Rows are grouped by region
+    type as in `deviation_profile`; |z| beyond `threshold` in red.
+    """
+    order = {g: k for k, g in enumerate(GROUP_ORDER)}
+    df = profile.copy()
+    df["group"] = [region_group(i) for i in df["idp"]]
+    df = df.sort_values("group", key=lambda g: g.map(order), kind="stable").reset_index(drop=True)
+    bands = imputed.set_index("idp") if imputed is not None and len(imputed) else None
+    shown_given = [g for g in given if g in set(df["idp"])] if conditional is not None else []
+
+    def row_label(idp: str) -> str:
+        if bands is not None and idp in bands.index:
+            return f"{label(idp)} · {IMPUTED_LABEL}"
+        return f"{label(idp)} (given)" if idp in shown_given else label(idp)
+
+    y = [df["group"].tolist(), [row_label(i) for i in df["idp"]]]
+    z = df["z"].to_numpy(dtype=float)
+    fig = go.Figure(
+        go.Bar(
+            orientation="h", y=y, x=z, name="compared with people of the same age, sex and site",
+            offsetgroup="reference",
+            marker_color=[_FLAG if abs(v) > threshold else _OK for v in np.nan_to_num(z)],
+            error_x={
+                "type": "data", "symmetric": False,
+                "array": (df["z_hi"] - df["z"]).clip(lower=0).to_numpy(dtype=float),
+                "arrayminus": (df["z"] - df["z_lo"]).clip(lower=0).to_numpy(dtype=float),
+                "color": "#333", "thickness": 1.2, "width": 3, "visible": True,
+            } if {"z_lo", "z_hi"} <= set(df.columns) else None,
+            customdata=np.column_stack([df["centile"], df["value"], df["idp"]]),
+            hovertemplate="%{customdata[2]}<br>z = %{x:.2f}<br>centile %{customdata[0]:.1f}"
+            "<br>value %{customdata[1]:,.4~f}<extra></extra>",
+        )
+    )  # fmt: skip
+    given_label = ", ".join(label(g) for g in given) or "given IDPs"
+    if conditional is not None:
+        fig.add_trace(_conditional_trace(df, conditional, y, given_label, threshold))
+    reach = [z, df.get("z_lo", z), df.get("z_hi", z)]
+    if bands is not None:
+        columns = sorted(c for c in bands.columns if str(c).startswith("z_q"))
+        band = bands.reindex(df["idp"])[columns].to_numpy(dtype=float)
+        lo, hi, mid = band[:, 0], band[:, -1], band[:, len(columns) // 2]
+        fig.add_trace(
+            go.Bar(
+                orientation="h", y=y, x=hi - lo, base=lo, name=f"{IMPUTED_LABEL}: its band "
+                "given the measures present", offsetgroup="reference",
+                marker={"color": _IMPUTED, "line": {"color": "#555", "width": 1}},
+                customdata=np.column_stack([lo, hi, df["idp"]]),
+                hovertemplate="%{customdata[2]}: " + IMPUTED_LABEL + "<br>band z %{customdata[0]"
+                ":.2f} to %{customdata[1]:.2f}<extra></extra>",
+            )
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                y=y, x=mid, mode="markers", name=f"{IMPUTED_LABEL}: median",
+                marker={"symbol": "line-ns", "size": 12, "line": {"width": 2, "color": "#222"}},
+                hoverinfo="skip",
+            )
+        )  # fmt: skip
+        reach += [lo, hi]
+    fig.add_vrect(x0=-threshold, x1=threshold, fillcolor="rgba(31,111,139,0.07)", line_width=0,
+                  layer="below")
+    for t in (-threshold, threshold):
+        fig.add_vline(x=t, line={"color": "#888", "dash": "dot", "width": 1})
+    found = np.abs(np.concatenate([np.asarray(r, dtype=float) for r in reach]))
+    found = found[np.isfinite(found)]
+    limit = max(3.0, min(6.5, float(found.max()) + 0.3)) if found.size else 3.0
+    fig.update_xaxes(
+        title_text="z (standard deviations from the norm)", range=[-limit, limit],
+        zeroline=True, side="top",
+    )
+    fig.update_yaxes(autorange="reversed", automargin=True, dtick=1, tickfont={"size": 11})
+    fig.update_layout(barmode="group", bargap=0.25)
+    per_row = _PROFILE_ROW_PX * (1.6 if conditional is not None else 1.0)
+    return _layout(fig, None, height or int(160 + per_row * len(df)))
+
+
+def joint_draws_over_fans(
+    centiles: pd.DataFrame,
+    draws: pd.DataFrame,
+    margins: pd.DataFrame,
+    x: str,
+    y: str,
+    at_age: float,
+    age: str = "age",
+    truth: pd.DataFrame | None = None,
+    height: int = 420,
+) -> go.Figure:
+    """Joint draws of two IDPs over their centile fans (the Teach page).
+
+    Left and middle: the fans of `x` and `y` over age (`centiles`, long, with the true
+    centiles dashed when `truth` is given) with the draws at `at_age` as a column of dots.
+    Right: the same draws of (x, y) as a scatter, crossed by each IDP's centiles at that
+    age (`margins`: `model.centiles` at the draws' covariates), so that one sees the
+    margins agree with the fans while the cloud shows how the two measures vary together.
+    `draws`: `model.sample` at the chosen covariates (columns x and y).
+    """
+    fig = make_subplots(
+        rows=1, cols=3, horizontal_spacing=0.09,
+        subplot_titles=[label(x), label(y), f"{label(x)} and {label(y)} at age {at_age:g}"],
+    )  # fmt: skip
+    dots = {"color": _POINTS, "size": 4, "opacity": 0.35}
+    for col, idp in ((1, x), (2, y)):
+        wide = _wide(centiles, idp, age)
+        _add_fan(fig, wide, 1, col, col == 1)
+        if truth is not None:
+            _add_truth(fig, _wide(truth, idp, age), 1, col, col == 1)
+        fig.add_trace(
+            go.Scatter(
+                x=np.full(len(draws), float(at_age)), y=draws[idp], mode="markers",
+                marker=dots, name="joint draws", legendgroup="draws", showlegend=col == 1,
+                hovertemplate="draw: %{y:.4g}<extra></extra>",
+            ),
+            row=1, col=col,
+        )  # fmt: skip
+        fig.update_xaxes(title_text="age (years)", row=1, col=col)
+        fig.update_yaxes(
+            title_text=axis_title(idp, label(idp)), tickformat=tick_format(idp), row=1, col=col
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=draws[x], y=draws[y], mode="markers", marker=dots, name="joint draws",
+            legendgroup="draws", showlegend=False,
+            hovertemplate=f"{label(x)} %{{x:.4g}}<br>{label(y)} %{{y:.4g}}<extra></extra>",
+        ),
+        row=1, col=3,
+    )  # fmt: skip
+    for idp, add in ((x, fig.add_vline), (y, fig.add_hline)):
+        one = margins[margins["idp"] == idp].sort_values("quantile")
+        for q, value in zip(one["quantile"], one["value"]):
+            style = {"color": _MEDIAN, "width": 2 if q == 0.5 else 1,
+                     "dash": "solid" if q == 0.5 else "dot"}
+            add(float(value), line=style, row=1, col=3)
+    fig.update_xaxes(title_text=axis_title(x, label(x)), tickformat=tick_format(x), row=1, col=3)
+    fig.update_yaxes(title_text=axis_title(y, label(y)), tickformat=tick_format(y), row=1, col=3)
     return _layout(fig, None, height)

@@ -218,3 +218,71 @@ def test_dependence_and_pair_by_age_and_loss_curve():
         [{"epoch": 1, "loss": 1.0, "val_loss": 1.1}, {"epoch": 2, "loss": 0.8, "val_loss": 0.9}]
     )
     assert [list(t.y) for t in loss.data] == [[1.0, 0.8], [1.1, 0.9]]
+
+
+def _profile(idps, z, centile=50.0):
+    z = np.asarray(z, dtype=float)
+    return pd.DataFrame(
+        {"idp": idps, "z": z, "centile": centile, "value": 1.0, "z_lo": z - 0.1, "z_hi": z + 0.2}
+    )
+
+
+def test_profile_comparison_puts_the_conditional_z_beside_the_plain_one_on_each_row():
+    plain = _profile(["eTIV", "Left-Hippocampus", "Right-Hippocampus"], [1.5, -2.5, 0.3])
+    given = _profile(["Left-Hippocampus", "Right-Hippocampus"], [-1.0, 2.4])
+    fig = charts.profile_comparison(plain, given, given=["eTIV"])
+    reference, conditional = fig.data
+    assert reference.name == "compared with people of the same age, sex and site"
+    assert conditional.name == "... and the same eTIV"
+    labels = list(reference.y[1])
+    assert labels == ["eTIV (given)", "Left-Hippocampus", "Right-Hippocampus"]
+    np.testing.assert_allclose(reference.x, [1.5, -2.5, 0.3])
+    # the given IDP has no conditional bar; the others carry their own conditional z
+    assert np.isnan(conditional.x[0])
+    np.testing.assert_allclose(conditional.x[1:], [-1.0, 2.4])
+    np.testing.assert_allclose(conditional.error_x.array[1:], 0.2)
+    assert reference.offsetgroup != conditional.offsetgroup
+    colours = list(conditional.marker.color)
+    assert colours[2] != colours[1]  # 2.4 is flagged, -1.0 is not
+    assert fig.layout.barmode == "group"
+
+
+def test_profile_comparison_draws_an_imputed_band_labelled_for_a_missing_idp():
+    plain = _profile(["eTIV", "Left-Hippocampus"], [0.5, np.nan], centile=np.nan)
+    imputed = pd.DataFrame(
+        {"idp": ["Left-Hippocampus"], "z_q02": [-2.1], "z_q25": [-0.8], "z_q50": [-0.2],
+         "z_q75": [0.4], "z_q98": [1.9]}
+    )  # fmt: skip
+    fig = charts.profile_comparison(plain, None, imputed)
+    reference, band, median = fig.data
+    assert list(reference.y[1]) == ["eTIV", f"Left-Hippocampus · {charts.IMPUTED_LABEL}"]
+    assert charts.IMPUTED_LABEL in band.name and "imputed (missing)" == charts.IMPUTED_LABEL
+    assert np.isnan(band.base[0]) and np.isnan(band.x[0])  # eTIV is present: no band
+    assert band.base[1] == pytest.approx(-2.1) and band.x[1] == pytest.approx(4.0)
+    assert median.x[1] == pytest.approx(-0.2)
+    assert band.offsetgroup == reference.offsetgroup  # in the missing bar's place
+
+
+def test_joint_draws_over_fans_shows_the_draws_on_both_fans_and_as_a_pair():
+    cent = long_centiles(("a", "b"))
+    rng = np.random.default_rng(0)
+    draws = pd.DataFrame({"a": rng.normal(5, 1, 50), "b": rng.normal(15, 1, 50)})
+    margins = cent[cent["age"] == 50].drop(columns="age")
+    fig = charts.joint_draws_over_fans(cent, draws, margins, "a", "b", at_age=50)
+    strips = [t for t in fig.data if t.name == "joint draws"]
+    assert len(strips) == 3
+    left, middle, pair = strips
+    np.testing.assert_allclose(left.x, 50.0)
+    np.testing.assert_allclose(left.y, draws["a"])
+    np.testing.assert_allclose(middle.y, draws["b"])
+    np.testing.assert_allclose(pair.x, draws["a"])
+    np.testing.assert_allclose(pair.y, draws["b"])
+    assert (left.xaxis, middle.xaxis, pair.xaxis) == ("x", "x2", "x3")
+    # each IDP's centiles at that age cross the pair panel: 7 vertical, 7 horizontal lines
+    vertical = [s for s in fig.layout.shapes if s.x0 == s.x1 and s.xref == "x3"]
+    horizontal = [s for s in fig.layout.shapes if s.y0 == s.y1 and s.yref == "y3"]
+    expected = {i: sorted(margins[margins["idp"] == i]["value"]) for i in ("a", "b")}
+    assert sorted(s.x0 for s in vertical) == pytest.approx(expected["a"])
+    assert sorted(s.y0 for s in horizontal) == pytest.approx(expected["b"])
+    medians = [t for t in fig.data if t.name == "median"]
+    assert len(medians) == 2
