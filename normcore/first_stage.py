@@ -16,6 +16,7 @@ people and not only for the training ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -38,10 +39,12 @@ class FirstStage:
     `shape_` (AgeShape), with the steps' own defaults. `log_positive` says which IDPs
     positive in every training row are modelled on the log scale: None (the default)
     chooses per IDP by the data (`choose_log_scale`); True puts them all there, False
-    none (the comparisons the choice is measured against, benchmarks/edges.py).
+    none (the comparisons the choice is measured against, benchmarks/edges.py); a
+    per-IDP sequence reuses a choice already made, so that the first stages of one
+    model (training split, all rows, cross-validation folds) share one scale per IDP.
     """
 
-    def __init__(self, log_positive: bool | None = None) -> None:
+    def __init__(self, log_positive: bool | Sequence[bool] | None = None) -> None:
         self.log_positive = log_positive
 
     def fit(
@@ -57,7 +60,7 @@ class FirstStage:
         rows = np.arange(len(values)) if rows is None else rows
         if self.log_positive is None:
             return choose_log_scale(values, age_z, codes, n_levels, rows)
-        log = np.all(values[rows] > 0, axis=0) & self.log_positive
+        log = np.all(values[rows] > 0, axis=0) & np.asarray(self.log_positive, dtype=bool)
         return self._fit_steps(values, age_z, codes, n_levels, rows, log)
 
     def _fit_steps(
@@ -271,6 +274,7 @@ def new_person_spread(
     n_levels: list[int],
     seed: int,
     inside: np.ndarray | None = None,
+    log_positive: bool | Sequence[bool] | None = None,
 ) -> NewPersonSpread:
     """How the first stage's scores of new people are spread (a scaled Student-t).
 
@@ -279,19 +283,25 @@ def new_person_spread(
     in-sample ones (so that only what is due to not being seen counts), give the t. The
     excess over normal is scaled by (K - 1) / K: the model's own first stage sees all n
     people, and estimation error shrinks about as 1 / n. `inside`: the in-sample scores,
-    if the caller already has them.
+    if the caller already has them; `log_positive`: the model's scale per IDP (see
+    `FirstStage`), which every fold keeps.
     """
     n = len(values)
     if n < MIN_ROWS:
         return NewPersonSpread(1.0, None)
     if inside is None:
-        inside = FirstStage().fit(values, age_z, codes, n_levels).transform(values, age_z, codes)
+        inside = (
+            FirstStage(log_positive).fit(values, age_z, codes, n_levels)
+            .transform(values, age_z, codes)
+        )
     inside = np.abs(inside)
     fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
     outside = np.empty_like(inside)
     for k in range(FOLDS):
         held = fold == k
-        stage = FirstStage().fit(values, age_z, codes, n_levels, np.flatnonzero(~held))
+        stage = FirstStage(log_positive).fit(
+            values, age_z, codes, n_levels, np.flatnonzero(~held)
+        )
         outside[held] = np.abs(stage.transform(values[held], age_z[held], codes[held]))
     shrink = (FOLDS - 1) / FOLDS
     targets = []

@@ -149,9 +149,12 @@ class NormativeModel:
             # The margins the model keeps come from a first stage fitted on every row: the
             # network learned near-standard-normal scores and their dependence, which more
             # people leave as they were, while each IDP's mean, spread and shape gain.
-            stage = FirstStage().fit(values, age_z, codes, n_levels)
+            log = split_stage.transform_.log
+            stage = FirstStage(log).fit(values, age_z, codes, n_levels)
             scores = stage.transform(values, age_z, codes)
-            spread = new_person_spread(values, age_z, codes, n_levels, cfg.seed, inside=scores)
+            spread = new_person_spread(
+                values, age_z, codes, n_levels, cfg.seed, inside=scores, log_positive=log
+            )
             joint = JointModel.calibrate(
                 net, schedule, sampling_steps=cfg.sampling_steps, eta=cfg.eta, device=device,
                 seed=cfg.seed, split_scores=split_scores, kept_scores=scores, age_z=age_z,
