@@ -24,17 +24,26 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
 from normcore.errors import DataError
-from normcore.joint import CHUNK, JointModel
+from normcore.joint import JointModel
+
+if TYPE_CHECKING:
+    from normcore.first_stage import FirstStage
 
 DRAWS = 400
 """Conditional draws per person: with the smoothed CDF, a centile's Monte-Carlo standard
 error is at most about 2.5 points and 1.3 on average (README, "Conditional centiles")."""
+PASS_ROWS = 4096
+"""Draws per network pass: about 10 people's. The elementwise passes of a block (LayerNorm,
+FiLM, SiLU) are memory-bound, and a (4096, 128) float32 activation is 2 MB, a core's L2
+cache here: passes of 8,000 rows ran slower per row on this 2-core CPU, and passes of a
+few hundred add per-pass overhead."""
 Z_BOUND = 6.0
 """|z| of a conditional centile is clipped here, as the reference table clips its z."""
 
@@ -51,17 +60,18 @@ def conditional_draws(
     """`draws` draws (n, draws, D) of each row's normal scores given its cells marked in
     `given` (n, D) bool, whose `scores` (n, D) are used (other cells may be nan).
 
-    People are drawn in blocks of about CHUNK rows, so memory stays bounded and people who
-    share a given set share each network pass.
+    People are drawn in blocks of about PASS_ROWS draws, so memory stays bounded and
+    people who share a given set share each network pass.
     """
     n, d = scores.shape
     out = np.empty((n, draws, d))
-    block = max(1, CHUNK // draws)
+    block = max(1, PASS_ROWS // draws)
     values = np.where(given, scores, 0.0)
     for b, s in enumerate(range(0, n, block)):
-        rows = np.repeat(np.arange(s, min(s + block, n)), draws)
-        drawn = joint.draw_given(age_z[rows], codes[rows], given[rows], values[rows], seed + b)
-        out[s : s + block] = drawn.reshape(-1, draws, d)
+        rows = slice(s, min(s + block, n))
+        out[rows] = joint.draw_given(
+            age_z[rows], codes[rows], given[rows], values[rows], seed + b, draws
+        )
     return out
 
 
@@ -141,6 +151,8 @@ class ConditionalScores:
     """(n, P, D) conditional quantiles of each missing IDP (nan elsewhere)."""
     condition: np.ndarray
     """(n, D) bool: the cells each row was conditioned on."""
+    missing: np.ndarray
+    """(n, D) bool: the cells with no usable score (blank, no column, or implausible)."""
 
 
 def score_given(
@@ -179,7 +191,7 @@ def score_given(
             se[rows] = np.where(scored, e, np.nan)
         missing = ~present[rows]
         bands[rows] = np.where(missing[:, None, :], draw_quantiles(drawn, probs), np.nan)
-    return ConditionalScores(probability, se, bands, condition)
+    return ConditionalScores(probability, se, bands, condition, ~present)
 
 
 def with_conditional_columns(
@@ -193,9 +205,9 @@ def with_conditional_columns(
     """The long score table (one row per person and IDP, `outputs.score_table`) with the
     conditional answers in place: conditional `centile`, `z` and `centile_se` for the
     IDPs scored given others; `given` (the IDPs each row was conditioned on, when a given
-    set was asked for); `missing` (the person's missing IDPs); `imputed_qNN` (a missing
-    IDP's conditional quantiles in the table's units, `band_values` (n, P, D)); the given
-    IDPs' own rows dropped."""
+    set was asked for); `missing` (the person's missing IDPs, implausible ones included);
+    `imputed_qNN` (a missing IDP's conditional quantiles in the table's units,
+    `band_values` (n, P, D)); the given IDPs' own rows dropped."""
     n, d = result.condition.shape
     out = table.copy()
     names = np.asarray(idps, dtype=object)
@@ -212,7 +224,7 @@ def with_conditional_columns(
     else:
         given_text = [""] * n
     out["given"] = np.repeat(np.asarray(given_text, dtype=object), d)
-    missing = np.isnan(table["value"].to_numpy(dtype=float)).reshape(n, d)
+    missing = result.missing
     lacking = missing.reshape(-1)
     out.loc[lacking, ["centile", "z", "centile_se"]] = np.nan
     out.loc[lacking, "beyond_reference"] = False
@@ -222,3 +234,35 @@ def with_conditional_columns(
     for k, prob in enumerate(probs):
         out[f"imputed_q{round(100 * prob):02d}"] = band_values[:, k, :].reshape(-1)
     return out[~np.tile(chosen, n)].reset_index(drop=True)
+
+
+def score_table_given(
+    table: pd.DataFrame,
+    idps: Sequence[str],
+    joint: JointModel,
+    stage: FirstStage,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    values: np.ndarray,
+    implausible: np.ndarray,
+    chosen: np.ndarray,
+    probs: np.ndarray,
+    seed: int,
+) -> pd.DataFrame:
+    """`with_conditional_columns` of the long score `table` for raw `values` (n, D), nan
+    where a person lacks an IDP, scored through the first `stage` at standardised ages
+    `age_z` and `codes`.
+
+    An `implausible` (n, D) cell (`plausibility.implausible_cells`) is treated as
+    missing: it is neither conditioned on (a value no real person has would drag every
+    other IDP's conditional law with it) nor scored, and it gets its imputed band.
+    """
+    scores = np.where(implausible, np.nan, stage.transform(values, age_z, codes))
+    result = score_given(joint, age_z, codes, scores, chosen, probs, seed=seed)
+    n, p, d = result.bands.shape
+    at = np.repeat(np.arange(n), p)
+    flat = result.bands.reshape(n * p, d)
+    bands = np.where(
+        np.isnan(flat), np.nan, stage.inverse(np.nan_to_num(flat), age_z[at], codes[at])
+    )
+    return with_conditional_columns(table, idps, chosen, result, bands.reshape(n, p, d), probs)

@@ -172,26 +172,33 @@ class JointModel:
         given: np.ndarray,
         values: np.ndarray,
         seed: int,
+        draws: int = 1,
     ) -> np.ndarray:
-        """One raw draw per row of the normal scores given the IDPs marked in `given`
-        (n, D) bool, whose scores `values` (n, D) hold (other cells are ignored); the given
-        cells of the result are those values. Rows are grouped by their given set, each
-        set with its own x0 covariance."""
+        """`draws` raw draws (n, draws, D) per row of the normal scores given the IDPs
+        marked in `given` (n, D) bool, whose scores `values` (n, D) hold (other cells are
+        ignored); the given cells of the result are those values.
+
+        Rows are grouped by their given set, each set with its own x0 covariance. A row's
+        draws share its covariates, so the network reads them once per row and step, not
+        once per draw (`denoisers.conditioning.draws_per_row`); one draw per row of rows
+        repeated `draws` times gives the same draws to rounding.
+        """
         if not self.conditional:
             raise ValueError(
                 "this model was trained before conditional scoring; refit it to score IDPs "
                 "given others or people with missing IDPs"
             )
         given = np.asarray(given, dtype=bool)
-        out = np.where(given, values, 0.0).astype(np.float64)
+        out = np.repeat(np.where(given, values, 0.0)[:, None, :], draws, axis=1)
         g = generator(self.device, seed)
         sets, which = np.unique(given, axis=0, return_inverse=True)
         self.net.eval()
+        per_chunk = max(1, CHUNK // draws)
         for k, one_set in enumerate(sets):
             rows = np.flatnonzero(which.reshape(-1) == k)
             cov = given_x0_covariance(self.x0_cov, torch.as_tensor(one_set))
-            for s in range(0, len(rows), CHUNK):
-                r = rows[s : s + CHUNK]
+            for s in range(0, len(rows), per_chunk):
+                r = rows[s : s + per_chunk]
                 out[r] = self._clamped_draws(age_z[r], codes[r], one_set, out[r], cov, g)
         return out
 
@@ -204,26 +211,28 @@ class JointModel:
         cov: torch.Tensor,
         g: torch.Generator,
     ) -> np.ndarray:
-        """Conditional draws of rows that share one given set (see `draw_given`)."""
+        """Conditional draws (n, K, D) of rows that share one given set, K per row
+        (`values` (n, K, D); see `draw_given`)."""
         dev = self.device
+        n, k, d = values.shape
         h = self.net.embed(
             torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
         )
-        observed = torch.as_tensor(one_set, device=dev).expand(len(age_z), -1)
+        observed = torch.as_tensor(one_set, device=dev).expand(n * k, -1)
         mask = observed.float()
         x = generate(
             lambda xt, t: self.net(xt, t, h, mask),
-            len(age_z),
-            values.shape[1],
+            n * k,
+            d,
             self.schedule,
             self.timesteps,
             eta=self.eta,
             generator=g,
             x0_cov=cov,
             observed=observed,
-            values=torch.as_tensor(values, dtype=torch.float32),
+            values=torch.as_tensor(values.reshape(n * k, d), dtype=torch.float32),
         )
-        return x.cpu().numpy()
+        return x.cpu().numpy().reshape(n, k, d)
 
     def matched(self, draws: np.ndarray) -> np.ndarray:
         """`draws` with the moment map applied (an affine map: mean and covariance)."""

@@ -31,10 +31,11 @@ from normcore.denoisers import build_denoiser
 from normcore.device import resolve_device
 from normcore.diffusion import Schedule
 from normcore.distributed import current as current_parallel
-from normcore.errors import DataError, NotFittedError
+from normcore.errors import DataError
 from normcore.first_stage import FirstStage, new_person_spread
 from normcore.joint import CHUNK, JointModel
 from normcore.metrics import DEFAULT_QUANTILES
+from normcore.model_views import FittedViews
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import (
     PROBABILITY_LEVELS,
@@ -44,7 +45,7 @@ from normcore.reference import (
     Sampler,
     build_reference,
     deviation_calibration,
-    mahalanobis_centile,
+    deviation_over_present,
     scores_at,
     with_level,
     z_of_scores,
@@ -82,7 +83,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class NormativeModel:
+class NormativeModel(FittedViews):
     """Conditional DDPM p(IDPs | age, sex, site, ...) with a precomputed centile table.
 
     Parameters mirror `ModelConfig`; `max_epochs` and `max_seconds` bound training,
@@ -182,77 +183,6 @@ class NormativeModel:
         self.origin_ = None
         return self
 
-    # --------------------------------------------------------- public read-only views
-    @property
-    def schema(self) -> Schema:
-        """The columns the model was fitted on: age, categorical covariates, IDPs, id."""
-        return self._fitted().schema_
-
-    @property
-    def idps(self) -> list[str]:
-        return list(self.schema.idps)
-
-    @property
-    def levels(self) -> dict[str, list[str]]:
-        """Known levels of each categorical covariate (code i + 1 is level i)."""
-        return {col: list(lv) for col, lv in self._fitted().encoder_.levels.items()}
-
-    @property
-    def age_range(self) -> tuple[float, float]:
-        """Youngest and oldest training ages (years)."""
-        lo, hi = self._fitted().training_["age_range"]
-        return float(lo), float(hi)
-
-    @property
-    def training_summary(self) -> dict:
-        """n, age_range, idps, level_counts and level_age_ranges of the training table."""
-        return copy.deepcopy(self._fitted().training_)
-
-    @property
-    def history(self) -> list[dict]:
-        """The training log: epoch, step, loss, val_loss and seconds at each evaluation."""
-        return copy.deepcopy(self._fitted().history_)
-
-    @property
-    def adaptations(self) -> list[dict]:
-        """One record per adaptation (see adapt.AdaptationPlan.record), oldest first."""
-        return copy.deepcopy(self._fitted().adaptations_)
-
-    @property
-    def origin(self) -> bundle.Origin | None:
-        """Fingerprint, normcore version, date and signature state of the file this model
-        was loaded from; None for a model fitted or adapted since (not saved yet)."""
-        return getattr(self._fitted(), "origin_", None)
-
-    @property
-    def fit_seconds(self) -> float:
-        """Wall time of `fit`: training plus the reference table."""
-        return self._fitted().fit_seconds_
-
-    @property
-    def created(self) -> str:
-        """When the model was fitted (ISO 8601, UTC, to the second)."""
-        return self._fitted().created_
-
-    @property
-    def corrections(self) -> dict:
-        """What the fit measured to correct the draws: `moment_map` (matrix, offset),
-        `new_person_spread` (scale, dof), `deviation_calibration` (shift, spread)."""
-        joint = self._fitted().joint_
-        return {
-            "moment_map": tuple(a.copy() for a in joint.moment_map),
-            "new_person_spread": joint.spread,
-            "deviation_calibration": self.deviation_calibration_,
-        }
-
-    def _fitted(self) -> NormativeModel:
-        """This model, once fitted; NotFittedError before."""
-        if not hasattr(self, "reference_"):
-            raise NotFittedError(
-                "This model is not fitted yet: call fit() or NormativeModel.load() first."
-            )
-        return self
-
     # ----------------------------------------------------------------- sampling
     def _sample_scores(
         self, ages: np.ndarray, codes: np.ndarray, seed: int | None = None
@@ -350,60 +280,42 @@ class NormativeModel:
         rescore = _rescorer(self.first_stage_, self.encoder_)
         return _reference_z(self.reference_, scores, ages, codes, rescore)
 
-    def score(
-        self, df: pd.DataFrame, given: Sequence[str] | str | None = None
-    ) -> pd.DataFrame:
+    def score(self, df: pd.DataFrame, given: Sequence[str] | str | None = None) -> pd.DataFrame:
         """Centile (0-100), z and Monte-Carlo standard error of the centile, per person and IDP.
 
         Long table: `row` (0-based input row), the id column if any, `idp`, `value`,
-        `centile`, `z`, `centile_se`, and flags `out_of_age_range`, `unseen_levels`
-        (categorical covariates scored with the 'unknown' level), `beyond_reference`
-        (|z| > 3: an extrapolated tail), then `given`, `missing` and `imputed_q02` ..
-        `imputed_q98`. z is clipped to +-6.
-
-        `given` (IDP names): centiles conditional on the covariates *and* these IDPs'
-        values, from the masked denoiser's conditional draws (normcore.conditional); the
-        given IDPs' own rows are left out and `given` names, per row, the given IDPs the
-        person has. An IDP a person lacks (a blank cell, or no column) has value, centile
-        and z nan, and `imputed_qNN` holds its conditional quantiles (in the table's units)
-        given the IDPs the person has (given the given ones, with `given`); `missing`
-        lists each person's missing IDPs.
+        `centile`, `z` (clipped to +-6), `centile_se`, the flags (`outputs.score_table`),
+        then `given`, `missing` and `imputed_q02` .. `imputed_q98`. `given` (IDP names):
+        centiles conditional on the covariates *and* these IDPs' values, their own rows
+        left out. An IDP a person lacks (blank, no column, or implausible) has no centile
+        but its conditional quantiles given the IDPs the person has, in the table's units
+        (`conditional.score_table_given`).
         """
         placed = self._place(df)
         chosen = conditional.given_set(self.idps, given)
-        probs = np.asarray(DEFAULT_QUANTILES)
-        table = outputs.score_table(df, self.schema_, placed)
         ages, codes, _ = _covariates(df, self.schema_, self.encoder_)
-        age_z = self.encoder_.encode_age(ages)
-        scores = self.first_stage_.transform(placed.values, age_z, codes)
         with torch_threads(self.threads):
-            result = conditional.score_given(
-                self.joint_, age_z, codes, scores, chosen, probs, seed=self.config.seed + 2
-            )
-        n, p, d = result.bands.shape
-        at = np.repeat(np.arange(n), p)
-        flat = result.bands.reshape(n * p, d)
-        bands = np.where(
-            np.isnan(flat), np.nan, self._to_values(np.nan_to_num(flat), ages[at], codes[at])
-        )
-        return conditional.with_conditional_columns(
-            table, self.idps, chosen, result, bands.reshape(n, p, d), probs
-        )
+            return conditional.score_table_given(
+                outputs.score_table(df, self.schema_, placed), self.idps, self.joint_,
+                self.first_stage_, self.encoder_.encode_age(ages), codes, placed.values,
+                placed.implausible, chosen, np.asarray(DEFAULT_QUANTILES), self.config.seed + 2,
+            )  # fmt: skip
 
     def deviation(self, df: pd.DataFrame) -> pd.DataFrame:
         """One multivariate deviation per person: how unusual the whole IDP profile is.
 
-        `mahalanobis` is the squared Mahalanobis distance of the person's z under the
-        model's IDP correlation at their age; `deviation_centile` ranks it among model
-        samples with the same categorical covariates at the same age (100 = more unusual
-        than every sample), recalibrated by the shift and spread measured on validation
-        people at fit time.
+        `mahalanobis`: the squared Mahalanobis distance of the person's z under the model's
+        IDP correlation at their age; `deviation_centile` ranks it among model samples of
+        the same levels and age (100 = more unusual than every sample), recalibrated on
+        validation people at fit time. A person lacking IDPs is measured over the `n_idps`
+        they have (`missing` names the others; `reference.deviation_over_present`).
         """
         placed = self._place(df)
         ages, _, _ = _covariates(df, self.schema_, self.encoder_)
-        d2, centile = mahalanobis_centile(
-            self.reference_, placed.codes, ages, placed.z, self.deviation_calibration_
-        )
+        d2, centile = deviation_over_present(
+            self.reference_, placed.codes, ages, placed.z, np.isfinite(placed.values),
+            self.deviation_calibration_,
+        )  # fmt: skip
         return outputs.deviation_table(df, self.schema_, placed, d2, centile)
 
     # -------------------------------------------------------------- adaptation

@@ -82,11 +82,16 @@ def deviation_table(
     mahalanobis: np.ndarray,
     centile: np.ndarray,
 ) -> pd.DataFrame:
-    """One row per person: `row`, the id column if any, `n_idps`, `mahalanobis`,
-    `deviation_centile` and the flags; no deviation (NaN) for a person with an
-    implausible value, whose profile cannot be read as a whole."""
+    """One row per person: `row`, the id column if any, `n_idps` (the IDPs the person
+    has, over which the deviation is computed), `missing` (the IDPs they lack,
+    comma-joined), `mahalanobis`, `deviation_centile` and the flags; no deviation (NaN)
+    for a person with an implausible value, whose profile cannot be read as a whole, or
+    with no IDP at all."""
     out = _rows(df, schema, len(mahalanobis), 1)
-    out["n_idps"] = placed.z.shape[1]
+    missing = ~np.isfinite(placed.values)
+    names = np.array(schema.idps, dtype=object)
+    out["n_idps"] = (~missing).sum(axis=1)
+    out["missing"] = np.array([",".join(names[row]) for row in missing], dtype=object)
     any_implausible = placed.implausible.any(axis=1)
     out["mahalanobis"] = np.where(any_implausible, np.nan, mahalanobis)
     out["deviation_centile"] = np.where(any_implausible, np.nan, centile)

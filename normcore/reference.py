@@ -935,6 +935,57 @@ def mahalanobis_centile(
     return d2, 100.0 * stats.norm.cdf((r - shift) / spread)
 
 
+def deviation_over_present(
+    table: ReferenceTable,
+    codes: np.ndarray,
+    ages: np.ndarray,
+    z: np.ndarray,
+    present: np.ndarray,
+    calibration: tuple[float, float] = (0.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Mahalanobis distance (n,) over each person's present IDPs (`present`
+    (n, D) bool) and its centile (0-100), for people who lack some IDPs.
+
+    A person with every IDP is ranked as `mahalanobis_centile` ranks them: among the
+    model's draws at their age, recalibrated. For a person with k < D IDPs, the precision
+    of the present sub-vector is the inverse of the correlation submatrix of those IDPs
+    (the inverse of the table's precision at each neighbouring grid age, restricted: the
+    law of a sub-vector is the marginal, not the conditional, so the full precision cannot
+    simply be restricted), and the distance is interpolated between grid ages as the full
+    one is. Its centile is the chi-square law with k degrees of freedom: the table stores
+    quantiles of full-vector distances only, and a sub-profile's own reference would need
+    the draws again for every pattern of missing IDPs. The chi-square law is exact where
+    the normal scores are jointly Gaussian with that correlation (a Gaussian copula) and
+    an approximation otherwise (Mardia, Kent & Bibby 1979, *Multivariate Analysis*, thm
+    2.5.2); the fit-time calibration, measured for full vectors ranked among draws, is not
+    applied to it. Nothing is read from a missing cell, whatever `z` holds there.
+    """
+    present = np.asarray(present, dtype=bool)
+    ages = np.asarray(ages, dtype=np.float64)
+    d2, centile = np.full(len(z), np.nan), np.full(len(z), np.nan)
+    whole = present.all(axis=1)
+    if whole.any():
+        d2[whole], centile[whole] = mahalanobis_centile(
+            table, codes[whole], ages[whole], z[whole], calibration
+        )
+    partial = np.flatnonzero(~whole & present.any(axis=1))
+    if len(partial) == 0:
+        return d2, centile
+    correlation = np.linalg.inv(table.precision)
+    i, w = table._age_weights(ages[partial])
+    patterns, which = np.unique(present[partial], axis=0, return_inverse=True)
+    for k, pattern in enumerate(patterns):
+        rows = np.flatnonzero(which.reshape(-1) == k)
+        zp = z[partial[rows]][:, pattern]
+        sides = []
+        for g in (i[rows], i[rows] + 1):
+            sub = correlation[g][:, pattern][:, :, pattern]
+            sides.append(np.einsum("ij,ij->i", zp, np.linalg.solve(sub, zp[..., None])[..., 0]))
+        d2[partial[rows]] = sides[0] * (1 - w[rows]) + sides[1] * w[rows]
+        centile[partial[rows]] = 100.0 * stats.chi2.cdf(d2[partial[rows]], int(pattern.sum()))
+    return d2, centile
+
+
 BEYOND_NOISE = 3.0
 """Standard errors by which a validation estimate of the deviation's shift or spread must
 differ from (0, 1) to be applied."""

@@ -67,6 +67,24 @@ def with_mask(masked: bool, x: torch.Tensor, observed: torch.Tensor | None) -> t
     return torch.cat([x, torch.zeros_like(x) if observed is None else observed.to(x.dtype)], -1)
 
 
+def draws_per_row(x: torch.Tensor, covariates: torch.Tensor) -> int:
+    """How many consecutive rows of x (B, D) each row of `covariates` (P, dim) serves:
+    B / P, refused unless whole.
+
+    Why: a person's conditional draws (normcore.conditional) share their covariates and,
+    at each sampling step, the timestep, so everything computed from those alone (the
+    conditioning vector, and in FiLM every block's scale and shift, half the network's
+    multiply-adds) is the same for all of them. Computed once per person and broadcast over
+    their draws, it costs 1/K of what it costs per row, for the same result.
+    """
+    k, rest = divmod(len(x), max(len(covariates), 1))
+    if rest or k < 1:
+        raise ValueError(
+            f"{len(x)} rows of x cannot share {len(covariates)} rows of covariates evenly"
+        )
+    return k
+
+
 def check_masked(masked: bool) -> None:
     """Refuse an observation mask for a network built without mask inputs."""
     if not masked:

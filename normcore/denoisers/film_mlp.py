@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normcore.denoisers.conditioning import Conditioning, with_mask
+from normcore.denoisers.conditioning import Conditioning, draws_per_row, with_mask
 
 
 class FiLMBlock(nn.Module):
@@ -36,8 +36,16 @@ class FiLMBlock(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """h (B, width) modulated by `cond` (P, cond_dim), each row of which serves B / P
+        consecutive rows of h (`draws_per_row`): the scale and shift are computed per row
+        of `cond`, and fc1's bias folded into the shift, (W n + b)(1 + s) + t =
+        (W n)(1 + s) + (b (1 + s) + t), so that no pass over the B rows adds it."""
+        k, width = draws_per_row(h, cond), h.shape[-1]
         scale, shift = self.film(cond).chunk(2, dim=-1)
-        u = self.fc1(self.norm(h)) * (1 + scale) + shift
+        gain = 1 + scale
+        offset = self.fc1.bias * gain + shift
+        u = nn.functional.linear(self.norm(h), self.fc1.weight).view(-1, k, width)
+        u = torch.addcmul(offset.unsqueeze(1), u, gain.unsqueeze(1)).view(-1, width)
         return h + self.fc2(self.drop(nn.functional.silu(u)))
 
 
@@ -73,8 +81,10 @@ class FiLMMLP(nn.Module):
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
-        covariates (B, dim). `observed` (B, D) 0/1 marks cells of x that hold clean
-        observed scores instead of x_t (masked networks only; None = none observed)."""
+        covariates (B, dim), or (P, dim) with each row shared by B / P consecutive rows of
+        x (one person's draws at one shared timestep; `draws_per_row`). `observed` (B, D)
+        0/1 marks cells of x that hold clean observed scores instead of x_t (masked
+        networks only; None = none observed)."""
         c = self.cond(t, covariates)
         h = self.inp(with_mask(self.masked, x, observed))
         for block in self.blocks:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normcore.denoisers.conditioning import Conditioning, check_masked
+from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
 
 
 class SAINT(nn.Module):
@@ -78,9 +78,11 @@ class SAINT(nn.Module):
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted v (`diffusion.v_target`) for x_t (B, D) at timesteps t and embedded
-        covariates (B, dim). `observed` (B, D) 0/1 marks cells of x that hold clean
-        observed scores instead of x_t (masked networks only; None = none observed)."""
-        c = self.cond(t, covariates)
+        covariates (B, dim), or (P, dim) with each row shared by B / P consecutive rows of
+        x (one person's draws at one shared timestep; `draws_per_row`). `observed` (B, D)
+        0/1 marks cells of x that hold clean observed scores instead of x_t (masked
+        networks only; None = none observed)."""
+        c = self.cond(t, covariates).repeat_interleave(draws_per_row(x, covariates), dim=0)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
         if observed is not None:
             check_masked(self.masked)

@@ -17,8 +17,13 @@ from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_conditional_cdf
 
 SUBGROUP = SyntheticSpec(
-    n_idps=4, n_sites=1, dependence="subgroup", coupling=(0.6, 0.9), prevalence=(0.2, 0.6),
-    subgroup_shift=2.0, seed=1,
+    n_idps=4,
+    n_sites=1,
+    dependence="subgroup",
+    coupling=(0.6, 0.9),
+    prevalence=(0.2, 0.6),
+    subgroup_shift=2.0,
+    seed=1,
 )
 
 
@@ -139,3 +144,90 @@ def test_cli_scores_given_and_blank_tables_and_refuses_bad_given_sets(
         code = main(["score", str(model_path), str(table), "--out", str(out), "--given", given])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_draws_of_a_person_share_covariates_to_rounding(fitted):
+    """K draws per person with the covariates read once per person equal one draw per row
+    of the person repeated K times (same seed, same noise)."""
+    joint, k = fitted.joint_, 7
+    rng = np.random.default_rng(0)
+    age_z = rng.standard_normal(3).astype(np.float32)
+    codes = np.array([[1, 1], [2, 2], [1, 0]])
+    given = np.array([[True, False, False], [True, False, True], [False, True, False]])
+    values = rng.standard_normal((3, 3))
+    grouped = joint.draw_given(age_z, codes, given, values, seed=5, draws=k)
+    rep = np.repeat(np.arange(3), k)
+    per_row = joint.draw_given(age_z[rep], codes[rep], given[rep], values[rep], seed=5)
+    assert grouped.shape == (3, k, 3)
+    np.testing.assert_allclose(grouped.reshape(-1, 3), per_row[:, 0], atol=1e-5)
+    clamped = np.broadcast_to(given[:, None, :], grouped.shape)
+    np.testing.assert_allclose(
+        grouped[clamped], np.broadcast_to(values[:, None, :], grouped.shape)[clamped], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("backbone", ["film", "saint"])
+def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone):
+    import torch
+
+    from normcore.denoisers import build_denoiser
+
+    torch.manual_seed(0)
+    net = build_denoiser(backbone, 5, [3], 1000, masked=True).eval()
+    for p in net.parameters():  # zero-initialised layers would hide the conditioning
+        torch.nn.init.normal_(p, std=0.2)
+    k = 4
+    x = torch.randn(3 * k, 5)
+    observed = (torch.rand(3 * k, 5) < 0.4).float()
+    with torch.inference_mode():
+        h = net.embed(torch.randn(3), torch.tensor([[0], [1], [2]]))
+        t = torch.full((1,), 300)
+        per_person = net(x, t, h, observed)
+        per_row = net(x, t, h.repeat_interleave(k, 0), observed)
+        assert per_row.abs().max() > 0.1
+        torch.testing.assert_close(per_person, per_row, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="cannot share"):
+            net(x[:-1], t, h, observed[:-1])
+
+
+def test_deviation_over_present_idps_is_finite_and_calibrated(subgroup_model):
+    """A person with blank cells gets a finite deviation over the IDPs they have, ranked
+    so that held-out controls with random blanks stay roughly uniform (read as if the
+    blank cells held values, they all came out near 100)."""
+    people = simulate(SUBGROUP, 400, seed=3)
+    complete = subgroup_model.deviation(people)
+    rng = np.random.default_rng(3)
+    blank = people.copy()
+    rows = np.flatnonzero(rng.random(len(people)) < 0.5)
+    idps = list(subgroup_model.idps)
+    lost = rng.integers(1, 3, size=len(rows))
+    for row, count in zip(rows, lost, strict=True):
+        blank.loc[row, rng.choice(idps, size=count, replace=False)] = np.nan
+    dev = subgroup_model.deviation(blank)
+    assert dev["mahalanobis"].notna().all() and np.isfinite(dev["deviation_centile"]).all()
+    assert dev["n_idps"].tolist() == blank[idps].notna().sum(axis=1).tolist()
+    assert dev.loc[rows, "missing"].str.count(",").add(1).tolist() == lost.tolist()
+    assert (dev.loc[~dev.index.isin(rows), "missing"] == "").all()
+    kept = ~dev.index.isin(rows)
+    np.testing.assert_allclose(
+        dev.loc[kept, "deviation_centile"], complete.loc[kept, "deviation_centile"]
+    )
+    partial = dev.loc[rows, "deviation_centile"].to_numpy() / 100
+    assert stats.kstest(partial, "uniform").statistic < 0.15
+    assert np.mean(partial > 0.95) < 0.15
+
+
+def test_an_implausible_given_value_is_treated_as_missing(fitted, test_df):
+    """A given cell no real person has is neither conditioned on nor scored: the row is
+    scored exactly as with that cell blank, and `given` and `missing` say so."""
+    people = test_df.iloc[:6].reset_index(drop=True)
+    implausible, blank = people.copy(), people.copy()
+    implausible.loc[2, "idp_000"] = 1e200
+    blank.loc[2, "idp_000"] = np.nan
+    scored = fitted.score(implausible, given=["idp_000"])
+    as_blank = fitted.score(blank, given=["idp_000"])
+    row = scored[scored["row"] == 2]
+    assert (row["given"] == "").all() and (row["missing"] == "idp_000").all()
+    assert (scored[scored["row"] != 2]["given"] == "idp_000").all()
+    np.testing.assert_allclose(scored["centile"], as_blank["centile"], equal_nan=True)
+    np.testing.assert_allclose(scored["imputed_q50"], as_blank["imputed_q50"], equal_nan=True)
