@@ -38,10 +38,27 @@ new-person spread
     Student-t), applied to the model's draws.
 """
 
-from normcore.data import read_table
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from normcore.errors import BundleError, DataError, NotFittedError
-from normcore.model import NormativeModel, __version__
-from normcore.schema import Schema
+
+if TYPE_CHECKING:
+    from normcore.data import read_table
+    from normcore.model import NormativeModel, __version__
+    from normcore.schema import Schema
+
+_LAZY = {
+    "NormativeModel": "normcore.model",
+    "__version__": "normcore.model",
+    "Schema": "normcore.schema",
+    "read_table": "normcore.data",
+}
+"""Public names loaded on first use (PEP 562), so that `import normcore` and the command
+line's `--help` do not load torch and pandas; `from normcore import NormativeModel`
+loads them then."""
 
 __all__ = [
     "BundleError",
@@ -52,3 +69,15 @@ __all__ = [
     "read_table",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'normcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from normcore.options import DEVICES
 
 
 def resolve_device(

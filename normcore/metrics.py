@@ -29,11 +29,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist, pdist
 
 from normcore.numeric import rank_normal_scores
+from normcore.options import DEFAULT_QUANTILES
 
-DEFAULT_QUANTILES: tuple[float, ...] = (0.02, 0.25, 0.5, 0.75, 0.98)
-"""Probability levels of the default centile curves and calibration tables: the 2nd and
-98th centiles bound a growth chart's usual normal range (about +-2 SD), with the
-quartiles and median inside it. The model, the CLI and the reports use this one tuple."""
 DEFAULT_NOMINAL: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 POOLED = "(pooled)"
 """Label of the rows that pool every IDP together in the PIT histogram and QQ tables."""

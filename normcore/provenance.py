@@ -26,10 +26,9 @@ import numpy as np
 import pandas as pd
 
 from normcore.errors import BundleError
+from normcore.options import KEY_ENV
 from normcore.schema import Schema, coerce_categories
 
-KEY_ENV = "NORMCORE_BUNDLE_KEY"
-"""Environment variable naming the key file whose key signs and verifies bundles."""
 MIN_KEY_BYTES = 16
 """128 bits: shorter keys can be guessed (NIST SP 800-107 asks for at least 112)."""
 MAX_KEY_FILE_BYTES = 4096

@@ -4,7 +4,8 @@ Each has `embed(age, codes) -> h` (the covariate embedding) and `forward(x_t, t,
 v_hat`: the networks predict v, not the noise (see `normcore.diffusion.sampler.v_target`).
 Built with `masked=True`, `forward` also takes `observed` (B, D), the 0/1 mask of cells
 holding clean observed scores (conditional draws, normcore.conditional).
-`BACKBONES` is the registry the CLI, the dashboard and the benchmarks offer.
+`BACKBONES` (defined in normcore.options, which the CLI's parser reads without torch) is
+the registry the CLI, the dashboard and the benchmarks offer.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from torch import nn
 from normcore.denoisers.conditioning import Conditioning
 from normcore.denoisers.film_mlp import FiLMMLP
 from normcore.denoisers.saint import SAINT
-
-BACKBONES = ("film", "saint")
-"""Names accepted by `build_denoiser`; the first is the default."""
+from normcore.options import BACKBONES
 
 
 def build_denoiser(

@@ -16,11 +16,13 @@ def model_path(fitted, tmp_path_factory):
 def test_fit_writes_a_loadable_model(train_df, tmp_path, capsys, monkeypatch, tiny_settings):
     import functools
 
-    import normcore.cli
+    import normcore.commands
 
     tiny = {k: v for k, v in tiny_settings.items() if k != "max_epochs"}
     monkeypatch.setattr(
-        normcore.cli, "NormativeModel", functools.partial(normcore.cli.NormativeModel, **tiny)
+        normcore.commands,
+        "NormativeModel",
+        functools.partial(normcore.commands.NormativeModel, **tiny),
     )
     table = tmp_path / "train.csv"
     train_df.to_csv(table, index=False)

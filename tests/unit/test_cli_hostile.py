@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import normcore.cli
+import normcore.commands
 from normcore import bundle, provenance
 from normcore.cli import main
 from normcore.safe_write import OutputError, atomic_output, check_output
@@ -130,7 +130,7 @@ def test_fit_into_a_missing_folder_fails_before_reading_the_table(
     def never(*args, **kwargs):
         raise AssertionError("the table was read before --out was checked")
 
-    monkeypatch.setattr(normcore.cli, "read_table", never)
+    monkeypatch.setattr(normcore.commands, "read_table", never)
     out = tmp_path / "missing" / "m.normcore"
     assert main(["fit", str(table), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -4,6 +4,8 @@ the numeric modules. Read from the source with `ast`, so nothing is executed."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "normcore"
@@ -113,3 +115,55 @@ def test_numeric_modules_do_not_import_process_groups():
     graph = _graph()
     assert "normcore.distributed" in graph["normcore.launch"]
     assert [m for m in NUMERIC if "normcore.distributed" in graph[m]] == []
+
+
+# ------------------------------------------------------------------ light start-up
+HEAVY = ("torch", "pandas", "scipy", "sklearn", "plotly", "pyarrow", "openpyxl")
+"""Packages that take seconds to import: the parser and `--help` must load none of them."""
+
+HELP_EVERY_COMMAND = """
+import contextlib, io, sys
+from normcore.cli import build_parser, main
+commands = list(build_parser()._subparsers._group_actions[0].choices)
+for argv in [["--help"], *([name, "--help"] for name in commands)]:
+    with contextlib.redirect_stdout(io.StringIO()) as shown, contextlib.suppress(SystemExit):
+        main(argv)
+    assert "usage: normcore" in shown.getvalue(), argv
+print(len(commands), ";", ",".join(sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))))
+"""
+
+
+def _run(code: str) -> str:
+    """`code` in a fresh interpreter (this process has imported everything already)."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}"],
+        capture_output=True, text=True, cwd=PACKAGE.parent, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_help_of_every_command_loads_nothing_heavy():
+    n_commands, heavy = _run(HELP_EVERY_COMMAND).split(";")
+    assert int(n_commands) >= 9  # fit ... keygen: every command's help was shown
+    assert heavy.strip() == ""
+
+
+def test_the_start_up_check_sees_a_heavy_import():
+    """The same check after a command's own module is imported names torch and pandas."""
+    heavy = _run(f"import normcore.commands\n{HELP_EVERY_COMMAND}").split(";")[1]
+    assert {"torch", "pandas"} <= set(heavy.strip().split(","))
+
+
+def test_the_public_names_still_import_from_the_package():
+    shown = _run(
+        "import sys, normcore\n"
+        "light = not set(HEAVY) & {m.split('.')[0] for m in sys.modules}\n"
+        "from normcore import NormativeModel, Schema, read_table, DataError, __version__\n"
+        "import normcore.model, normcore.schema, normcore.data\n"
+        "assert NormativeModel is normcore.model.NormativeModel\n"
+        "assert Schema is normcore.schema.Schema and read_table is normcore.data.read_table\n"
+        "assert set(normcore.__all__) <= set(dir(normcore))\n"
+        "print(light, __version__ == normcore.model.__version__)"
+    )
+    assert shown == "True True"

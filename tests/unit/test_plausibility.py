@@ -356,11 +356,13 @@ def test_cli_fit_refuses_an_outlier_unless_kept_and_names_an_empty_column(
 ):
     import functools
 
-    import normcore.cli
+    import normcore.commands
 
     tiny = {k: v for k, v in tiny_settings.items() if k != "max_epochs"}
     monkeypatch.setattr(
-        normcore.cli, "NormativeModel", functools.partial(normcore.cli.NormativeModel, **tiny)
+        normcore.commands,
+        "NormativeModel",
+        functools.partial(normcore.commands.NormativeModel, **tiny),
     )
     bad = train_df.copy()
     bad.loc[11, "idp_000"] *= 1000
