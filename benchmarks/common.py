@@ -52,7 +52,10 @@ QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 """BENCH_QUICK=1: tiny data, few epochs, small reference tables: an end-to-end check of the
 scripts in a few minutes, whose numbers mean nothing."""
 
-SECTIONS = ("engine", "draws", "compare", "adapt", "joint")
+SECTIONS = (
+    "engine", "draws", "compare", "adapt", "joint", "conditional_speed", "edges", "startup",
+    "hostile",
+)
 
 
 def model_kwargs() -> dict:
