@@ -171,14 +171,22 @@ def score_given(
     With a given set (`chosen`, (D,) bool, not all False) every row is conditioned on the
     given IDPs it has, and its other present IDPs get conditional centiles. Without one,
     only rows that lack an IDP are drawn, conditioned on every IDP they have. Either way a
-    missing IDP gets the quantiles at `probs` of its conditional draws.
+    missing IDP gets the quantiles at `probs` of its conditional draws, when the model was
+    trained with masks (else no band: `JointModel.draw_given` needs them).
     """
     present = np.isfinite(scores)
     condition = present & chosen if chosen.any() else present
     n, d = scores.shape
     probability, se = np.full((n, d), np.nan), np.full((n, d), np.nan)
     bands = np.full((n, len(probs), d), np.nan)
-    rows = np.arange(n) if chosen.any() else np.flatnonzero(~present.all(axis=1))
+    if chosen.any():
+        rows = np.arange(n)
+    elif joint.conditional:
+        rows = np.flatnonzero(~present.all(axis=1))
+    else:
+        # A model trained without masks cannot draw given some IDPs: its people with
+        # missing IDPs keep their present IDPs' centiles, and the missing ones no band.
+        rows = np.empty(0, dtype=int)
     if len(rows):
         drawn = conditional_draws(
             joint, age_z[rows], codes[rows], np.nan_to_num(scores[rows]), condition[rows],

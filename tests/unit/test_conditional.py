@@ -82,7 +82,7 @@ def test_given_set_names_unknown_idps_and_refuses_every_idp():
         given_set(idps, idps)
 
 
-def test_a_model_trained_without_masks_refuses_conditional_scoring(
+def test_a_model_trained_without_masks_refuses_given_and_scores_what_is_present(
     train_df, test_df, schema, tiny_settings
 ):
     model = NormativeModel(**tiny_settings)
@@ -94,8 +94,13 @@ def test_a_model_trained_without_masks_refuses_conditional_scoring(
         loaded.score(test_df, given=["idp_000"])
     blank = test_df.copy()
     blank.loc[0, "idp_001"] = np.nan
-    with pytest.raises(ValueError, match="trained before conditional scoring"):
-        loaded.score(blank)
+    scored = loaded.score(blank)
+    lacking = (scored["row"] == 0) & (scored["idp"] == "idp_001")
+    assert scored.loc[lacking, ["centile", "imputed_q50"]].isna().all(axis=None)
+    assert scored.loc[lacking, "missing"].eq("idp_001").all()
+    others = scored.loc[~lacking].reset_index(drop=True)
+    full = loaded.score(test_df).loc[~lacking.to_numpy()].reset_index(drop=True)
+    assert np.allclose(others["centile"], full["centile"])
 
 
 def _with_blanks(test_df: pd.DataFrame) -> pd.DataFrame:
