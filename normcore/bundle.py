@@ -40,13 +40,17 @@ from normcore.safe_write import atomic_output
 from normcore.schema import Schema
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 """Raised whenever a stored field changes meaning or layout, so that an older or newer
 file is refused with a plain message instead of being read as something else."""
-READABLE_VERSIONS = (6, FORMAT_VERSION)
+READABLE_VERSIONS = (6, 7, FORMAT_VERSION)
 """Formats this normcore reads: 6 tabled every combination with an unknown level, which
 `ReferenceTable.from_arrays` still reads as it is (7 stores the people per combination
-and reads an unknown sex as a mixture)."""
+and reads an unknown sex as a mixture; 8 stores the first stage's shape table as a
+binary tensor, `SHAPE_TENSOR`, instead of JSON text)."""
+SHAPE_TENSOR = "first_stage.shape_quantiles"
+"""The AgeShape quantile table (ages, z-levels, IDPs): the first stage's one large array,
+stored as float64 so that it reads back bit for bit."""
 MAX_BUNDLE_BYTES = 512 * 1024**2
 
 
@@ -239,12 +243,14 @@ def pack(model: SavedModel) -> bytes:
     tensors.update(model.reference.to_arrays())
     tensors["sampler.x0_cov"] = joint.x0_cov.clone()
     tensors["sampler.moment_map"] = torch.as_tensor(joint.moment_map[0], dtype=torch.float64)
+    stage = model.first_stage.to_dict()
+    tensors[SHAPE_TENSOR] = torch.as_tensor(stage["shape"].pop("quantiles"), dtype=torch.float64)
     meta = {
         "normcore_version": model.version,
         "created": model.created,
         "config": model.config.to_dict(),
         "schema": model.schema.to_dict(),
-        **model.first_stage.to_dict(),
+        **stage,
         "encoder": model.encoder.to_dict(),
         "training": model.training,
         "history": model.history,
@@ -264,6 +270,15 @@ def unpack(data: bytes, device: torch.device) -> SavedModel:
     inconsistency is a BundleError. Never unpickles anything."""
     tensors, meta = from_bytes(data)
     return _rebuild(tensors, meta, device)
+
+
+def _first_stage_fields(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The first stage's JSON fields, with the shape table from its tensor (format 8) or
+    from the JSON itself (older formats)."""
+    fields_ = {key: meta[key] for key in ("transform", "location_scale", "shape")}
+    if SHAPE_TENSOR in tensors:
+        fields_["shape"] = {**meta["shape"], "quantiles": tensors[SHAPE_TENSOR].double().numpy()}
+    return fields_
 
 
 def _network(config: ModelConfig, schema: Schema, encoder: CovariateEncoder) -> nn.Module:
@@ -312,7 +327,7 @@ def _rebuild(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device)
             config=config,
             schema=schema,
             encoder=encoder,
-            first_stage=FirstStage.from_dict(meta),
+            first_stage=FirstStage.from_dict(_first_stage_fields(tensors, meta)),
             joint=joint,
             reference=ReferenceTable.from_arrays(
                 arrays, encoder.n_levels, meta["reference_bandwidth"]
