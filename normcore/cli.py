@@ -31,26 +31,24 @@ def name_list(text: str) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] or None
 
 
-def count(text: str) -> int:
-    """A whole number of at least 1 (epochs, draws, steps, rows, processes)."""
+def _whole_number(text: str, lowest: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be {rule}, not {value}")
     return value
+
+
+def count(text: str) -> int:
+    """A whole number of at least 1 (epochs, draws, steps, rows, processes)."""
+    return _whole_number(text, 1, "at least 1")
 
 
 def seed(text: str) -> int:
     """A whole number of at least 0 (random seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number(text, 0, "0 or more")
 
 
 def quantile_list(text: str) -> list[float]:
