@@ -281,14 +281,7 @@ def _decode(data: bytes) -> str:
             "this is not a text table (it contains binary data); use CSV, TSV, Parquet or "
             "Excel (.xlsx)."
         )
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        text = data.decode("latin-1")
+    _, text = decode_text(data)
     sample = text[:_SNIFF_CHARS]
     if len(_CONTROL_CHARS.findall(sample)) > len(sample) // 100:
         raise DataError(
@@ -296,6 +289,18 @@ def _decode(data: bytes) -> str:
             "use CSV, TSV, Parquet or Excel (.xlsx)."
         )
     return text
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(encoding, text) of a text table's bytes: UTF-8 (with or without a byte-order mark),
+    else Windows-1252, which spreadsheets on Windows write, else Latin-1, which decodes
+    any bytes (a last resort the unreadable-characters check then judges)."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return encoding, data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return "latin-1", data.decode("latin-1")
 
 
 def _sniff_delimiter(text: str, preferred: str | None) -> str:

@@ -90,14 +90,7 @@ def _text_format(path: Path) -> tuple[str, str]:
         head = f.read(64 * 1024)
     if b"\n" in head:
         head = head[: head.rindex(b"\n")]
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            text = head.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        encoding, text = "latin-1", head.decode("latin-1")
+    encoding, text = data.decode_text(head)
     found = formats.format_of(path)
     delimiter = data._sniff_delimiter(text, found.delimiter if found else None)
     header = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
