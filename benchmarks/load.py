@@ -86,6 +86,8 @@ def cohort(base: pd.DataFrame, n: int, seed: int, tag: str) -> bytes:
     numeric = [c for c in df.columns if c not in ("sub_id", "age", "sex", "site")]
     df[numeric] = df[numeric] * rng.normal(1.0, 0.005, (n, len(numeric)))
     df["sub_id"] = [f"{tag}-{i:04d}" for i in range(n)]
+    # Sex as words: a bare 0/1 code from another table is asked about, never assumed.
+    df["sex"] = df["sex"].map({0: "F", 1: "M"})
     return df.to_csv(index=False).encode()
 
 
