@@ -174,10 +174,11 @@ def test_decreasing_reference_quantiles_are_refused(data):
 
 
 def test_decreasing_shape_quantiles_are_refused(data):
-    def reverse(meta):
-        meta["shape"]["quantiles"] = [g[::-1] for g in meta["shape"]["quantiles"]]
+    def reverse(tensors):
+        table = tensors[bundle.SHAPE_TENSOR]
+        tensors[bundle.SHAPE_TENSOR] = table.flip(1).contiguous()
 
-    refused(edited(data, reverse), "'shape.quantiles' should be increasing")
+    refused(edited(data, change_tensors=reverse), "'shape.quantiles' should be increasing")
 
 
 def test_repeated_levels_are_refused(data):
