@@ -1,15 +1,39 @@
-"""`ModelConfig`: every setting that defines how a model is built, trained and sampled.
+"""`ModelConfig` and `TrainConfig`: every setting that defines how a model is built,
+trained and sampled.
 
-Kept in its own module so that the model, which fits with it, and the bundle, which
-saves it as JSON and rebuilds the network from it, both read it without importing each
-other.
+Kept in their own module, which imports nothing heavy, so that the model, which fits with
+them, the training loop, and the bundle, which saves them as JSON and reads them back
+before any network is built, all read them without importing each other or torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from normcore.train import TrainConfig
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; defaults were chosen on the synthetic benchmark (README)."""
+
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int | None = None
+    """Passes over the training rows; None = as many as `max_steps` allows."""
+    max_steps: int = 8000
+    patience_steps: int = 1000
+    """Stop when the validation loss has not improved for this many optimiser steps."""
+    val_fraction: float = 0.15
+    covariate_dropout: float = 0.1
+    """Probability, per categorical covariate and row, of replacing it by 'unknown'."""
+    ema_decay: float = 0.995
+    unconditional_share: float = 0.3
+    """Share of rows trained with nothing observed (masked networks; `conditioning_masks`)."""
+    max_seconds: float | None = None
+    """Wall-clock budget for the loop (the dashboard's live training uses it)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

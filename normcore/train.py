@@ -12,43 +12,18 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from normcore.config import TrainConfig
 from normcore.device import training_autocast
 from normcore.diffusion.sampler import q_sample, v_target
 from normcore.diffusion.schedule import Schedule
 from normcore.parallel_protocol import Collectives
 
 Progress = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings; defaults were chosen on the synthetic benchmark (README)."""
-
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_epochs: int | None = None
-    """Passes over the training rows; None = as many as `max_steps` allows."""
-    max_steps: int = 8000
-    patience_steps: int = 1000
-    """Stop when the validation loss has not improved for this many optimiser steps."""
-    val_fraction: float = 0.15
-    covariate_dropout: float = 0.1
-    """Probability, per categorical covariate and row, of replacing it by 'unknown'."""
-    ema_decay: float = 0.995
-    unconditional_share: float = 0.3
-    """Share of rows trained with nothing observed (masked networks; `conditioning_masks`)."""
-    max_seconds: float | None = None
-    """Wall-clock budget for the loop (the dashboard's live training uses it)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def conditioning_masks(
