@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from normcore.diffusion.schedule import Schedule
@@ -59,14 +58,6 @@ def v_target(
     """
     ab = alpha_bar[t].unsqueeze(-1)
     return ab.sqrt() * noise - (1.0 - ab).sqrt() * x0
-
-
-def ddim_timesteps(schedule: Schedule, n_steps: int) -> list[int]:
-    """Evenly spaced timesteps, descending, always starting at T-1 and ending at 0."""
-    if not 1 <= n_steps <= schedule.steps:
-        raise ValueError(f"sampling steps must be between 1 and {schedule.steps}, got {n_steps}")
-    ts = np.unique(np.round(np.linspace(0, schedule.steps - 1, n_steps)).astype(int))
-    return [int(t) for t in ts[::-1]]
 
 
 def _predict_x0(x: torch.Tensor, v: torch.Tensor, ab_t: float) -> torch.Tensor:

@@ -57,3 +57,11 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
         return cls(kind=str(d["kind"]), steps=int(d["steps"]))
+
+
+def ddim_timesteps(schedule: Schedule, n_steps: int) -> list[int]:
+    """Evenly spaced timesteps, descending, always starting at T-1 and ending at 0."""
+    if not 1 <= n_steps <= schedule.steps:
+        raise ValueError(f"sampling steps must be between 1 and {schedule.steps}, got {n_steps}")
+    ts = np.unique(np.round(np.linspace(0, schedule.steps - 1, n_steps)).astype(int))
+    return [int(t) for t in ts[::-1]]
