@@ -43,12 +43,14 @@ import pandas as pd
 from common import QUICK, RESULTS, log
 from scipy import stats
 
-from normcore.first_stage import FirstStage, new_person_spread
+from normcore.first_stage import FirstStage, fit_model_stages, new_person_spread
 from normcore.metrics import DEFAULT_QUANTILES
 from normcore.model import NormativeModel
 from normcore.preprocessing import CovariateEncoder
+from normcore.reference import Z_BOUND
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_cdf, true_quantiles
+from normcore.train import validation_split
 
 SPEC = SyntheticSpec(n_idps=20, n_sites=1)
 N_TRAIN, N_TEST = (200, 300) if QUICK else (500, 1000)
@@ -139,6 +141,10 @@ def model_run(name: str, max_epochs: int | None) -> dict:
     out["positive_idps"] = int(positive.sum())
     out["min_centile_positive"] = float(lowest.min()) if positive.any() else float("nan")
     out["min_centile_idp"] = str(np.array(schema.idps)[positive][np.argmin(lowest)])
+    out["raw_idps"] = int((positive & ~model.first_stage_.transform_.log).sum())
+    far = model.centiles(rows, [stats.norm.cdf(-Z_BOUND)])["value"].to_numpy()
+    far = far.reshape(len(rows), d)[:, positive]
+    out["min_far_centile_positive"] = float(far.min()) if positive.any() else float("nan")
     if name == "synthetic":
         pit = common.pit_matrix(model.score(test), schema.idps, n)
         out["centile_error"] = 100.0 * float(np.mean(np.abs(pit - true_cdf(SPEC, test))))
@@ -151,7 +157,8 @@ def model_run(name: str, max_epochs: int | None) -> dict:
 
 
 SCALES = {"raw": False, "log": True, "chosen": None}
-"""Scale of positive IDPs in the ablation: `FirstStage(log_positive=...)`."""
+"""Scale of positive IDPs in the ablation: `FirstStage(log_positive=...)`; None, the
+model's own choice (`first_stage.fit_model_stages`, as `NormativeModel.fit` makes it)."""
 
 
 def first_stage_run(name: str, log_positive: bool | None) -> dict:
@@ -167,10 +174,17 @@ def first_stage_run(name: str, log_positive: bool | None) -> dict:
         return df[list(schema.idps)].to_numpy(float), age_z, codes
 
     values, age_z, codes = arrays(train)
-    stage = FirstStage(log_positive).fit(values, age_z, codes, encoder.n_levels)
-    spread = new_person_spread(
-        values, age_z, codes, encoder.n_levels, 0, inside=stage.transform(values, age_z, codes)
-    )
+    if log_positive is None:
+        _, train_rows = validation_split(len(values), NormativeModel().config.train, 0)
+        _, stage, spread = fit_model_stages(
+            values, age_z, codes, encoder.n_levels, train_rows, 0
+        )
+    else:
+        stage = FirstStage(log_positive).fit(values, age_z, codes, encoder.n_levels)
+        spread = new_person_spread(
+            values, age_z, codes, encoder.n_levels, 0,
+            inside=stage.transform(values, age_z, codes), log_positive=log_positive,
+        )  # fmt: skip
     scores = stage.transform(*arrays(test)) / spread.scale
     cdf = stats.t.cdf(scores, spread.dof) if spread.dof else stats.norm.cdf(scores)
     out = {
@@ -228,7 +242,8 @@ def markdown(runs: dict[str, dict]) -> str:
             r = run[name]
             row = {"run": label, "data": name, **{k: r.get(k) for k in (
                 "min_width_ratio_inside", "max_width_ratio_beyond", "min_centile_positive",
-                "min_centile_idp", "centile_error", "fit_seconds")}}
+                "min_centile_idp", "min_far_centile_positive", "raw_idps", "centile_error",
+                "fit_seconds")}}
             row["worst_decile"] = max(d["outside95"] for d in r["deciles"])
             if "true_min_width_ratio_per_idp" in r:
                 model_r = np.array(r["min_width_ratio_per_idp"])
@@ -241,13 +256,16 @@ def markdown(runs: dict[str, dict]) -> str:
         "so; for the synthetic table *truth* is the true bands' ratio for the same IDP); "
         "*beyond*: the widest band in the fans' 8 % margins over the band at the nearest "
         "end; *lowest centile*: the lowest 2nd-98th centile of any IDP positive in every "
-        "training row, over every fan (every sex x site seen in training).",
+        "training row, over every fan (every sex x site seen in training); *at Phi(-6)*: "
+        "the same at the furthest probability the model answers (`reference.Z_BOUND`); "
+        "*raw*: positive IDPs the model keeps in raw units (the others on the log scale).",
         "",
         common.markdown_table(rows, [
             ("run", "run"), ("data", "data"), ("worst_decile", "worst decile outside 95 %"),
             ("min_width_ratio_inside", "narrowest"), ("true_ratio", "truth"),
             ("max_width_ratio_beyond", "beyond"), ("min_centile_positive", "lowest centile"),
-            ("min_centile_idp", "of IDP"), ("centile_error", "\\|centile − true\\|"),
+            ("min_centile_idp", "of IDP"), ("min_far_centile_positive", "at Phi(-6)"),
+            ("raw_idps", "raw"), ("centile_error", "\\|centile − true\\|"),
             ("fit_seconds", "fit s"),
         ]),
         "",

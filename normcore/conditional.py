@@ -32,6 +32,7 @@ from scipy.special import ndtr, ndtri
 
 from normcore.errors import DataError
 from normcore.joint import JointModel
+from normcore.reference import Z_BOUND
 
 if TYPE_CHECKING:
     from normcore.first_stage import FirstStage
@@ -44,8 +45,6 @@ PASS_ROWS = 4096
 FiLM, SiLU) are memory-bound, and a (4096, 128) float32 activation is 2 MB, a core's L2
 cache here: passes of 8,000 rows ran slower per row on this 2-core CPU, and passes of a
 few hundred add per-pass overhead."""
-Z_BOUND = 6.0
-"""|z| of a conditional centile is clipped here, as the reference table clips its z."""
 
 
 def conditional_draws(

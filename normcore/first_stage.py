@@ -23,7 +23,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from normcore.preprocessing import AgeShape, IDPTransform, LocationScale
-from normcore.reference import Z_LEVELS
+from normcore.reference import PROBABILITY_LEVELS, Z_BOUND, scores_at
 
 FOLDS = 5
 MIN_ROWS = 50
@@ -132,12 +132,19 @@ class FirstStage:
 
 CHOICE_HELD_OUT = 5
 """One person in this many is held out when the scale of positive IDPs is chosen."""
-SAFE_Z = 1.5 * Z_LEVELS[0]
-"""Raw units are kept only if the centile at this first-stage score is positive
-everywhere: the reference table's lowest level (z = -3), the lowest centile a model
-tables, with half again as margin for the new-person spread that widens it (z beyond
-the table is a Gaussian-tail extrapolation and is clipped at Z_BOUND)."""
 _SAFETY_AGES = 41
+
+
+def lowest_score(spread: NewPersonSpread | None = None) -> float:
+    """The lowest normal score any centile of a first-stage margin reaches at a
+    probability the model accepts: the reference table's tabled margin (`spread`'s
+    quantiles at the table's z-levels; without a spread, standard normal) read at
+    z = -Z_BOUND by `reference.scores_at`, tail extrapolation included. A Student-t
+    spread reaches much further than Z_BOUND (about -10.7 for scale 1, 8 degrees of
+    freedom): that, not -Z_BOUND, is what a raw-scale IDP must stay positive at."""
+    spread = spread or NewPersonSpread(1.0, None)
+    margin = spread.quantiles(PROBABILITY_LEVELS)[None, :, None]
+    return float(scores_at(margin, np.array([stats.norm.cdf(-Z_BOUND)]))[0, 0, 0])
 
 
 def choose_log_scale(
@@ -146,6 +153,7 @@ def choose_log_scale(
     codes: np.ndarray,
     n_levels: list[int],
     rows: np.ndarray,
+    floor_score: float | None = None,
 ) -> FirstStage:
     """A first stage fitted on `rows` with each IDP that is positive in every row on the
     scale that fits it better: raw units or the log, chosen per IDP by the data.
@@ -161,11 +169,12 @@ def choose_log_scale(
     people score sum log phi(score) + log |d score / d y| (the change-of-variables
     density of y; the derivative by central differences of the whole map, so the log's
     Jacobian 1 / y and the shape's local slope are both in it). Raw units are kept only
-    if they fit better and are safe: with every row fitted, the centile at SAFE_Z stays
-    positive at every age of the training range (means and spreads are held beyond it)
-    for every combination of levels in the training rows and the unknown level; else
-    the log. Below MIN_ROWS people the held-out likelihood is too noisy and every
-    positive IDP goes on the log scale.
+    if they fit better and are safe: with every row fitted, the centile at normal score
+    `floor_score` (default `lowest_score()`, the most extreme a stage without a
+    new-person spread is read at) stays positive at every age of the training range
+    (means and spreads are held beyond it) for every combination of levels in the
+    training rows and the unknown level; else the log. Below MIN_ROWS people the
+    held-out likelihood is too noisy and every positive IDP goes on the log scale.
     """
     positive = np.all(values[rows] > 0, axis=0)
     log = positive.copy()
@@ -186,10 +195,27 @@ def choose_log_scale(
         ]
         log[cols[likelihood[0] > likelihood[1]]] = False
     stage = FirstStage()._fit_steps(values, age_z, codes, n_levels, rows, log)
-    unsafe = positive & ~log & (lowest_centile(stage, age_z[rows], codes[rows]) <= 0)
+    floor = lowest_score() if floor_score is None else floor_score
+    unsafe = unsafe_raw(stage, positive, age_z[rows], codes[rows], floor)
     if unsafe.any():
         stage = FirstStage()._fit_steps(values, age_z, codes, n_levels, rows, log | unsafe)
     return stage
+
+
+def unsafe_raw(
+    stage: FirstStage,
+    positive: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    floor_score: float,
+) -> np.ndarray:
+    """(D,) bool: `positive` IDPs (positive in every row `stage` was fitted on) that it
+    keeps in raw units although their centile at normal score `floor_score` is not
+    positive somewhere (`lowest_centile`)."""
+    raw = positive & ~stage.transform_.log
+    if not raw.any():
+        return raw
+    return raw & (lowest_centile(stage, age_z, codes, floor_score) <= 0)
 
 
 def held_out_log_likelihood(
@@ -207,14 +233,16 @@ def held_out_log_likelihood(
     return density.sum(axis=0)
 
 
-def lowest_centile(stage: FirstStage, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Per IDP, the lowest value `stage` gives at normal score SAFE_Z over an age grid
+def lowest_centile(
+    stage: FirstStage, age_z: np.ndarray, codes: np.ndarray, score: float
+) -> np.ndarray:
+    """Per IDP, the lowest value `stage` gives at normal score `score` over an age grid
     spanning `age_z` and every combination of levels in `codes` plus the unknown one."""
     ages = np.linspace(age_z.min(), age_z.max(), _SAFETY_AGES)
     combos = np.unique(np.vstack([codes, np.zeros((1, codes.shape[1]), codes.dtype)]), axis=0)
     grid_ages = np.tile(ages, len(combos))
     grid_codes = np.repeat(combos, len(ages), axis=0)
-    scores = np.full((len(grid_ages), stage.n_idps), SAFE_Z)
+    scores = np.full((len(grid_ages), stage.n_idps), score)
     return stage.inverse(scores, grid_ages, grid_codes).min(axis=0)
 
 
@@ -310,3 +338,47 @@ def new_person_spread(
         ratio = np.quantile(outside, level) / np.quantile(inside, level)
         targets.append(normal * max(1.0, 1.0 + (ratio - 1.0) * shrink))
     return NewPersonSpread(*t_match(*targets))
+
+
+class ModelStages(NamedTuple):
+    """A model's first stages, one scale per IDP: `split` fitted on the training split
+    (the network and its calibration see scores of validation people it did not fit),
+    `kept` on every row (the margins the model keeps: each IDP's mean, spread and shape
+    gain from more people), and the new-person `spread` of the kept one."""
+
+    split: FirstStage
+    kept: FirstStage
+    spread: NewPersonSpread
+
+
+def fit_model_stages(
+    values: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    n_levels: list[int],
+    train_rows: np.ndarray,
+    seed: int,
+) -> ModelStages:
+    """The first stages and new-person spread of one model, each positive IDP on one scale.
+
+    The split stage chooses the scale (`choose_log_scale`); the kept stage and the spread's
+    folds reuse it. Raw units must then stay positive at the most extreme centile the model
+    answers, which only the spread says: its Student-t tails, read at z = -Z_BOUND, reach
+    normal scores far beyond -Z_BOUND (`lowest_score`). An IDP whose kept stage is not
+    positive there goes on the log scale and everything is refitted; the spread, pooled
+    over IDPs, may then change, so this repeats until no raw IDP is unsafe (at most once
+    per positive IDP: an IDP never leaves the log)."""
+    positive = np.all(values > 0, axis=0)
+    log: np.ndarray | None = None
+    while True:
+        split = FirstStage(log).fit(values, age_z, codes, n_levels, train_rows)
+        log = split.transform_.log
+        kept = FirstStage(log).fit(values, age_z, codes, n_levels)
+        spread = new_person_spread(
+            values, age_z, codes, n_levels, seed,
+            inside=kept.transform(values, age_z, codes), log_positive=log,
+        )  # fmt: skip
+        unsafe = unsafe_raw(kept, positive, age_z, codes, lowest_score(spread))
+        if not unsafe.any():
+            return ModelStages(split, kept, spread)
+        log = log | unsafe

@@ -32,7 +32,7 @@ from normcore.device import resolve_device
 from normcore.diffusion import Schedule
 from normcore.distributed import current as current_parallel
 from normcore.errors import DataError
-from normcore.first_stage import FirstStage, new_person_spread
+from normcore.first_stage import FirstStage, fit_model_stages
 from normcore.joint import CHUNK, JointModel
 from normcore.metrics import DEFAULT_QUANTILES
 from normcore.model_views import FittedViews
@@ -135,7 +135,9 @@ class NormativeModel(FittedViews):
             # The network, the sampler's corrections and the deviation calibration are
             # measured on validation rows through a first stage that has not seen them, so
             # that those estimates are not optimistic (benchmarks/RESULTS.md).
-            split_stage = FirstStage().fit(values, age_z, codes, n_levels, train_rows)
+            split_stage, stage, spread = fit_model_stages(
+                values, age_z, codes, n_levels, train_rows, cfg.seed
+            )
             split_scores = split_stage.transform(values, age_z, codes)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = build_denoiser(
@@ -147,15 +149,7 @@ class NormativeModel(FittedViews):
                 seed=cfg.seed, progress=progress, should_stop=should_stop, device=device,
                 parallel=parallel,
             )  # fmt: skip
-            # The margins the model keeps come from a first stage fitted on every row: the
-            # network learned near-standard-normal scores and their dependence, which more
-            # people leave as they were, while each IDP's mean, spread and shape gain.
-            log = split_stage.transform_.log
-            stage = FirstStage(log).fit(values, age_z, codes, n_levels)
             scores = stage.transform(values, age_z, codes)
-            spread = new_person_spread(
-                values, age_z, codes, n_levels, cfg.seed, inside=scores, log_positive=log
-            )
             joint = JointModel.calibrate(
                 net, schedule, sampling_steps=cfg.sampling_steps, eta=cfg.eta, device=device,
                 seed=cfg.seed, split_scores=split_scores, kept_scores=scores, age_z=age_z,

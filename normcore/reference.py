@@ -74,7 +74,13 @@ Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
 PROBABILITY_LEVELS = stats.norm.cdf(Z_LEVELS)
 """The probabilities of `Z_LEVELS`."""
 Z_BOUND = 6.0
-"""|z| is clipped here (centile 1e-7 %); beyond |z| = 3 values are Gaussian-tail extrapolations."""
+"""The model answers within |z| <= Z_BOUND, in both directions: a person's z is clipped
+here, and a centile asked at a probability beyond Phi(-Z_BOUND) (about 1e-9, 1e-7 %) or
+above 1 - Phi(-Z_BOUND) is the one at the bound (`scores_at`). Beyond |z| = 3 values are
+Gaussian-tail extrapolations of the table; further than |z| = 6 they would say nothing a
+clinician could use (one person in a billion), and the bound is what the first stage's
+positivity check covers (`first_stage.lowest_score`), so that no centile of a positive
+IDP is negative at any probability the model accepts."""
 _TAIL_SPAN = 3
 """Tabled segments spanned by the tail slope (z 2.4 .. 3.0), steadier than the last one alone."""
 
@@ -432,8 +438,9 @@ def z_of_scores(q: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def scores_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Normal scores (n, P, D) at probability levels `probs` (P,) from quantile vectors
-    q (n, Q, D): the inverse of `z_of_scores`, with the same tails."""
-    z = stats.norm.ppf(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12))
+    q (n, Q, D): the inverse of `z_of_scores`, with the same tails and the same bound
+    (z clipped to +-Z_BOUND)."""
+    z = np.clip(stats.norm.ppf(np.asarray(probs, dtype=np.float64)), -Z_BOUND, Z_BOUND)
     return values_of_z(q, z[None, :, None], Z_LEVELS, _TAIL_SPAN)
 
 
