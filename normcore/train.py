@@ -25,6 +25,13 @@ from normcore.parallel_protocol import Collectives
 
 Progress = Callable[[dict], None]
 
+VALIDATE_EVERY = 100
+"""Optimiser steps between validation losses (or one epoch, if longer). Each costs forward
+passes over every validation row for all its fixed draws, several training steps' worth.
+The EMA weights that are validated average over ~1 / (1 - ema_decay) = 200 steps, so
+checkpoints 100 steps apart differ little, and a patience of 1,000 steps still sees ten
+losses (benchmarks/RESULTS.md, "Fit profile")."""
+
 
 def conditioning_masks(
     n: int, dim: int, unconditional_share: float, generator: torch.Generator
@@ -126,7 +133,8 @@ def train_denoiser(
     ema = copy.deepcopy(net).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params, ema_params = list(net.parameters()), list(ema.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     masked = bool(getattr(net, "masked", False))
     val_t, val_noise, val_masks = _validation_draws(
         n_val, dim, schedule.steps, draws=8, seed=seed,
@@ -144,20 +152,24 @@ def train_denoiser(
         if config.max_epochs is None
         else (max_epochs * steps_per_epoch)
     )
-    eval_every = max(steps_per_epoch, 25)
+    eval_every = max(steps_per_epoch, VALIDATE_EVERY)
+    vi = torch.as_tensor(val_idx).to(device)
+    y_val, val_observed = Y[vi], list(val_masks) if masked else [None] * len(val_t)
+    val_xt = [
+        _observe(q_sample(y_val, t, noise, alpha_bar), y_val, m)
+        for t, noise, m in zip(val_t, val_noise, val_observed, strict=True)
+    ]
+    val_target = [v_target(y_val, t, noise, alpha_bar) for t, noise in zip(val_t, val_noise)]
 
     def val_loss() -> float:
         if n_val == 0:
             return float("nan")
-        vi = torch.as_tensor(val_idx).to(device)
-        losses = []
         with torch.inference_mode():
-            for d in range(val_t.shape[0]):
-                m = val_masks[d] if masked else None
-                xt = _observe(q_sample(Y[vi], val_t[d], val_noise[d], alpha_bar), Y[vi], m)
-                v = ema(xt, val_t[d], ema.embed(A[vi], C[vi]), *([m] if masked else []))
-                target = v_target(Y[vi], val_t[d], val_noise[d], alpha_bar)
-                losses.append(masked_loss(v, target, m).item())
+            h = ema.embed(A[vi], C[vi])
+            losses = [
+                masked_loss(ema(xt, t, h, *([m] if masked else [])), target, m).item()
+                for xt, t, target, m in zip(val_xt, val_t, val_target, val_observed)
+            ]
         return float(np.mean(losses))
 
     history: list[dict] = []
@@ -193,11 +205,10 @@ def train_denoiser(
             loss = masked_loss(v.float(), v_target(x0, t, noise, alpha_bar), observed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
             opt.step()
             with torch.no_grad():
-                for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-                    pe.lerp_(pn, 1.0 - config.ema_decay)
+                torch._foreach_lerp_(ema_params, params, 1.0 - config.ema_decay)
             running.append(loss.item())
             step += 1
             if step >= max_steps:
