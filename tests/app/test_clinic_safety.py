@@ -235,3 +235,47 @@ def test_freesurfer_zip_with_covariates_says_the_atlas_differs(tiny_demo):
     assert "Your table is Desikan-Killiany" in message and "this model uses Destrieux" in message
     assert "Left-Thalamus is read as Left-Thalamus-Proper" in message
     assert at.session_state["table"]["age"].tolist() == [34.0, 61.5, 47.2]
+
+
+THALAMUS = "Left-Thalamus-Proper"
+"""FreeSurfer 7 renamed it Left-Thalamus: a table of that version has it all zero."""
+
+
+def test_a_zero_thalamus_is_flagged_on_the_data_page_and_in_the_cohort(tiny_demo):
+    """Scoring: the Data page and the Cohort page name the all-zero column, and the
+    cohort's scores flag every cell of it and give none a centile."""
+    _, test = tiny_demo
+    assert THALAMUS in IDPS
+    table = test.assign(**{THALAMUS: 0.0})
+    at = upload(app("pages/data.py"), table)
+    for v in ("0", "1"):
+        at.selectbox(key=f"map_sexcode_{v}").set_value(v)
+    at.run()
+    no_exception(at)
+    warned = text(at.warning)
+    assert THALAMUS in warned and f"0 for all {len(table)} people" in warned
+
+    at.switch_page("pages/cohort.py").run()
+    no_exception(at)
+    flagged = text(at.markdown)
+    assert THALAMUS in flagged and f"0 for all {len(table)} people" in flagged
+    at.multiselect(key="cohort_table_idps").set_value([THALAMUS]).run()
+    no_exception(at)
+    shown = at.dataframe[0].value
+    assert len(shown) == len(table) and (shown["idp"] == THALAMUS).all()
+    assert shown["implausible"].all() and shown["centile"].isna().all()
+
+
+def test_adaptation_refuses_an_all_zero_thalamus_naming_the_likely_cause(tiny_demo):
+    """Adaptation: controls whose thalamus is all zero are refused on the Model page, with
+    the column and the FreeSurfer renaming named, and nothing to start."""
+    from test_adapt import clinic, controls_uploaded
+
+    _, test = tiny_demo
+    controls = clinic(test, 24).assign(**{THALAMUS: 0.0})
+    at = controls_uploaded(controls)
+    no_exception(at)
+    refused = text(at.error)
+    assert THALAMUS in refused and f"0 for all {len(controls)} people" in refused
+    assert "FreeSurfer version names differently" in refused
+    assert not any(b.key == "adapt_start" and not b.disabled for b in at.button)
