@@ -18,20 +18,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from normcore import plausibility
-from normcore.diffusion import Schedule, q_sample, v_target
+from normcore.diffusion import Schedule
 from normcore.errors import DataError, Problem
 from normcore.first_stage import FirstStage
 from normcore.freesurfer import classify_column
 from normcore.joint import JointModel
 from normcore.preprocessing import CovariateEncoder
 from normcore.schema import Schema, coerce_categories, validate_scoring
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MIN_CONTROLS = 3
 """Fewer controls than this cannot estimate a site's mean and spread at all."""
@@ -283,6 +285,10 @@ def learn_level(
     unseen levels); a gradient mask lets only that row move, and an L2 pull towards its
     start acts as a prior that dominates with few controls.
     """
+    import torch  # here only: planning an adaptation and scoring need no torch
+
+    from normcore.diffusion.sampler import q_sample, v_target
+
     table = net.cond.categories[k]
     start_row = table.weight[code if readapted else 0].detach().clone()
     if not readapted:

@@ -3,12 +3,14 @@
 A bundle holds network weights, the reference table and the sampler's matrices as
 tensors, and everything else (schema, first stage, training ranges, history, versions)
 as JSON in the file's metadata; `pack` and `unpack` lay a model's parts out in it.
-Reading it parses JSON and raw little-endian arrays only: no pickle, so a crafted file
-cannot run code. A SHA-256 over the tensors and the JSON (the model's fingerprint)
-detects truncation and damage, but anyone who edits a file can recompute it: what a file
-means is checked on load (normcore.bundle_checks), and a key the user holds can sign and
-verify bundles (normcore.provenance). A format version detects files from an incompatible
-normcore.
+Reading it parses JSON and raw little-endian arrays only (safetensors' numpy reader): no
+pickle, so a crafted file cannot run code, and no torch: the denoiser's weights stay numpy
+arrays until something draws from the model (normcore.joint.StoredDenoiser), so reading a
+model and scoring from its reference table never pay torch's seconds of start-up. A
+SHA-256 over the tensors and the JSON (the model's fingerprint) detects truncation and
+damage, but anyone who edits a file can recompute it: what a file means is checked on load
+(normcore.bundle_checks), and a key the user holds can sign and verify bundles
+(normcore.provenance). A format version detects files from an incompatible normcore.
 """
 
 from __future__ import annotations
@@ -18,26 +20,26 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import nn
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from normcore import bundle_checks, provenance
 from normcore.config import ModelConfig
-from normcore.denoisers import build_denoiser
 from normcore.diffusion import Schedule
 from normcore.errors import BundleError
 from normcore.first_stage import FirstStage, NewPersonSpread
-from normcore.joint import JointModel
+from normcore.joint import DenoiserSpec, JointModel, StoredDenoiser
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import ReferenceTable
 from normcore.safe_write import atomic_output
 from normcore.schema import Schema
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "normcore-bundle"
 FORMAT_VERSION = 8
@@ -54,29 +56,28 @@ stored as float64 so that it reads back bit for bit."""
 MAX_BUNDLE_BYTES = 512 * 1024**2
 
 
-def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+def _digest(tensors: dict[str, np.ndarray], meta_json: str) -> str:
+    """SHA-256 over the JSON, then each tensor's name, type, shape and bytes in name order.
+    Types are named as torch names them ('torch.float32'), as in every file written since
+    format 6, so that those files keep verifying."""
     h = hashlib.sha256(meta_json.encode())
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
+        array = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|torch.{array.dtype.name}|{array.shape}".encode())
+        h.update(array.tobytes())
     return h.hexdigest()
 
 
-def to_bytes(tensors: dict[str, np.ndarray | torch.Tensor], meta: dict) -> bytes:
-    """Serialise tensors and JSON-able metadata into one bundle."""
-    ts = {
-        k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous()
-        for k, v in tensors.items()
-    }
+def to_bytes(tensors: dict[str, np.ndarray], meta: dict) -> bytes:
+    """Serialise arrays (or anything numpy reads as one) and JSON-able metadata into one
+    bundle."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION}
     meta_json = json.dumps(meta, sort_keys=True, allow_nan=True)
-    return _save(ts, meta_json, _digest(ts, meta_json), provenance.configured_key())
+    return _save(arrays, meta_json, _digest(arrays, meta_json), provenance.configured_key())
 
 
-def _save(
-    tensors: dict[str, torch.Tensor], meta_json: str, digest: str, key: bytes | None
-) -> bytes:
+def _save(tensors: dict[str, np.ndarray], meta_json: str, digest: str, key: bytes | None) -> bytes:
     """The safetensors file: tensors, the JSON, its digest and, with a key, its signature."""
     stored = {"normcore": meta_json, "sha256": digest}
     if key is not None:
@@ -89,7 +90,8 @@ def sign(data: bytes, key: bytes) -> bytes:
     signature replaced). Sign only models whose origin you trust: a signature says the
     key holder vouches for the file, not that the file is right."""
     tensors, meta, stored = _verified(data, key=None)
-    _rebuild(tensors, meta, torch.device("cpu"))
+    saved = _rebuild(tensors, meta, "cpu")
+    saved.joint.denoiser.build("cpu")  # the network's weights are checked as it is built
     return _save(tensors, stored["normcore"], stored["sha256"], key)
 
 
@@ -136,26 +138,30 @@ class Origin(NamedTuple):
         }[self.signature]
 
 
-def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+def from_bytes(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
     """Parse and verify a bundle; every failure is a BundleError with a plain reason."""
     tensors, meta, _ = _verified(data, provenance.configured_key())
     return tensors, meta
 
 
 def origin(data: bytes, key: bytes | None = None) -> Origin:
-    """The fingerprint, version, date and signature state of a bundle already verified
-    with `key` (the configured key when None)."""
-    _, meta, stored = _verified(data, key or provenance.configured_key())
+    """The fingerprint, version, date and signature state of a bundle, verified with `key`
+    (the configured key when None)."""
+    key = key or provenance.configured_key()
+    _, meta, stored = _verified(data, key)
+    return _origin(meta, stored, key)
+
+
+def _origin(meta: dict, stored: dict[str, str], key: bytes | None) -> Origin:
+    """The `Origin` of a bundle verified with `key`, from its JSON and stored metadata."""
     signed = "hmac_sha256" in stored
     state = "unsigned" if not signed else "not verified"
-    if signed and (key or provenance.configured_key()) is not None:
+    if signed and key is not None:
         state = "verified"
     return Origin(stored["sha256"], str(meta["normcore_version"]), str(meta["created"]), state)
 
 
-def _verified(
-    data: bytes, key: bytes | None
-) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
+def _verified(data: bytes, key: bytes | None) -> tuple[dict[str, np.ndarray], dict, dict[str, str]]:
     """Tensors, the normcore JSON and the stored metadata of a whole, checksummed bundle
     in this normcore's format, its signature checked when `key` is given."""
     if len(data) > MAX_BUNDLE_BYTES:
@@ -176,8 +182,9 @@ def _verified(
             "normcore version."
         )
     try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as err:
+        # Copies: the reader's arrays are read-only views of the file's bytes.
+        tensors = {name: array.copy() for name, array in st_load(data).items()}
+    except (SafetensorError, ValueError, RuntimeError, KeyError, TypeError) as err:
         raise BundleError(f"This model file is damaged or truncated: {err}") from err
     if _digest(tensors, stored["normcore"]) != stored.get("sha256"):
         raise BundleError(
@@ -239,12 +246,12 @@ def pack(model: SavedModel) -> bytes:
     """A fitted model as one bundle: network weights, the reference table and the
     sampler's matrices as tensors; everything else as JSON."""
     joint = model.joint
-    tensors = {f"net.{k}": v.detach().cpu().clone() for k, v in joint.net.state_dict().items()}
+    tensors = {f"net.{k}": v for k, v in joint.weights().items()}
     tensors.update(model.reference.to_arrays())
-    tensors["sampler.x0_cov"] = joint.x0_cov.clone()
-    tensors["sampler.moment_map"] = torch.as_tensor(joint.moment_map[0], dtype=torch.float64)
+    tensors["sampler.x0_cov"] = joint.x0_cov
+    tensors["sampler.moment_map"] = np.asarray(joint.moment_map[0], dtype=np.float64)
     stage = model.first_stage.to_dict()
-    tensors[SHAPE_TENSOR] = torch.as_tensor(stage["shape"].pop("quantiles"), dtype=torch.float64)
+    tensors[SHAPE_TENSOR] = np.asarray(stage["shape"].pop("quantiles"), dtype=np.float64)
     meta = {
         "normcore_version": model.version,
         "created": model.created,
@@ -265,61 +272,52 @@ def pack(model: SavedModel) -> bytes:
     return to_bytes(tensors, meta)
 
 
-def unpack(data: bytes, device: torch.device) -> SavedModel:
-    """Rebuild every part of a model from bundle bytes, its network on `device`; any
-    inconsistency is a BundleError. Never unpickles anything."""
-    tensors, meta = from_bytes(data)
-    return _rebuild(tensors, meta, device)
+def unpack(data: bytes, device: str | torch.device = "auto") -> tuple[SavedModel, Origin]:
+    """Rebuild every part of a model from bundle bytes, and where it came from; any
+    inconsistency is a BundleError. Never unpickles anything. The network is built on
+    `device` when something first draws from the model (`JointModel.net`), and its
+    weights are checked then."""
+    key = provenance.configured_key()
+    tensors, meta, stored = _verified(data, key)
+    return _rebuild(tensors, meta, device), _origin(meta, stored, key)
 
 
-def _first_stage_fields(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _first_stage_fields(tensors: dict[str, np.ndarray], meta: dict) -> dict:
     """The first stage's JSON fields, with the shape table from its tensor (format 8) or
     from the JSON itself (older formats)."""
     fields_ = {key: meta[key] for key in ("transform", "location_scale", "shape")}
     if SHAPE_TENSOR in tensors:
-        fields_["shape"] = {**meta["shape"], "quantiles": tensors[SHAPE_TENSOR].double().numpy()}
+        fields_["shape"] = {**meta["shape"], "quantiles": tensors[SHAPE_TENSOR].astype(np.float64)}
     return fields_
 
 
-def _network(config: ModelConfig, schema: Schema, encoder: CovariateEncoder) -> nn.Module:
-    """The untrained denoiser the header describes."""
-    return build_denoiser(
-        config.backbone, len(schema.idps), encoder.n_levels, config.diffusion_steps,
-        masked=config.conditional, **config.network,
-    )  # fmt: skip
-
-
-def _rebuild(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> SavedModel:
+def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.device) -> SavedModel:
     """The model's parts from a verified bundle's tensors and JSON. The header's types and
-    sizes are checked before anything is built, the network's weights against the network
-    built on torch's meta device (no memory), and the numbers' meaning at the end."""
+    sizes are checked before anything is built from them and the numbers' meaning at the
+    end; the network's weights are checked against its settings when it is built."""
     bundle_checks.check_header(meta)
     try:
         config = ModelConfig.from_dict(meta["config"])
         schema = Schema.from_dict(meta["schema"])
         encoder = CovariateEncoder.from_dict(meta["encoder"])
         bundle_checks.check_tensors(tensors, encoder.n_levels)
+        spec = DenoiserSpec.of(config, len(schema.idps), encoder.n_levels)
         weights = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-        with torch.device("meta"):
-            expected = _network(config, schema, encoder).state_dict()
-        bundle_checks.check_network_tensors(expected, weights)
-        net = _network(config, schema, encoder)
-        net.load_state_dict(weights, strict=True)
         joint = JointModel(
-            net=net.to(device).eval(),
+            denoiser=StoredDenoiser(spec, weights),
             schedule=Schedule(config.schedule, config.diffusion_steps),
             sampling_steps=config.sampling_steps,
             eta=config.eta,
-            x0_cov=tensors["sampler.x0_cov"].float(),
+            x0_cov=tensors["sampler.x0_cov"].astype(np.float32),
             moment_map=(
-                tensors["sampler.moment_map"].double().numpy(),
+                tensors["sampler.moment_map"].astype(np.float64),
                 np.asarray(meta["moment_map_offset"], dtype=np.float64),
             ),
             spread=NewPersonSpread.from_dict(meta["predictive"]),
             device=device,
             seed=config.seed,
         )
-        arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("reference.")}
+        arrays = {k: v for k, v in tensors.items() if k.startswith("reference.")}
         shift, spread = meta["deviation_calibration"]
         model = SavedModel(
             version=meta["normcore_version"],

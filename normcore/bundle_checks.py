@@ -21,20 +21,21 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from normcore.config import ModelConfig
-from normcore.denoisers import BACKBONES
+from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion.schedule import KINDS
 from normcore.errors import BundleError
 from normcore.first_stage import FirstStage, NewPersonSpread
+from normcore.options import BACKBONES
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import BANDWIDTH, ReferenceTable
 from normcore.schema import Schema
-from normcore.train import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_JSON_BYTES = 64 * 1024**2
 """A header's JSON; the demo model's is 0.5 MB."""
@@ -359,15 +360,15 @@ def _age_range(value: Any, where: str) -> tuple[float, float]:
     return lo, hi
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], n_levels: Sequence[int]) -> None:
+def check_tensors(tensors: Mapping[str, np.ndarray], n_levels: Sequence[int]) -> None:
     """No NaN in any tensor, no infinity but in effective sample sizes (infinite where
     margins are exact), and a reference table that unpacks within MAX_REFERENCE_CELLS."""
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point():
+        if not np.issubdtype(tensor.dtype, np.floating):
             continue
-        if torch.isnan(tensor).any():
+        if np.isnan(tensor).any():
             raise _fail(f"tensor '{name}'", "holds NaN values")
-        if name != "reference.n_eff" and torch.isinf(tensor).any():
+        if name != "reference.n_eff" and np.isinf(tensor).any():
             raise _fail(f"tensor '{name}'", "holds infinite values")
     quantiles = tensors.get("reference.quantiles")
     if quantiles is None or quantiles.ndim != 4:
@@ -383,12 +384,12 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], n_levels: Sequence[int]) 
     if from_prior is not None and from_prior.shape != (combinations,):
         raise _fail(
             "tensor 'reference.from_prior'",
-            f"marks {from_prior.numel()} level combinations, not {combinations}",
+            f"marks {from_prior.size} level combinations, not {combinations}",
         )
 
 
 def check_network_tensors(
-    expected: Mapping[str, torch.Tensor], stored: Mapping[str, torch.Tensor]
+    expected: Mapping[str, torch.Tensor], stored: Mapping[str, np.ndarray]
 ) -> None:
     """The stored weights are exactly the weights of the network the header describes
     (`expected`: that network built without memory, on torch's meta device)."""

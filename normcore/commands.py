@@ -1,8 +1,10 @@
 """What each command of the command line does (`normcore.cli` parses the arguments).
 
-Kept apart from the parser because these need pandas, and most of them the model and
-torch: `normcore.cli` imports this module only once a command is to run, so `--help`
-and a mistyped flag answer at once.
+Kept apart from the parser because these need pandas and the model: `normcore.cli`
+imports this module only once a command is to run, so `--help` and a mistyped flag answer
+at once. Torch is imported only by the commands that train or draw (fit, sample, adapt,
+and scoring given IDPs or with IDPs missing), inside them: scoring a complete table from
+a model's reference table never loads it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from normcore import bundle, distributed, provenance, stream
+from normcore import bundle, provenance, stream
 from normcore.data import read_table
 from normcore.demo import MODEL_PATH as DEMO_MODEL_PATH
 from normcore.errors import DataError
 from normcore.explore import sex_level_meanings
 from normcore.export import write_csv
-from normcore.launch import print_progress
 from normcore.model import NormativeModel
 from normcore.safe_write import atomic_output
 from normcore.schema import Schema, parse_coding, recode, validate_training
@@ -82,6 +83,9 @@ def _schema(
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from normcore import distributed
+    from normcore.launch import print_progress
+
     df = read_table(args.table)
     schema = _schema(df, args.covariates, args.idps, args.id)
     report = validate_training(df, schema, args.keep_outliers)
@@ -226,6 +230,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
+    from normcore.launch import print_progress
+
     model = NormativeModel.load(args.model, device=args.device)
     controls = _recoded(model, read_table(args.table), args)
     adapted = model.adapt(controls, site=args.site, steps=args.steps, progress=print_progress)

@@ -18,27 +18,31 @@ corrects the draws in a fixed order:
 normcore.conditional): the given cells are clamped at every step, and step 1 adds the
 x0 covariance of the other IDPs given them (diffusion.given_x0_covariance). Steps 2-4 are
 corrections of the unconditional law and are not applied to conditional draws.
+
+A model read from a file holds its denoiser as a `StoredDenoiser` (its settings and its
+weights as numpy arrays) and builds the torch network the first time something draws
+(`JointModel.net`): importing torch and building a network take seconds, and scoring
+people who have every IDP reads the reference table only, so a loaded model that only
+scores never loads torch. This module imports torch only inside the functions that run
+the network.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.covariance import LedoitWolf
-from torch import nn
 
-from normcore.device import generator
-from normcore.diffusion import (
-    Schedule,
-    ddim_timesteps,
-    generate,
-    given_x0_covariance,
-    x0_covariance,
-)
+from normcore.config import ModelConfig
+from normcore.diffusion import Schedule, ddim_timesteps
 from normcore.first_stage import NewPersonSpread
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CHUNK = 8192
 """Rows sampled at once: bounds memory whatever the number of rows asked for."""
@@ -55,6 +59,68 @@ AdaptedLevel = tuple[int, int, float]
 """(categorical index, level code, prior + controls) of a level known only from adaptation."""
 
 
+@dataclass(frozen=True)
+class DenoiserSpec:
+    """What builds a model's denoiser: its backbone and sizes (the model's settings), the
+    number of IDPs and each categorical covariate's number of levels."""
+
+    backbone: str
+    n_idps: int
+    n_levels: tuple[int, ...]
+    steps: int
+    masked: bool
+    size: dict = field(default_factory=dict)
+    """Width, depth, ... (`ModelConfig.network`); the backbone's defaults for the rest."""
+
+    @classmethod
+    def of(cls, config: ModelConfig, n_idps: int, n_levels: Sequence[int]) -> DenoiserSpec:
+        return cls(
+            config.backbone, n_idps, tuple(n_levels), config.diffusion_steps,
+            config.conditional, dict(config.network),
+        )  # fmt: skip
+
+    def untrained(self) -> nn.Module:
+        """A new network with this shape and its initial weights (torch's current seed)."""
+        from normcore.denoisers import build_denoiser
+
+        return build_denoiser(
+            self.backbone, self.n_idps, list(self.n_levels), self.steps, masked=self.masked,
+            **self.size,
+        )  # fmt: skip
+
+
+@dataclass
+class StoredDenoiser:
+    """A trained denoiser as a model file holds it: what builds it and its weights."""
+
+    spec: DenoiserSpec
+    weights: dict[str, np.ndarray]
+    """The network's state dict (names without the file's 'net.' prefix)."""
+
+    @property
+    def masked(self) -> bool:
+        return self.spec.masked
+
+    def build(self, device: torch.device) -> nn.Module:
+        """The network with these weights, in evaluation mode on `device`.
+
+        Weights whose names or shapes differ from the network the spec describes are a
+        BundleError (`bundle_checks.check_network_tensors`); the expected ones come from
+        the network built on torch's meta device, which allocates nothing, so a file whose
+        settings ask for a huge network is refused before any memory is taken.
+        """
+        import torch
+
+        from normcore.bundle_checks import check_network_tensors
+
+        with torch.device("meta"):
+            expected = self.spec.untrained().state_dict()
+        check_network_tensors(expected, self.weights)
+        net = self.spec.untrained()
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()}, strict=True)
+        return net.to(device).eval()
+
+
 @dataclass
 class JointModel:
     """A trained denoiser and everything its draws need, in normal-score units.
@@ -63,16 +129,37 @@ class JointModel:
     their own seeds derived from it, so a fit is reproducible.
     """
 
-    net: nn.Module
+    denoiser: nn.Module | StoredDenoiser
+    """The network, or, for a model read from a file, what builds it (see `net`)."""
     schedule: Schedule
     sampling_steps: int
     eta: float
     """1 = ancestral (stochastic) sampling, 0 = deterministic DDIM."""
-    x0_cov: torch.Tensor
+    x0_cov: np.ndarray
+    """(sampling steps, D, D) float32: the covariance of x0 given x_t at each step."""
     moment_map: tuple[np.ndarray, np.ndarray]
     spread: NewPersonSpread
-    device: torch.device
+    device: torch.device | str
+    """Where the network runs: a torch device, or a user's choice ('auto', 'cpu', 'cuda';
+    normcore.device) resolved when the network is built."""
     seed: int = 0
+
+    @property
+    def net(self) -> nn.Module:
+        """The denoiser, built from its stored weights the first time it is asked for."""
+        if isinstance(self.denoiser, StoredDenoiser):
+            from normcore.device import resolve_device
+
+            self.device = resolve_device(self.device)
+            self.denoiser = self.denoiser.build(self.device)
+        return self.denoiser
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The network's state dict as numpy arrays on the CPU, built or not (what a model
+        file stores)."""
+        if isinstance(self.denoiser, StoredDenoiser):
+            return dict(self.denoiser.weights)
+        return {k: v.detach().cpu().numpy() for k, v in self.denoiser.state_dict().items()}
 
     @classmethod
     def calibrate(
@@ -106,8 +193,9 @@ class JointModel:
         """
         identity = (np.eye(split_scores.shape[1]), np.zeros(split_scores.shape[1]))
         joint = cls(
-            net, schedule, sampling_steps, eta, torch.empty(0), identity, spread, device, seed
-        )
+            net, schedule, sampling_steps, eta, np.empty(0, np.float32), identity, spread,
+            device, seed,
+        )  # fmt: skip
         rows = val_rows if len(val_rows) >= MIN_COVARIANCE_ROWS else np.arange(len(split_scores))
         joint.x0_cov = joint._estimate_x0_covariance(split_scores[rows], age_z[rows], codes[rows])
         some = val_rows[:MAX_VALIDATION_ROWS]
@@ -131,40 +219,48 @@ class JointModel:
         """One draw per row of the normal scores at standardised ages `age_z` (n,) and
         category codes (n, K), with every correction of the module docstring applied;
         `adapted` lists the levels known only from adaptation (see normcore.adapt)."""
-        raw = self.raw_draws(age_z, codes, generator(self.device, seed))
+        raw = self.raw_draws(age_z, codes, seed)
         scores = self.spread.widen(self.matched(raw), seed)
         return with_site_uncertainty(scores, codes, seed, adapted)
 
-    @torch.inference_mode()
-    def raw_draws(self, age_z: np.ndarray, codes: np.ndarray, g: torch.Generator) -> np.ndarray:
-        """One draw per row from the sampler (step 1 only), before the other corrections."""
-        age_t = torch.as_tensor(age_z).to(self.device)
-        codes_t = torch.as_tensor(codes, dtype=torch.long).to(self.device)
+    def raw_draws(self, age_z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
+        """One draw per row from the sampler (step 1 only), before the other corrections,
+        with noise from a generator seeded with `seed`."""
+        import torch
+
+        from normcore.device import generator
+        from normcore.diffusion.sampler import generate
+
+        net = self.net.eval()
+        g = generator(self.device, seed)
         out = np.empty((len(age_z), self.x0_cov.shape[-1]))
         steps = self.timesteps
-        self.net.eval()
-        for s in range(0, len(age_z), CHUNK):
-            a, c = age_t[s : s + CHUNK], codes_t[s : s + CHUNK]
-            h = self.net.embed(a, c)
-            x = generate(
-                lambda xt, t, h=h: self.net(xt, t, h),
-                len(a),
-                out.shape[1],
-                self.schedule,
-                steps,
-                eta=self.eta,
-                generator=g,
-                x0_cov=self.x0_cov,
-            )
-            out[s : s + CHUNK] = x.cpu().numpy()
+        with torch.inference_mode():
+            age_t = torch.as_tensor(age_z).to(self.device)
+            codes_t = torch.as_tensor(codes, dtype=torch.long).to(self.device)
+            x0_cov = torch.from_numpy(self.x0_cov)
+            for s in range(0, len(age_z), CHUNK):
+                a, c = age_t[s : s + CHUNK], codes_t[s : s + CHUNK]
+                h = net.embed(a, c)
+                x = generate(
+                    lambda xt, t, h=h: net(xt, t, h),
+                    len(a),
+                    out.shape[1],
+                    self.schedule,
+                    steps,
+                    eta=self.eta,
+                    generator=g,
+                    x0_cov=x0_cov,
+                )
+                out[s : s + CHUNK] = x.cpu().numpy()
         return out
 
     @property
     def conditional(self) -> bool:
-        """Whether the network takes conditioning masks (can draw given some IDPs)."""
-        return bool(getattr(self.net, "masked", False))
+        """Whether the network takes conditioning masks (can draw given some IDPs); read
+        without building it."""
+        return bool(getattr(self.denoiser, "masked", False))
 
-    @torch.inference_mode()
     def draw_given(
         self,
         age_z: np.ndarray,
@@ -188,18 +284,25 @@ class JointModel:
                 "this model was trained before conditional scoring; refit it to score IDPs "
                 "given others or people with missing IDPs"
             )
+        import torch
+
+        from normcore.device import generator
+        from normcore.diffusion.sampler import given_x0_covariance
+
         given = np.asarray(given, dtype=bool)
         out = np.repeat(np.where(given, values, 0.0)[:, None, :], draws, axis=1)
+        self.net.eval()
         g = generator(self.device, seed)
         sets, which = np.unique(given, axis=0, return_inverse=True)
-        self.net.eval()
         per_chunk = max(1, CHUNK // draws)
-        for k, one_set in enumerate(sets):
-            rows = np.flatnonzero(which.reshape(-1) == k)
-            cov = given_x0_covariance(self.x0_cov, torch.as_tensor(one_set))
-            for s in range(0, len(rows), per_chunk):
-                r = rows[s : s + per_chunk]
-                out[r] = self._clamped_draws(age_z[r], codes[r], one_set, out[r], cov, g)
+        with torch.inference_mode():
+            x0_cov = torch.from_numpy(self.x0_cov)
+            for k, one_set in enumerate(sets):
+                rows = np.flatnonzero(which.reshape(-1) == k)
+                cov = given_x0_covariance(x0_cov, torch.as_tensor(one_set))
+                for s in range(0, len(rows), per_chunk):
+                    r = rows[s : s + per_chunk]
+                    out[r] = self._clamped_draws(age_z[r], codes[r], one_set, out[r], cov, g)
         return out
 
     def _clamped_draws(
@@ -213,6 +316,10 @@ class JointModel:
     ) -> np.ndarray:
         """Conditional draws (n, K, D) of rows that share one given set, K per row
         (`values` (n, K, D); see `draw_given`)."""
+        import torch
+
+        from normcore.diffusion.sampler import generate
+
         dev = self.device
         n, k, d = values.shape
         h = self.net.embed(
@@ -239,28 +346,33 @@ class JointModel:
         matrix, offset = self.moment_map
         return draws @ matrix + offset
 
-    @torch.inference_mode()
     def _estimate_x0_covariance(
         self, scores: np.ndarray, age_z: np.ndarray, codes: np.ndarray
-    ) -> torch.Tensor:
+    ) -> np.ndarray:
         """Per-step covariance of x0 given x_t over the IDPs, at these rows' covariates."""
-        dev = self.device
-        h = self.net.embed(
-            torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
-        )
-        return x0_covariance(
-            lambda xt, t: self.net(xt, t, h),
-            torch.as_tensor(scores, dtype=torch.float32).to(dev),
-            self.schedule,
-            self.timesteps,
-            generator=generator(dev, self.seed + 2),
-        ).cpu()
+        import torch
+
+        from normcore.device import generator
+        from normcore.diffusion.sampler import x0_covariance
+
+        net, dev = self.net, self.device
+        with torch.inference_mode():
+            h = net.embed(
+                torch.as_tensor(age_z).to(dev), torch.as_tensor(codes, dtype=torch.long).to(dev)
+            )
+            cov = x0_covariance(
+                lambda xt, t: net(xt, t, h),
+                torch.as_tensor(scores, dtype=torch.float32).to(dev),
+                self.schedule,
+                self.timesteps,
+                generator=generator(dev, self.seed + 2),
+            )
+        return cov.cpu().numpy()
 
     def _draws_at(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """VALIDATION_DRAWS raw draws at each row's covariates (rows, draws, D)."""
         reps = np.repeat(np.arange(len(age_z)), VALIDATION_DRAWS)
-        g = generator(self.device, self.seed + 3)
-        draws = self.raw_draws(age_z[reps], codes[reps], g)
+        draws = self.raw_draws(age_z[reps], codes[reps], self.seed + 3)
         return draws.reshape(len(age_z), VALIDATION_DRAWS, -1)
 
 

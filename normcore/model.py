@@ -9,6 +9,11 @@ site is normcore.adapt, the file format normcore.bundle.
 The estimator follows scikit-learn's contract: `__init__` stores settings only; `fit`
 validates, learns and returns self; learned attributes end in `_`; every other method
 checks that the model is fitted. Nothing here writes files or prints, except `save`.
+
+Torch is imported only where a network trains or draws (inside those methods, or when a
+loaded model's network is first built, normcore.joint): loading a model and scoring,
+centiles and deviations of people who have every IDP read the reference table only, and
+start without torch's seconds of import.
 """
 
 from __future__ import annotations
@@ -22,18 +27,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import torch
 
 from normcore import adapt as adaptation
 from normcore import bundle, conditional, outputs, plausibility, provenance
-from normcore.config import ModelConfig
-from normcore.denoisers import build_denoiser
-from normcore.device import resolve_device
+from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
-from normcore.distributed import current as current_parallel
 from normcore.errors import DataError
 from normcore.first_stage import FirstStage, fit_model_stages
-from normcore.joint import CHUNK, JointModel
+from normcore.joint import CHUNK, DenoiserSpec, JointModel
 from normcore.metrics import DEFAULT_QUANTILES
 from normcore.model_views import FittedViews
 from normcore.preprocessing import CovariateEncoder
@@ -57,7 +58,6 @@ from normcore.schema import (
     validate_scoring,
     validate_training,
 )
-from normcore.train import TrainConfig, train_denoiser, validation_split
 
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_QUANTILES", "ModelConfig", "NormativeModel", "torch_threads"]
@@ -75,6 +75,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     serving several people, CI) OpenMP threads that spin waiting for a busy core slow
     sampling down several-fold. NORMCORE_THREADS raises it.
     """
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n or int(os.environ.get("NORMCORE_THREADS", 0)) or 1)
     try:
@@ -119,6 +121,12 @@ class NormativeModel(FittedViews):
 
         Values that cannot be real (schema.validate_training) are refused unless
         `keep_outliers`; a numeric failure they cause is a DataError naming them."""
+        import torch
+
+        from normcore.device import resolve_device
+        from normcore.distributed import current as current_parallel
+        from normcore.train import train_denoiser, validation_split
+
         schema = schema or Schema.infer(df)
         validate_training(df, schema, keep_outliers).raise_for_errors()
         cfg, start, parallel = self.config, time.perf_counter(), current_parallel()
@@ -140,10 +148,7 @@ class NormativeModel(FittedViews):
             )
             split_scores = split_stage.transform(values, age_z, codes)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
-            net = build_denoiser(
-                cfg.backbone, len(schema.idps), n_levels, cfg.diffusion_steps,
-                masked=cfg.conditional, **cfg.network,
-            ).to(device)
+            net = DenoiserSpec.of(cfg, len(schema.idps), n_levels).untrained().to(device)
             net, history = train_denoiser(
                 net, schedule, split_scores, age_z, codes, cfg.train, val_rows, train_rows,
                 seed=cfg.seed, progress=progress, should_stop=should_stop, device=device,
@@ -171,7 +176,7 @@ class NormativeModel(FittedViews):
         self.schema_, self.encoder_, self.first_stage_, self.joint_ = schema, encoder, stage, joint
         self.reference_, self.deviation_calibration_ = reference, calibration
         self.training_, self.history_, self.adaptations_ = _summary(df, schema), history, []
-        self.device_, self.train_seconds_ = device, train_seconds
+        self.train_seconds_ = train_seconds
         self.fit_seconds_ = time.perf_counter() - start
         self.created_ = datetime.now(UTC).isoformat(timespec="seconds")
         self.origin_ = None
@@ -288,7 +293,11 @@ class NormativeModel(FittedViews):
         placed = self._place(df)
         chosen = conditional.given_set(self.idps, given)
         ages, codes, _ = _covariates(df, self.schema_, self.encoder_)
-        with torch_threads(self.threads):
+        lacking = placed.implausible | ~np.isfinite(placed.values)
+        # Only a given set or a missing IDP draws from the network; everyone else is
+        # scored from the reference table, without torch.
+        drawing = chosen.any() or lacking.any()
+        with torch_threads(self.threads) if drawing else contextlib.nullcontext():
             return conditional.score_table_given(
                 outputs.score_table(df, self.schema_, placed), self.idps, self.joint_,
                 self.first_stage_, self.encoder_.encode_age(ages), codes, placed.values,
@@ -357,14 +366,14 @@ class NormativeModel(FittedViews):
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str = "auto") -> NormativeModel:
-        """Rebuild a model from bundle bytes on `device`; never unpickles anything."""
-        saved = bundle.unpack(data, resolve_device(device))
+        """Rebuild a model from bundle bytes, its network on `device` when something first
+        draws from it (see normcore.joint); never unpickles anything."""
+        saved, origin = bundle.unpack(data, device)
         model = cls.__new__(cls)
         model.config, model.threads, model.device = saved.config, None, device
         for name in bundle.SavedModel.fitted_fields():
             setattr(model, f"{name}_", getattr(saved, name))
-        model.device_ = saved.joint.device
-        model.origin_ = bundle.origin(data)
+        model.origin_ = origin
         return model
 
     @classmethod

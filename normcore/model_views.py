@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Self
 from normcore.errors import NotFittedError
 
 if TYPE_CHECKING:
+    import torch
+
     from normcore import bundle
     from normcore.schema import Schema
 
@@ -60,6 +62,12 @@ class FittedViews:
         """Fingerprint, normcore version, date and signature state of the file this model
         was loaded from; None for a model fitted or adapted since (not saved yet)."""
         return getattr(self._fitted(), "origin_", None)
+
+    @property
+    def device_(self) -> torch.device | str:
+        """Where the network runs: a torch device once it is built (a fit builds it, a
+        loaded model when it first draws), until then the choice the model was loaded with."""
+        return self._fitted().joint_.device
 
     @property
     def fit_seconds(self) -> float:

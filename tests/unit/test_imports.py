@@ -150,9 +150,46 @@ def test_help_of_every_command_loads_nothing_heavy():
 
 
 def test_the_start_up_check_sees_a_heavy_import():
-    """The same check after a command's own module is imported names torch and pandas."""
-    heavy = _run(f"import normcore.commands\n{HELP_EVERY_COMMAND}").split(";")[1]
+    """The same check after the commands' and the training loop's modules are imported
+    names torch and pandas."""
+    heavy = _run(f"import normcore.commands, normcore.train\n{HELP_EVERY_COMMAND}").split(";")[1]
     assert {"torch", "pandas"} <= set(heavy.strip().split(","))
+
+
+SCORE = """
+import sys
+import pandas as pd
+from normcore.cli import main
+table = pd.read_csv({table!r}).head(20)
+table.loc[0, table.columns[-1]] = {blank}
+table.to_csv({copy!r}, index=False)
+assert main(["score", {model!r}, {copy!r}, "--out", {out!r}]) == 0
+assert len(pd.read_csv({out!r})) > 0
+print("torch" in sys.modules)
+"""
+
+
+def _score_loads_torch(tmp_path: Path, demo_model: Path, blank: str) -> str:
+    """`normcore score` of the demo model and 20 of its test people, run in a fresh
+    interpreter; whether torch was loaded by the end. `blank` is the last IDP of the
+    first person: its value, or a blank cell (a missing IDP, which needs the network)."""
+    table = demo_model.parent / "fcon1000_test.csv"
+    code = SCORE.format(
+        table=str(table), blank=blank, copy=str(tmp_path / "people.csv"),
+        model=str(demo_model), out=str(tmp_path / "scores.csv"),
+    )  # fmt: skip
+    return _run(code)
+
+
+def test_scoring_a_complete_table_from_a_model_file_loads_no_torch(tmp_path, demo_model):
+    """Loading a bundle reads the denoiser's weights as arrays, and people who have every
+    IDP are scored from the reference table: the network, and torch, are never needed."""
+    assert _score_loads_torch(tmp_path, demo_model, "table.loc[0, table.columns[-1]]") == "False"
+
+
+def test_scoring_a_person_who_lacks_an_idp_loads_torch(tmp_path, demo_model):
+    """The same check sees torch once the network draws (a missing IDP's band)."""
+    assert _score_loads_torch(tmp_path, demo_model, "None") == "True"
 
 
 def test_the_public_names_still_import_from_the_package():
