@@ -269,7 +269,9 @@ def score_table_given(
     n, p, d = result.bands.shape
     at = np.repeat(np.arange(n), p)
     flat = result.bands.reshape(n * p, d)
-    bands = np.where(
-        np.isnan(flat), np.nan, stage.inverse(np.nan_to_num(flat), age_z[at], codes[at])
-    )
+    bands = flat  # all nan when nobody lacks an IDP: nothing to map back to values
+    if not np.isnan(flat).all():
+        bands = np.where(
+            np.isnan(flat), np.nan, stage.inverse(np.nan_to_num(flat), age_z[at], codes[at])
+        )
     return with_conditional_columns(table, idps, chosen, result, bands.reshape(n, p, d), probs)

@@ -35,8 +35,8 @@ from normcore.diffusion import Schedule
 from normcore.errors import DataError
 from normcore.first_stage import FirstStage, fit_model_stages
 from normcore.joint import CHUNK, DenoiserSpec, JointModel
-from normcore.metrics import DEFAULT_QUANTILES
 from normcore.model_views import FittedViews
+from normcore.options import DEFAULT_QUANTILES
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import (
     PROBABILITY_LEVELS,
