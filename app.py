@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.common import declare_navigation, sidebar
+from pages.common import declare_navigation, sidebar, warm_up
 
 # A local icon: a material-symbol icon would make the browser fetch it from Google's fonts.
 ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
@@ -37,3 +37,5 @@ navigation = st.navigation(PAGES)
 declare_navigation()
 sidebar()
 navigation.run()
+# After the page: its chart is sent before the demo's slower results start computing.
+warm_up()

@@ -906,3 +906,15 @@ def share_between(
     high = float(one["value"].to_numpy()[np.isclose(quantiles, hi)][0])
     values = draws[idp].to_numpy(dtype=float)
     return float(np.mean((values >= low) & (values <= high)))
+
+
+def seconds_left(elapsed: float, fraction: float) -> float | None:
+    """Seconds a task still needs if it keeps the pace it had so far: elapsed x (1 - f) / f.
+
+    None before any progress is reported (f <= 0): no pace to extrapolate from. The pace of
+    a phase whose steps cost alike (the centile table tabulates one sex/site combination per
+    step) makes a fair estimate; a phase that slows down is underestimated.
+    """
+    if fraction <= 0.0 or elapsed < 0.0:
+        return None
+    return elapsed * (1.0 - min(fraction, 1.0)) / fraction

@@ -46,13 +46,15 @@ if report.warnings:
         st.markdown(common.bullets(report.warnings))
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def score_given(
+def _score_given(
     _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str,
     given: tuple[str, ...],
 ) -> pd.DataFrame:  # fmt: skip
     """The cohort's centiles given `given`: 400 conditional draws per person."""
     return _model.score(_table, given=list(given))
+
+
+SCORE_GIVEN = common.two_scopes(_score_given, shared_entries=4, own_entries=2)
 
 
 given = st.multiselect(
@@ -74,7 +76,9 @@ if given:
             f"Scoring {len(group.table)} people given {md(', '.join(given))}: about a "
             "minute per 1,000 people ..."
         ):
-            scores = score_given(model, key, group.table, group.key, tuple(given))
+            scores = common.cached(SCORE_GIVEN, key, group.key)(
+                model, key, group.table, group.key, tuple(given)
+            )
     except (DataError, ValueError) as exc:  # a model trained without conditioning masks
         st.warning(md(f"Scored without the given IDPs: {exc}".rstrip(".") + "."))
         given = []
@@ -89,21 +93,29 @@ if unseen:
     st.warning(md(unseen_levels_message(unseen, SAFE_CONTROLS_PER_SEX)))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def score_csv(_scores: pd.DataFrame, model_key: str, table_key: str) -> bytes:
+@st.cache_data(show_spinner=False, max_entries=2)
+def shared_csv(_scores: pd.DataFrame, model_key: str, table_key: str) -> bytes:
+    """The demo's scores as CSV, made once for every session."""
     return to_csv_bytes(_scores)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def summaries(_scores: pd.DataFrame, model_key: str, table_key: str, id_column: str | None):
+def _summaries(_scores: pd.DataFrame, model_key: str, table_key: str, id_column: str | None):
     return extreme_rates(_scores), z_matrix(_scores, id_column, max_people=300)
 
 
+SUMMARIES = common.two_scopes(_summaries, shared_entries=8, own_entries=4)
+
+
 given_key = f"{group.key}:given:{','.join(given)}"
-rates, z = summaries(scores, key, given_key, schema.id)
+rates, z = common.cached(SUMMARIES, key, group.key)(scores, key, given_key, schema.id)
 st.download_button(
     "Download scores (CSV, same columns as `normcore score`)",
-    data=lambda: score_csv(scores, key, given_key),
+    # Made when clicked, outside the page's run, where only the shared cache can be read.
+    data=lambda: (
+        shared_csv(scores, key, given_key)
+        if common.shared(key, group.key)
+        else to_csv_bytes(scores)
+    ),
     on_click="ignore",
     file_name="normcore_scores.csv",
     mime="text/csv",

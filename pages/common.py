@@ -26,18 +26,22 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from normcore import BundleError, DataError, NormativeModel, read_table
+from normcore.evaluate import evaluate
 from normcore.explore import (
     UNKNOWN_LEVEL,
     ColumnMapping,
+    age_slider_range,
     apply_mapping,
     calibration_summary,
     category_counts,
     conventional_sex_coding,
     describe_counts,
+    fan_grid,
     guess_mapping,
     level_text,
     model_card,
     reference_ages,
+    seconds_left,
     sex_level_meanings,
     sparse_age_spans,
 )
@@ -278,44 +282,115 @@ def sidebar() -> None:
 
 # ----------------------------------------------------------------------- cached numbers
 
+DEMO_TABLE_KEY = "demo-test"
+"""The cache key of the demo's held-out people (`cohort` when nothing was uploaded)."""
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def centiles(
-    _model: NormativeModel,
-    model_key: str,
-    grid: pd.DataFrame,
-    quantiles: tuple[float, ...] = FAN_QUANTILES,
+
+def shared(model_key: str, table_key: str | None = None) -> bool:
+    """Whether a result may be cached for every session: only the demo model's numbers
+    over grids or the demo's own people, which every visitor asks for alike.
+
+    Why: anything computed from one session's upload or one session's model stays in that
+    session's cache (Streamlit's session scope), which is dropped when the session ends;
+    in the process-wide cache it would hold the server's memory after the person left.
+    """
+    return is_demo(model_key) and table_key in (None, DEMO_TABLE_KEY)
+
+
+def two_scopes(
+    func: Any, spinner: str | bool = False, shared_entries: int = 16, own_entries: int = 4
+) -> tuple[Any, Any]:
+    """`func` cached twice: for every session (bounded) and per session (dropped with it).
+    `cached(pair, model_key, table_key)` picks the one a call belongs in."""
+    return (
+        st.cache_data(func, show_spinner=spinner, max_entries=shared_entries),
+        st.cache_data(func, show_spinner=spinner, max_entries=own_entries, scope="session"),
+    )
+
+
+def cached(pair: tuple[Any, Any], model_key: str, table_key: str | None = None) -> Any:
+    """The cache of `two_scopes` a result of (model, table) belongs in (see `shared`)."""
+    return pair[0] if shared(model_key, table_key) else pair[1]
+
+
+def _centiles(
+    _model: NormativeModel, model_key: str, grid: pd.DataFrame, quantiles: tuple[float, ...]
 ) -> pd.DataFrame:
-    """Model centiles over a covariate grid (a table lookup: fast, still worth caching)."""
     return _model.centiles(grid, quantiles)
 
 
-@st.cache_data(show_spinner="Scoring ...", max_entries=16)
-def score(
+def _score(
     _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
 ) -> pd.DataFrame:
     return _model.score(_table)
 
 
-@st.cache_data(show_spinner="Computing deviation centiles ...", max_entries=16)
-def deviation(
+def _deviation(
     _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
 ) -> pd.DataFrame:
     return _model.deviation(_table)
 
 
-@st.cache_data(show_spinner="Drawing model samples ...", max_entries=32)
-def sample(
-    _model: NormativeModel, model_key: str, covariates: pd.DataFrame, n: int, seed: int = 0
+def _sample(
+    _model: NormativeModel, model_key: str, covariates: pd.DataFrame, n: int, seed: int
 ) -> pd.DataFrame:
     return _model.sample(covariates, n, seed=seed)
 
 
-@st.cache_data(show_spinner="Checking calibration on held-out people ...", max_entries=8)
-def calibration(
+def _calibration(
     _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
 ) -> pd.DataFrame:
     return calibration_summary(score(_model, model_key, _table, table_key))
+
+
+_CENTILES = two_scopes(_centiles, shared_entries=64, own_entries=16)
+_SCORE = two_scopes(_score, "Scoring ...", shared_entries=4, own_entries=4)
+_DEVIATION = two_scopes(_deviation, "Computing deviation centiles ...", 4, 4)
+_SAMPLE = two_scopes(_sample, "Drawing model samples ...", shared_entries=32, own_entries=8)
+_CALIBRATION = two_scopes(_calibration, "Checking calibration on held-out people ...", 4, 2)
+
+
+def centiles(
+    model: NormativeModel,
+    model_key: str,
+    grid: pd.DataFrame,
+    quantiles: tuple[float, ...] = FAN_QUANTILES,
+    table_key: str | None = None,
+) -> pd.DataFrame:
+    """Model centiles over a covariate grid (a table lookup: fast, still worth caching).
+    `table_key` names the table the grid's rows come from, None for a grid of the
+    model's own ages and levels (see `shared`)."""
+    return cached(_CENTILES, model_key, table_key)(model, model_key, grid, quantiles)
+
+
+def score(
+    model: NormativeModel, model_key: str, table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return cached(_SCORE, model_key, table_key)(model, model_key, table, table_key)
+
+
+def deviation(
+    model: NormativeModel, model_key: str, table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return cached(_DEVIATION, model_key, table_key)(model, model_key, table, table_key)
+
+
+def sample(
+    model: NormativeModel,
+    model_key: str,
+    covariates: pd.DataFrame,
+    n: int,
+    seed: int = 0,
+    table_key: str | None = None,
+) -> pd.DataFrame:
+    """`n` model draws per row of `covariates` (`table_key` as for `centiles`)."""
+    return cached(_SAMPLE, model_key, table_key)(model, model_key, covariates, n, seed)
+
+
+def calibration(
+    model: NormativeModel, model_key: str, table: pd.DataFrame, table_key: str
+) -> pd.DataFrame:
+    return cached(_CALIBRATION, model_key, table_key)(model, model_key, table, table_key)
 
 
 # --------------------------------------------------------------------- uploaded tables
@@ -623,7 +698,7 @@ def cohort(model: NormativeModel, model_key: str) -> tuple[Cohort | None, DataEr
         return Cohort(mapped, key, f"uploaded table '{st.session_state.get('table_name')}'"), None
     demo = load_demo_test()
     if is_demo(model_key) and demo is not None:
-        return Cohort(demo, "demo-test", DEMO_SOURCE, demo=True), None
+        return Cohort(demo, DEMO_TABLE_KEY, DEMO_SOURCE, demo=True), None
     return None, None
 
 
@@ -717,6 +792,7 @@ class BackgroundJob(ABC):
     model: NormativeModel | None = None
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
+    phase_started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
     def start(self) -> BackgroundJob:
@@ -729,7 +805,18 @@ class BackgroundJob(ABC):
         return self.finished is not None
 
     def _progress(self, info: dict) -> None:
+        self._enter(info)
         self.status = dict(info)
+
+    def _enter(self, info: dict) -> None:
+        """Note when a new phase begins: its ETA is read from its own pace."""
+        if info.get("phase") != self.status.get("phase"):
+            self.phase_started = time.monotonic()
+
+    def phase_seconds_left(self) -> float | None:
+        """Seconds the current phase still needs at its pace so far (None: too early)."""
+        fraction = float(self.status.get("fraction") or 0.0)
+        return seconds_left(time.monotonic() - self.phase_started, fraction)
 
     @abstractmethod
     def _work(self) -> NormativeModel:
@@ -764,6 +851,7 @@ class TrainingJob(BackgroundJob):
     calibration: pd.DataFrame | None = None
 
     def _progress(self, info: dict) -> None:
+        self._enter(info)
         self.status = dict(info)
         if info.get("phase") == "train":
             self.history.append({k: info.get(k) for k in ("epoch", "loss", "val_loss")})
@@ -772,9 +860,30 @@ class TrainingJob(BackgroundJob):
         model = NormativeModel(**self.settings)
         model.fit(self.table, self.schema, progress=self._progress, should_stop=self.stop.is_set)
         if self.holdout is not None and len(self.holdout):
-            self.status = {"phase": "calibration", "fraction": 1.0}
+            self._progress({"phase": "calibration", "fraction": 1.0})
             self.calibration = calibration_summary(model.score(self.holdout))
         return model
+
+
+def training_progress_text(job: TrainingJob) -> str:
+    """What a running training is doing, with the seconds it still needs: the epoch and
+    loss while the network trains, the share of the centile table built after."""
+    status = job.status
+    phase = status.get("phase", "starting")
+    if phase == "train":
+        eta = status.get("eta_seconds")
+        return (
+            f"Training: epoch {status.get('epoch')} of {status.get('max_epochs')}, "
+            f"loss {status.get('loss', float('nan')):.3f}"
+            + (f", about {eta:.0f} s left" if eta is not None else "")
+        )
+    if phase == "reference":
+        left = job.phase_seconds_left()
+        fraction = float(status.get("fraction") or 0.0)
+        return f"Building the centile table from model samples: {fraction:.0%}" + (
+            f", about {left:.0f} s left" if left is not None else " ..."
+        )
+    return "Starting ..." if phase == "starting" else "Checking calibration ..."
 
 
 @dataclass
@@ -810,10 +919,11 @@ def category_pickers(
     if not cats:
         return {}
     chosen = {}
+    defaults = default_categories(model, allow_unknown)
     for col, box in zip(cats, st.columns(len(cats))):
         levels = list(model.levels.get(col, []))
         options = levels + ([UNKNOWN_LEVEL] if allow_unknown and col != "sex" else [])
-        default = UNKNOWN_LEVEL if col != "sex" and allow_unknown else options[0]
+        default = defaults[col]
         with box:
             chosen[col] = st.selectbox(
                 col,
@@ -823,3 +933,101 @@ def category_pickers(
                 format_func=lambda v, c=col: level_name(c, v, model_key),
             )
     return chosen
+
+
+def default_categories(model: NormativeModel, allow_unknown: bool = True) -> dict[str, str]:
+    """The level each `category_pickers` box starts at: the first sex, every other
+    covariate (site) at its unknown level when allowed, else its first level."""
+    out = {}
+    for col in model.schema.categorical:
+        levels = list(model.levels.get(col, []))
+        out[col] = UNKNOWN_LEVEL if col != "sex" and allow_unknown else levels[0]
+    return out
+
+
+# ------------------------------------------------------------------ shared demo results
+
+
+def _evaluate(
+    _model: NormativeModel, model_key: str, _table: pd.DataFrame, table_key: str
+) -> Any:
+    return evaluate(_model, _table)
+
+
+_EVALUATION = two_scopes(
+    _evaluate, "Evaluating the model (sampling, then all metrics) ...", 2, 2
+)
+
+
+def evaluation(model: NormativeModel, model_key: str, table: pd.DataFrame, table_key: str) -> Any:
+    """`normcore.evaluate.evaluate` of a model on a table (the Diagnostics page)."""
+    return cached(_EVALUATION, model_key, table_key)(model, model_key, table, table_key)
+
+
+#: Draws of the Dependence page: at one age, and at each of 9 ages for the correlation by age.
+PAIR_DRAWS, AGE_DRAWS, AGES = 1500, 300, 9
+
+
+def pair_draws(
+    model: NormativeModel, model_key: str, age: float, fixed: dict[str, str]
+) -> pd.DataFrame:
+    """Model draws at one age, sex and site (the Dependence page's contours)."""
+    cov = pd.DataFrame({model.schema.age: [age], **{c: [v] for c, v in fixed.items()}})
+    return sample(model, model_key, cov, PAIR_DRAWS)
+
+
+def draws_by_age(
+    model: NormativeModel, model_key: str, fixed: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(grid, draws): `AGE_DRAWS` model draws at each of `AGES` ages over the training range."""
+    grid = fan_grid(model.training_summary, model.schema, fixed, n=AGES, margin=0.0)
+    return grid, sample(model, model_key, grid, AGE_DRAWS, seed=2)
+
+
+def draws_like(model: NormativeModel, model_key: str, group: Cohort) -> pd.DataFrame:
+    """One model draw at each person's covariates, so both sides of a comparison mix the
+    same ages, sexes and sites."""
+    covariates = group.table[list(model.schema.covariates)].reset_index(drop=True)
+    return sample(model, model_key, covariates, 1, seed=1, table_key=group.key)
+
+
+def warm_up() -> None:
+    """Start `warm_demo` for the bundled demo model (once per server)."""
+    found = load_demo()
+    if found is not None:
+        warm_demo(found[1])
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def warm_demo(model_key: str) -> threading.Thread:
+    """Compute, once per server and off every page's script path, the demo's results that
+    take seconds (Diagnostics' evaluation, Dependence's default draws) into the caches
+    every session reads; a page that asks while they run waits for the same result
+    instead of computing it again (Streamlit's per-key compute lock).
+
+    Why a thread started after the first page: the first visitor's chart comes first;
+    the next page they open is then often ready."""
+    thread = threading.Thread(target=_warm, args=(model_key,), daemon=True,
+                              name="normcore-demo-warm-up")
+    thread.start()
+    return thread
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _warm(model_key: str) -> bool:
+    """The warm-up's work (cached itself, so the nested cached calls show no spinner in a
+    thread that has no page to show it on)."""
+    found, test = load_demo(), load_demo_test()
+    if found is None or found[1] != model_key:
+        return False
+    model, _ = found
+    fixed = default_categories(model)
+    if len(model.schema.idps) > 1:
+        pair_draws(model, model_key, age_slider_range(model.age_range)[2], fixed)
+    if test is not None:
+        group = Cohort(test, DEMO_TABLE_KEY, DEMO_SOURCE, demo=True)
+        evaluation(model, model_key, test, DEMO_TABLE_KEY)
+        if len(model.schema.idps) > 1:
+            draws_like(model, model_key, group)
+            draws_by_age(model, model_key, fixed)
+    return True

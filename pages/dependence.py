@@ -6,7 +6,6 @@ import streamlit as st
 from normcore.explore import (
     age_slider_range,
     correlation_pair,
-    fan_grid,
     model_pair_correlation_by_age,
     near_age,
     real_pair_correlation_by_age,
@@ -47,8 +46,7 @@ age_min, age_max, age_start = age_slider_range(model.age_range)
 with c3:
     age = st.slider("age", age_min, age_max, age_start, 1.0, key="dep_age")
 fixed = common.category_pickers(model, key, "dep")
-cov = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
-draws = common.sample(model, key, cov, 1500)
+draws = common.pair_draws(model, key, age, fixed)
 near = near_age(real, schema.age, age, NEAR_YEARS, fixed) if real is not None else None
 fig = dependence_contours(
     draws,
@@ -73,8 +71,7 @@ else:
         max_selections=40,
     )
     if len(chosen) >= 2:
-        covariates = real[list(schema.covariates)].reset_index(drop=True)
-        model_draws = common.sample(model, key, covariates, 1, seed=1)
+        model_draws = common.draws_like(model, key, group)
         r_real, r_model = correlation_pair(real, model_draws, chosen)
         st.caption(
             "Spearman correlation across people. Model: one sample at each real person's "
@@ -83,8 +80,7 @@ else:
         st.plotly_chart(correlation_heatmaps(r_real, r_model), width="stretch", key="dep_heat")
 
     st.subheader(f"How the correlation of {md(label(x))} and {md(label(y))} changes with age")
-    grid = fan_grid(model.training_summary, schema, fixed, n=9, margin=0.0)
-    by_age = common.sample(model, key, grid, 300, seed=2)
+    grid, by_age = common.draws_by_age(model, key, fixed)
     table = pd.concat(
         [
             model_pair_correlation_by_age(by_age, grid, schema.age, x, y),
@@ -94,6 +90,9 @@ else:
         ]
     )
     st.plotly_chart(pair_correlation_by_age(table), width="stretch", key="dep_by_age")
-    st.caption("Real: equal-count age bins (site mix varies with age); model: 300 samples per age.")
+    st.caption(
+        "Real: equal-count age bins (site mix varies with age); "
+        f"model: {common.AGE_DRAWS} samples per age."
+    )
 if common.is_demo(key):
     st.caption(common.FCON_CITATION)

@@ -1,9 +1,7 @@
 """Diagnostics: is the active model calibrated on people it has not seen?"""
 
-import pandas as pd
 import streamlit as st
 
-from normcore.evaluate import evaluate
 from normcore.figures import diagnostics as fig
 from normcore.idp_groups import default_idps
 from normcore.report import report_html
@@ -44,17 +42,23 @@ if len(people) == 0:
     st.stop()
 
 
-@st.cache_data(show_spinner="Evaluating the model (sampling, then all metrics) ...", max_entries=4)
-def run_evaluation(_model, model_key: str, _table: pd.DataFrame, table_key: str):
-    return evaluate(_model, _table)
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def report(_result, model_key: str, table_key: str, model_name: str, data_name: str) -> bytes:
+@st.cache_data(show_spinner=False, max_entries=2)
+def shared_report(
+    _result, model_key: str, table_key: str, model_name: str, data_name: str
+) -> bytes:
+    """The demo's evaluation report, made once for every session."""
     return report_html(_result, model_name=model_name, data_name=data_name).encode()
 
 
-result = run_evaluation(model, key, people, people_key)
+def report(result, model_key: str, table_key: str, model_name: str, data_name: str) -> bytes:
+    """Made when the button is clicked, outside the page's run, where only the shared cache
+    can be read: another model's or table's report is made afresh."""
+    if common.shared(model_key, table_key):
+        return shared_report(result, model_key, table_key, model_name, data_name)
+    return report_html(result, model_name=model_name, data_name=data_name).encode()
+
+
+result = common.evaluation(model, key, people, people_key)
 m = result.metrics
 st.markdown(
     f"**Evaluated on {md(who)}**; {m['n_idps']} IDPs: the same numbers as `normcore evaluate`."

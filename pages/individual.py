@@ -25,11 +25,12 @@ from pages.common import md
 common.run_through_app()
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_data(show_spinner=False, max_entries=8, scope="session")
 def score_given(
     _model: NormativeModel, model_key: str, person: pd.DataFrame, given: tuple[str, ...]
 ) -> pd.DataFrame:
-    """The person's centiles given `given` (conditional draws: about a second)."""
+    """The person's centiles given `given` (conditional draws: about a second), kept for
+    this session only (a person's values are not shared)."""
     return _model.score(person, given=list(given))
 
 
@@ -67,7 +68,7 @@ else:
     )
     fixed = common.category_pickers(model, key, "ind")
     covs = pd.DataFrame({schema.age: [age], **{c: [v] for c, v in fixed.items()}})
-    medians = common.centiles(model, key, covs, (0.5,))
+    medians = common.centiles(model, key, covs, (0.5,), table_key="typed")
     values = st.data_editor(
         pd.DataFrame({"IDP": medians["idp"], "value": medians["value"]}),
         hide_index=True,

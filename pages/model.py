@@ -461,19 +461,8 @@ def training_status() -> None:
                 f"Training finished in {job.finished - job.started:.0f} s; the new model is active."
             )
         return
-    phase = status.get("phase", "starting")
     fraction = float(status.get("fraction") or 0.0)
-    if phase == "train":
-        eta = status.get("eta_seconds")
-        text = (
-            f"Training: epoch {status.get('epoch')} of {status.get('max_epochs')}, "
-            f"loss {status.get('loss', float('nan')):.3f}"
-            + (f", about {eta:.0f} s left" if eta is not None else "")
-        )
-    elif phase == "reference":
-        text = "Building the centile table from model samples ..."
-    else:
-        text = "Starting ..." if phase == "starting" else "Checking calibration ..."
+    text = common.training_progress_text(job)
     st.progress(min(max(fraction, 0.0), 1.0), text=text)
     if job.history:
         st.plotly_chart(

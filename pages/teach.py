@@ -81,13 +81,8 @@ def explain() -> None:
 def teach_result() -> None:
     job, spec = st.session_state["teach_job"]
     if not job.done:
-        s = job.status
-        text = (
-            f"Training: epoch {s.get('epoch')}, loss {s.get('loss', float('nan')):.3f}"
-            if s.get("phase") == "train"
-            else "Building the centile table ..."
-        )
-        st.progress(min(float(s.get("fraction") or 0.0), 1.0), text=text)
+        fraction = float(job.status.get("fraction") or 0.0)
+        st.progress(min(max(fraction, 0.0), 1.0), text=common.training_progress_text(job))
         if job.history:
             st.plotly_chart(loss_curve(job.history, height=220), width="stretch", key="teach_loss")
         return

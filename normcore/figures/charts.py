@@ -174,7 +174,32 @@ def _add_points(
     )
 
 
-def _shade_outside(
+def _span(
+    fig: go.Figure, x0: float, x1: float, color: str, name: str, row: int | None, col: int | None
+) -> dict:
+    """An age span shaded over the full height of one panel, as a layout shape (what
+    `fig.add_vrect` draws). Figures collect their spans and set them once with
+    `_add_shapes`: plotly's add_vrect re-reads every subplot and shape on each call, so a
+    grid of fans with a few spans each took over a second to build."""
+    xref, yref = "x", "y"
+    if row is not None:
+        panel = fig.get_subplot(row, col)
+        xref = panel.xaxis.plotly_name.replace("axis", "")
+        yref = panel.yaxis.plotly_name.replace("axis", "")
+    return {
+        "type": "rect", "xref": xref, "yref": f"{yref} domain", "x0": x0, "x1": x1,
+        "y0": 0, "y1": 1, "fillcolor": color, "line": {"width": 0}, "layer": "below",
+        "name": name,
+    }  # fmt: skip
+
+
+def _add_shapes(fig: go.Figure, shapes: Sequence[dict]) -> None:
+    """Append layout shapes in one assignment (validated once, not once per shape)."""
+    if shapes:
+        fig.layout.shapes = (*fig.layout.shapes, *shapes)
+
+
+def _outside(
     fig: go.Figure,
     age_range: Sequence[float],
     x_range: Sequence[float],
@@ -182,32 +207,22 @@ def _shade_outside(
     col: int | None,
     color: str = _OUTSIDE,
     name: str = "outside the training ages",
-) -> None:
-    """Shade the ages outside `age_range` (the training ages, or an adapted site's
+) -> list[dict]:
+    """Shading of the ages outside `age_range` (the training ages, or an adapted site's
     controls' ages): centiles there are extrapolated."""
     lo, hi = float(age_range[0]), float(age_range[1])
     x0, x1 = float(x_range[0]), float(x_range[1])
-    where = {"row": row, "col": col} if row is not None else {}
-    for a, b in ((x0, lo), (hi, x1)):
-        if b > a:
-            fig.add_vrect(
-                x0=a, x1=b, fillcolor=color, line_width=0, layer="below", name=name, **where
-            )
+    return [_span(fig, a, b, color, name, row, col) for a, b in ((x0, lo), (hi, x1)) if b > a]
 
 
-def _shade_spans(
-    fig: go.Figure,
-    spans: Sequence[Sequence[float]],
-    row: int | None,
-    col: int | None,
-) -> None:
-    """Shade age spans where reference people are few (from `explore.sparse_age_spans`)."""
-    where = {"row": row, "col": col} if row is not None else {}
-    for a, b in spans:
-        fig.add_vrect(
-            x0=float(a), x1=float(b), fillcolor=_SPARSE, line_width=0, layer="below",
-            name="few reference people", **where,
-        )
+def _sparse(
+    fig: go.Figure, spans: Sequence[Sequence[float]], row: int | None, col: int | None
+) -> list[dict]:
+    """Shading of age spans where reference people are few (`explore.sparse_age_spans`)."""
+    return [
+        _span(fig, float(a), float(b), _SPARSE, "few reference people", row, col)
+        for a, b in spans
+    ]
 
 
 def _add_rug(
@@ -272,19 +287,21 @@ def _panel_extras(
     reference_ages: Sequence[float] | None,
     sparse_spans: Sequence[Sequence[float]] | None,
     shown: Sequence[pd.DataFrame | None],
-) -> None:
-    """What every fan panel carries besides its bands: shading of the training ages, of
-    an adapted site's controls' ages and of sparse reference ages, the rug, the unit
-    on the y axis and a y range clipped to the data."""
+) -> list[dict]:
+    """What every fan panel carries besides its bands: the rug, the unit on the y axis
+    and a y range clipped to the data, all added to `fig`; and the shading of the
+    training ages, of an adapted site's controls' ages and of sparse reference ages,
+    returned as shapes for `_add_shapes`."""
     x_range = (wide.index.min(), wide.index.max())
+    shapes = []
     if age_range is not None:
-        _shade_outside(fig, age_range, x_range, row, col)
+        shapes += _outside(fig, age_range, x_range, row, col)
     if site_age_range is not None:
-        _shade_outside(
+        shapes += _outside(
             fig, site_age_range, x_range, row, col, _UNSEEN_SITE, "outside the site's controls"
         )
     if sparse_spans:
-        _shade_spans(fig, sparse_spans, row, col)
+        shapes += _sparse(fig, sparse_spans, row, col)
     has_rug = reference_ages is not None and len(reference_ages) > 0
     y_range = _y_range(wide, age_range, *shown, rug=has_rug)
     if has_rug:
@@ -295,6 +312,7 @@ def _panel_extras(
         title_text=axis_title(idp, label(idp)), tickformat=tick_format(idp), range=y_range,
         **where,
     )
+    return shapes
 
 
 def centile_fan(
@@ -333,10 +351,11 @@ def centile_fan(
         _add_points(fig, points, None, None, True, points_name, _POINTS, 6)
     if highlight is not None and len(highlight):
         _add_points(fig, highlight, None, None, True, "this person", "#e8a33d", 14)
-    _panel_extras(
+    shapes = _panel_extras(
         fig, wide, idp, None, None, True, age_range, site_age_range, reference_ages,
         sparse_spans, (points, highlight),
     )
+    _add_shapes(fig, shapes)
     fig.update_xaxes(title_text="age (years)")
     return _layout(fig, title if title is not None else label(idp), height)
 
@@ -388,6 +407,7 @@ def fan_small_multiples(
         horizontal_spacing=0.08,
         vertical_spacing=0.12 if rows > 1 else 0.0,
     )
+    shapes: list[dict] = []
     for k, idp in enumerate(idps):
         r, c = k // cols + 1, k % cols + 1
         wide = _wide(centiles, idp, age)
@@ -397,11 +417,12 @@ def fan_small_multiples(
         mine = points[points["idp"] == idp] if points is not None else None
         if mine is not None and len(mine):
             _add_points(fig, mine, r, c, k == 0, points_name, _POINTS, 5)
-        _panel_extras(
+        shapes += _panel_extras(
             fig, wide, idp, r, c, k == 0, age_range, site_age_range, reference_ages,
             sparse_spans, (mine,),
         )
         fig.update_xaxes(title_text="age (years)" if r == rows else None, row=r, col=c)
+    _add_shapes(fig, shapes)
     return _layout(fig, None, panel_height * rows + 60)
 
 

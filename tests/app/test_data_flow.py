@@ -138,3 +138,21 @@ def test_training_in_the_background_activates_the_new_model(tiny_demo):
     assert at.session_state["model_choice"] == "trained"
     at.run()
     assert any("Training finished" in s.value for s in at.success)
+
+
+def test_the_centile_table_phase_shows_its_progress_and_time_left(tiny_demo):
+    """After the network trains, building the centile table says how far it is and how
+    long it still needs, at the pace of the table phase itself (not of the epochs)."""
+    from pages.common import TrainingJob
+
+    model, test = tiny_demo
+    job = TrainingJob(test, model.schema, {})
+    job._progress({"phase": "train", "epoch": 3, "max_epochs": 5, "fraction": 0.6})
+    job._progress({"phase": "reference", "fraction": 0.25})
+    job.phase_started -= 300.0  # a quarter of the table took five minutes
+    at = app("pages/model.py", train_job=job)
+    no_exception(at)
+    (bar,) = at.get("progress")
+    found = re.search(r"centile table from model samples: 25%, about (\d+) s left", bar.proto.text)
+    assert found, bar.proto.text
+    assert 900 <= int(found.group(1)) < 960  # 300 s x 3 more quarters, plus the test's own
