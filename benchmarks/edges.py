@@ -220,13 +220,17 @@ def markdown(runs: dict[str, dict]) -> str:
         "",
         "Model trained with the defaults (`NormativeModel(seed=0)`) on ~500 people, "
         f"the denoiser's epochs capped at {_epochs(runs)} (`--max-epochs`; the CPU was "
-        "shared by eight jobs): every held-out person is of a sex and site seen in "
+        "shared with other jobs, and *fit s* is wall time): every held-out person is of a "
+        "sex and site seen in "
         "training, whose margins, and so every number below, come from the first stage "
         "and the new-person spread alone, not the denoiser (README, \"How it works\", 4). "
         "Held-out people scored. fcon1000: the demo's halves (523 train, 530 held out, "
         "22 sites; no single site has 500 people). Synthetic: 20 IDPs, one site, copula, "
         f"{N_TRAIN} train (seed 1), {N_TEST} held out (seed 2). `before`: the same script "
-        "on the code before the change. Command: `python benchmarks/edges.py --label after "
+        "on the code before the change; `after`: each positive IDP in raw units only where "
+        "its centiles stay positive down to the furthest the model answers (Phi(-6), the "
+        "new-person spread's tails included; `first_stage.fit_model_stages`), else on the "
+        "log scale. Command: `python benchmarks/edges.py --label after "
         "--ablation [--max-epochs N]`.",
         "",
     ]
