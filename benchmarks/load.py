@@ -8,7 +8,9 @@ session's cohort is different (fresh ids, jittered values), so no one is served 
 another's cache. Measured: each step's response time (click/upload until the app is
 idle), the slowest response, and the server's resident memory (VmRSS from
 /proc/<pid>/status) before, at its peak during, and after each round, once the round's
-browser contexts are closed. Results: benchmarks/results/load.json and a markdown table.
+browser contexts are closed and the server has dropped their sessions (`--settle`, past
+Streamlit's disconnected-session TTL). Results: benchmarks/results/load.json and a
+markdown table.
 
 The browsers run on the same CPU as the server, so the times include rendering the
 Cohort page's charts in ten browsers: an upper bound on what a server alone would show.
@@ -38,6 +40,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 CHROMIUM = "/usr/bin/chromium"
+SESSION_TTL_S = 120.0
+"""Streamlit keeps a closed browser's session (its state and session-scoped caches) this
+long for a reconnection (server.disconnectedSessionTTL, default), then drops it: memory
+read sooner still holds the round's sessions."""
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
@@ -118,36 +124,45 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError("server did not become healthy in 120 s")
 
 
-async def idle(page, timeout_ms: float = 600_000) -> None:
+async def idle(page, timeout_ms: float) -> None:
     await page.wait_for_timeout(150)
     await page.wait_for_function(_APP_IDLE_JS, timeout=timeout_ms)
 
 
-async def one_session(browser, url: str, data: bytes, name: str, n: int) -> dict:
-    """One person: open, upload, score. Returns seconds per step (or the error)."""
+async def one_session(
+    browser, url: str, data: bytes, name: str, n: int, step_timeout: float = 600.0
+) -> dict:
+    """One person: open, upload, score. Returns seconds per step (or the error); a step
+    that takes longer than `step_timeout` seconds fails the session."""
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(step_timeout * 1000)
     page = await context.new_page()
     times: dict[str, float] = {}
+    limit = step_timeout * 1000
+
+    async def idle_page() -> None:
+        await idle(page, limit)
+
     try:
         start = time.monotonic()
         await page.goto(url)
-        await idle(page)
+        await idle_page()
         times["open"] = time.monotonic() - start
         start = time.monotonic()
         await page.locator('[data-testid="stSidebarNavLink"]', has_text="Data").first.click()
-        await idle(page)
+        await idle_page()
         times["data_page"] = time.monotonic() - start
         start = time.monotonic()
         await page.locator('input[type="file"]').first.set_input_files(
             files=[{"name": name, "mimeType": "text/csv", "buffer": data}]
         )
-        await page.get_by_text(f"Ready to score {n} people").wait_for(timeout=600_000)
-        await idle(page)
+        await page.get_by_text(f"Ready to score {n} people").wait_for(timeout=limit)
+        await idle_page()
         times["upload_and_check"] = time.monotonic() - start
         start = time.monotonic()
         await page.locator('[data-testid="stSidebarNavLink"]', has_text="Cohort").first.click()
-        await page.get_by_text(f"Scoring {n} people").wait_for(timeout=600_000)
-        await idle(page)
+        await page.get_by_text(f"Scoring {n} people").wait_for(timeout=limit)
+        await idle_page()
         times["score_cohort"] = time.monotonic() - start
         errors = await page.locator('[data-testid="stException"]').count()
         return {"seconds": times, "exceptions": errors}
@@ -173,7 +188,8 @@ async def run(args: argparse.Namespace) -> dict:
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             # one warm-up visit loads the demo model into the shared cache
-            warm = await one_session(browser, url, cohort(base, 50, 0, "WARM"), "warm.csv", 50)
+            warm = await one_session(browser, url, cohort(base, 50, 0, "WARM"), "warm.csv", 50,
+                                     args.step_timeout)
             rss_start = rss_mb(server.pid)
             for r in range(args.rounds):
                 payloads = [
@@ -184,7 +200,8 @@ async def run(args: argparse.Namespace) -> dict:
                 before = rss_mb(server.pid)
                 start = time.monotonic()
                 results = await asyncio.gather(*[
-                    one_session(browser, url, data, f"round{r}_session{s}.csv", args.people)
+                    one_session(browser, url, data, f"round{r}_session{s}.csv", args.people,
+                                args.step_timeout)
                     for s, data in enumerate(payloads)
                 ])
                 wall = time.monotonic() - start
@@ -256,8 +273,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--people", type=int, default=1000)
-    parser.add_argument("--settle", type=float, default=10.0,
-                        help="seconds to wait after a round before reading memory")
+    parser.add_argument("--settle", type=float, default=SESSION_TTL_S + 10.0,
+                        help="seconds to wait after a round before reading memory (default: "
+                             "until the server has dropped the round's closed sessions)")
+    parser.add_argument("--step-timeout", type=float, default=600.0,
+                        help="seconds after which a step fails its session")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = parser.parse_args()
     result = asyncio.run(run(args))
