@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import ndtri
 
 from normcore.data import split_table
 from normcore.errors import DataError
 from normcore.freesurfer import is_qc_column
 from normcore.idp_groups import label, region_group
-from normcore.metrics import coverage, wilson_interval
 from normcore.preprocessing import UNKNOWN
 from normcore.schema import ID_CANDIDATES, Problem, Schema, coerce_categories, numeric_columns
 
@@ -490,6 +489,8 @@ def extreme_rates(scores: pd.DataFrame, threshold: float = 1.96) -> pd.DataFrame
     Under a calibrated model about 5% of a healthy cohort is extreme at 1.96; an IDP
     whose interval excludes 5% deviates from the reference as a group.
     """
+    from normcore.metrics import wilson_interval  # scipy.stats: not on the scoring path
+
     rows = []
     for idp, part in scores.groupby("idp", sort=False):
         z = part["z"].to_numpy(dtype=float)
@@ -537,10 +538,10 @@ def person_profile(scores: pd.DataFrame, row: int, threshold: float = 1.96) -> p
     centile = p["centile"].to_numpy(dtype=float) / 100.0
     se = p["centile_se"].to_numpy(dtype=float) / 100.0 if "centile_se" in p else 0.0 * centile
     se = np.nan_to_num(se)
-    at = stats.norm.ppf(np.clip(centile, tiny, 1 - tiny))
+    at = ndtri(np.clip(centile, tiny, 1 - tiny))
     z = p["z"].to_numpy(dtype=float)
-    p["z_lo"] = z + stats.norm.ppf(np.clip(centile - 1.96 * se, tiny, 1 - tiny)) - at
-    p["z_hi"] = z + stats.norm.ppf(np.clip(centile + 1.96 * se, tiny, 1 - tiny)) - at
+    p["z_lo"] = z + ndtri(np.clip(centile - 1.96 * se, tiny, 1 - tiny)) - at
+    p["z_hi"] = z + ndtri(np.clip(centile + 1.96 * se, tiny, 1 - tiny)) - at
     return p.reset_index(drop=True)
 
 
@@ -666,6 +667,8 @@ def calibration_summary(
     One row per nominal level: the mean empirical coverage over IDPs and the IDP that
     misses most. A calibrated model's 90% interval contains about 90% of new people.
     """
+    from normcore.metrics import coverage  # scipy.stats: not on the scoring path
+
     cov = coverage(pit_matrix(scores), nominal)
     rows = []
     for level, part in cov.groupby("nominal"):

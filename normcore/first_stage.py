@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize, stats
 
 from normcore.preprocessing import AgeShape, IDPTransform, LocationScale
 from normcore.reference import PROBABILITY_LEVELS, Z_BOUND, scores_at
@@ -142,6 +141,8 @@ def lowest_score(spread: NewPersonSpread | None = None) -> float:
     z = -Z_BOUND by `reference.scores_at`, tail extrapolation included. A Student-t
     spread reaches much further than Z_BOUND (about -10.7 for scale 1, 8 degrees of
     freedom): that, not -Z_BOUND, is what a raw-scale IDP must stay positive at."""
+    from scipy import stats  # fitting only, here and below: scoring never loads scipy.stats
+
     spread = spread or NewPersonSpread(1.0, None)
     margin = spread.quantiles(PROBABILITY_LEVELS)[None, :, None]
     return float(scores_at(margin, np.array([stats.norm.cdf(-Z_BOUND)]))[0, 0, 0])
@@ -224,6 +225,8 @@ def held_out_log_likelihood(
     """Per IDP, the log-likelihood in raw units of positive `values` (n, D) under `stage`:
     sum over rows of log phi(score) + log |d score / d y|, the derivative by central
     differences at y (1 +- 1e-6)."""
+    from scipy import stats
+
     step = 1e-6 * values
     up = stage.transform(values + step, age_z, codes)
     down = stage.transform(values - step, age_z, codes)
@@ -256,6 +259,8 @@ class NewPersonSpread(NamedTuple):
     def quantiles(self, probs: np.ndarray) -> np.ndarray:
         """Quantiles at `probs` of standard normal draws given this spread: what the model
         draws if its denoiser adds nothing to the first stage's margins."""
+        from scipy import stats
+
         if self.dof is None:
             return self.scale * stats.norm.ppf(probs)
         return self.scale * stats.t.ppf(probs, self.dof)
@@ -279,6 +284,8 @@ class NewPersonSpread(NamedTuple):
 def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
     """(scale, degrees of freedom) of the scaled Student-t whose |t| has this median and
     95th percentile; dof None means normal (tails no heavier than a normal's)."""
+    from scipy import optimize, stats
+
     normal = (stats.norm.ppf(0.75), stats.norm.ppf(0.975))
     ratio = q95_abs / median_abs
 
@@ -314,6 +321,8 @@ def new_person_spread(
     if the caller already has them; `log_positive`: the model's scale per IDP (see
     `FirstStage`), which every fold keeps.
     """
+    from scipy import stats
+
     n = len(values)
     if n < MIN_ROWS:
         return NewPersonSpread(1.0, None)

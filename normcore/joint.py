@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
 
 from normcore.config import ModelConfig
 from normcore.diffusion import Schedule, ddim_timesteps
@@ -394,6 +393,8 @@ def moment_match(
     validation people's covariates; with too few of them (`enough` False) it is the
     identity.
     """
+    from sklearn.covariance import LedoitWolf  # fit only: scikit-learn takes a second to import
+
     d = scores.shape[1]
     if not enough:
         return np.eye(d), np.zeros(d)

@@ -12,7 +12,6 @@ Shapes: n rows (people or draws), K tabled z-levels, D IDPs, P requested points.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def kish_effective_size(weights: np.ndarray) -> float:
@@ -59,6 +58,8 @@ def rank_normal_scores(x: np.ndarray) -> np.ndarray:
     correlations) and drop their margins, so two samples whose margins differ can be
     compared on dependence alone (van der Waerden scores). Ties share their mean rank.
     """
+    from scipy import stats  # here only: scoring never ranks, and scipy.stats takes a second
+
     return stats.norm.ppf((stats.rankdata(x, axis=0) - 0.5) / x.shape[0])
 
 

@@ -21,13 +21,48 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from sklearn.preprocessing import SplineTransformer
+from scipy.special import ndtr
 
 from normcore.numeric import kish_effective_size, values_of_z, weighted_quantiles, z_of_values
 from normcore.schema import Schema, coerce_categories
 
 UNKNOWN = "<unknown>"
+
+
+def spline_basis(knots: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The cubic B-spline basis over `knots` at `x`: (len(x), len(knots) + 2), continued
+    linearly past the end knots.
+
+    As scikit-learn's `SplineTransformer(knots=knots, degree=3, extrapolation="linear")`
+    computes it, number for number: three more knots at the end spacings on each side,
+    scipy's `BSpline` of the identity coefficients inside, and each end's value plus its
+    slope times the distance outside. Written out because importing scikit-learn (and the
+    scipy.stats it loads) takes longer than scoring a table from a loaded model.
+    """
+    from scipy.interpolate import BSpline
+
+    base = np.asarray(knots, dtype=np.float64).reshape(-1, 1)
+    below_step, above_step = base[1] - base[0], base[-1] - base[-2]
+    t = np.r_[
+        np.linspace(base[0] - 3 * below_step, base[0] - below_step, num=3),
+        base,
+        np.linspace(base[-1] + above_step, base[-1] + 3 * above_step, num=3),
+    ][:, 0]
+    n_splines = len(base) + 2
+    spline = BSpline.construct_fast(t, np.eye(n_splines), 3, extrapolate=False)
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    lo, hi = t[3], t[-4]
+    basis = np.zeros((len(x), n_splines))
+    inside = (lo <= x) & (x <= hi)
+    basis[inside] = spline(x[inside])
+    below, above = x < lo, x > hi
+    value_lo, value_hi = spline(lo), spline(hi)
+    slope_lo, slope_hi = spline(lo, nu=1), spline(hi, nu=1)
+    for j in range(3):  # the three splines that do not vanish at each end
+        basis[below, j] = value_lo[j] + (x[below] - lo) * slope_lo[j]
+        k = n_splines - 1 - j
+        basis[above, k] = value_hi[k] + (x[above] - hi) * slope_hi[k]
+    return basis
 
 
 @dataclass
@@ -185,12 +220,7 @@ class LocationScale:
     _SPREAD_ITERATIONS = 5
 
     def _design(self, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        spline = SplineTransformer(
-            knots=self.knots.reshape(-1, 1), degree=3, extrapolation="linear"
-        )
-        basis = spline.fit(self.knots.reshape(-1, 1)).transform(
-            np.asarray(age_z, dtype=np.float64).reshape(-1, 1)
-        )
+        basis = spline_basis(self.knots, age_z)
         cols = [np.ones((len(basis), 1)), basis]
         for k, m in enumerate(self.n_levels):
             onehot = np.zeros((len(basis), m))
@@ -466,7 +496,7 @@ class AgeShape:
         ages = np.unique(np.quantile(age_z, np.linspace(0, 1, cls._GRID)))
         if len(ages) < 2:
             ages = np.array([ages[0] - 1.0, ages[0] + 1.0])
-        probs = stats.norm.cdf(cls.Z_LEVELS)
+        probs = ndtr(cls.Z_LEVELS)  # the normal CDF
         order = np.argsort(resid, axis=0)
         q = np.empty((len(ages), len(probs), resid.shape[1]))
         for g, a in enumerate(ages):

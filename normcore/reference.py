@@ -54,8 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import special, stats
-from sklearn.covariance import LedoitWolf
+from scipy import special
 
 from normcore.numeric import (
     kish_effective_size,
@@ -71,7 +70,7 @@ if TYPE_CHECKING:
 Z_STEP = 0.2
 Z_LEVELS = np.round(np.arange(-3.0, 3.0 + Z_STEP / 2, Z_STEP), 10)
 """The z-levels at which quantiles are tabled."""
-PROBABILITY_LEVELS = stats.norm.cdf(Z_LEVELS)
+PROBABILITY_LEVELS = special.ndtr(Z_LEVELS)
 """The probabilities of `Z_LEVELS`."""
 Z_BOUND = 6.0
 """The model answers within |z| <= Z_BOUND, in both directions: a person's z is clipped
@@ -440,7 +439,7 @@ def scores_at(q: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Normal scores (n, P, D) at probability levels `probs` (P,) from quantile vectors
     q (n, Q, D): the inverse of `z_of_scores`, with the same tails and the same bound
     (z clipped to +-Z_BOUND)."""
-    z = np.clip(stats.norm.ppf(np.asarray(probs, dtype=np.float64)), -Z_BOUND, Z_BOUND)
+    z = np.clip(special.ndtri(np.asarray(probs, dtype=np.float64)), -Z_BOUND, Z_BOUND)
     return values_of_z(q, z[None, :, None], Z_LEVELS, _TAIL_SPAN)
 
 
@@ -511,6 +510,8 @@ def shrink_towards(q: np.ndarray, n_eff: np.ndarray, prior: np.ndarray) -> np.nd
     wider scores of an unknown site) is large against the noise and kept; the noise goes.
     Sorting each quantile vector again (rearrangement) keeps them increasing.
     """
+    from scipy import stats  # building a table only: scoring never loads scipy.stats
+
     density = stats.norm.pdf(Z_LEVELS)[None, :, None] / np.maximum(
         np.gradient(q, Z_STEP, axis=1), 1e-12
     )
@@ -824,6 +825,8 @@ def with_level(
 def _correlation_precision(z: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Inverse of the Ledoit-Wolf-shrunk correlation matrix of normal scores (rows
     weighted by `w`, if given)."""
+    from sklearn.covariance import LedoitWolf  # building a table only
+
     if w is not None:
         z = z - np.average(z, axis=0, weights=w)
         z = z * np.sqrt(w / w.mean())[:, None]
@@ -939,7 +942,7 @@ def mahalanobis_centile(
     """
     d2, r = _raw_deviation_scores(table, codes, np.asarray(ages, dtype=np.float64), z)
     shift, spread = calibration
-    return d2, 100.0 * stats.norm.cdf((r - shift) / spread)
+    return d2, 100.0 * special.ndtr((r - shift) / spread)
 
 
 def deviation_over_present(
@@ -967,6 +970,8 @@ def deviation_over_present(
     2.5.2); the fit-time calibration, measured for full vectors ranked among draws, is not
     applied to it. Nothing is read from a missing cell, whatever `z` holds there.
     """
+    from scipy import stats
+
     present = np.asarray(present, dtype=bool)
     ages = np.asarray(ages, dtype=np.float64)
     d2, centile = np.full(len(z), np.nan), np.full(len(z), np.nan)

@@ -3,7 +3,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from normcore.preprocessing import AgeShape, CovariateEncoder, IDPTransform, LocationScale
+from normcore.preprocessing import (
+    AgeShape,
+    CovariateEncoder,
+    IDPTransform,
+    LocationScale,
+    spline_basis,
+)
 from normcore.schema import Schema
 
 
@@ -230,3 +236,22 @@ def test_location_scale_holds_mean_and_spread_beyond_the_training_ages():
     z = np.full((4, y.shape[1]), 1.5)
     assert np.allclose(ls.inverse(z, outside, ones), ls.inverse(z, edge, ones))
     assert np.allclose(ls.transform(z, outside, ones), ls.transform(z, edge, ones))
+
+
+@pytest.mark.parametrize("n_knots", [2, 3, 17])
+def test_spline_basis_is_scikit_learns_bit_for_bit(n_knots):
+    """The age basis scoring uses without importing scikit-learn is its SplineTransformer's
+    (cubic, linear past the end knots), inside, at the knots and far outside."""
+    from sklearn.preprocessing import SplineTransformer
+
+    rng = np.random.default_rng(n_knots)
+    knots = np.linspace(-1.7, 2.3, n_knots)
+    x = np.concatenate([rng.normal(scale=3.0, size=2000), knots, [-40.0, 40.0, -1.7 - 1e-12]])
+    expected = (
+        SplineTransformer(knots=knots.reshape(-1, 1), degree=3, extrapolation="linear")
+        .fit(knots.reshape(-1, 1))
+        .transform(x.reshape(-1, 1))
+    )
+    got = spline_basis(knots, x)
+    assert got.shape == expected.shape == (len(x), n_knots + 2)
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))
