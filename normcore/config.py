@@ -21,8 +21,12 @@ class TrainConfig:
     max_epochs: int | None = None
     """Passes over the training rows; None = as many as `max_steps` allows."""
     max_steps: int = 8000
-    patience_steps: int = 1000
-    """Stop when the validation loss has not improved for this many optimiser steps."""
+    patience_steps: int = 500
+    """Stop when the validation loss has not improved for this many optimiser steps. The
+    loss is that of the EMA weights on fixed draws, so it is smooth, and once the network
+    starts to fit its training rows it rises steadily, as do the conditional centiles'
+    errors (benchmarks/RESULTS.md, "Fit profile"): a longer wait trains steps that are
+    thrown away."""
     val_fraction: float = 0.15
     covariate_dropout: float = 0.1
     """Probability, per categorical covariate and row, of replacing it by 'unknown'."""

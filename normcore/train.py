@@ -29,8 +29,8 @@ VALIDATE_EVERY = 100
 """Optimiser steps between validation losses (or one epoch, if longer). Each costs forward
 passes over every validation row for all its fixed draws, several training steps' worth.
 The EMA weights that are validated average over ~1 / (1 - ema_decay) = 200 steps, so
-checkpoints 100 steps apart differ little, and a patience of 1,000 steps still sees ten
-losses (benchmarks/RESULTS.md, "Fit profile")."""
+checkpoints 100 steps apart differ little, and the default patience still sees five losses
+(benchmarks/RESULTS.md, "Fit profile")."""
 
 
 def conditioning_masks(

@@ -1,0 +1,292 @@
+"""Where a fit's time goes, and what the denoiser's training length buys (issue 19 item 1,
+issue 17's conditional-centile target).
+
+A fit is timed by stage (CPU and wall seconds): the first stage (its fits, transforms and
+the new-person spread), the denoiser's training, the calibration (the sampler's moment
+corrections and the deviation's calibration) and the reference table; the rest (checks,
+encoding) is "other". The stages are timed by wrapping the functions `normcore.model`
+calls, outermost call only, so a stage nested in another is counted once.
+
+Each run fits one training setting (`TrainConfig`: max_steps, patience, batch) on the
+subgroup truth (`SyntheticSpec(n_idps=D, dependence="subgroup")`, 3,000 training people,
+seed 1) and measures, on the first `--people` of the 1,000 held-out people (seed 2):
+- the conditional centiles given 5 IDPs against the exact conditional CDF, and the
+  Gaussian copula's over the model's own z-scores (`joint.conditional`, the joint
+  benchmark's own function, so the figures mean the same);
+- the plain centiles against the exact marginal CDF (mean |centile - true|, points).
+The choice of the default training length is read from these runs (results/fit_profile.md).
+
+    python benchmarks/fit_profile.py run LABEL [--max-steps N] [--patience N] [--batch N]
+        [--dims 20] [--truth subgroup|copula] [--people 300] [--code TEXT]
+    python benchmarks/fit_profile.py report      # results/fit_profile.md from the runs
+
+Runs accumulate in results/fit_profile.json (one heavy fit per command, so that a CPU
+shared with other jobs runs one at a time); `--json` writes elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import common
+import joint
+import numpy as np
+from common import log
+
+from normcore import model as model_module
+from normcore.first_stage import FirstStage
+from normcore.joint import JointModel
+from normcore.model import NormativeModel
+from normcore.schema import Schema
+from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_conditional_cdf
+
+N_TRAIN, N_TEST = 3000, 1000
+TRAIN_SEED, TEST_SEED = joint.TRAIN_SEED, joint.TEST_SEED
+STAGES = ("first stage", "training", "calibration", "reference table")
+DEFAULT_JSON = common.RESULTS / "fit_profile.json"
+
+
+class StageClock:
+    """CPU and wall seconds per stage of a fit, from wrapped functions (outermost call only:
+    a first-stage fit inside the calibration counts as calibration)."""
+
+    def __init__(self) -> None:
+        self.cpu = dict.fromkeys(STAGES, 0.0)
+        self.wall = dict.fromkeys(STAGES, 0.0)
+        self._depth = 0
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            c0, w0 = time.process_time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.cpu[stage] += time.process_time() - c0
+                self.wall[stage] += time.perf_counter() - w0
+                self._depth -= 1
+
+        return timed
+
+
+def _patch(clock: StageClock) -> list[tuple[object, str, Callable]]:
+    """Wrap what `NormativeModel.fit` calls; returns what to restore."""
+    targets = [
+        (FirstStage, "fit", "first stage"),
+        (FirstStage, "transform", "first stage"),
+        (model_module, "fit_model_stages", "first stage"),
+        (model_module, "train_denoiser", "training"),
+        (JointModel, "calibrate", "calibration"),
+        (model_module, "_calibrate_deviation", "calibration"),
+        (model_module, "build_reference", "reference table"),
+    ]
+    saved = []
+    for owner, name, stage in targets:
+        original = owner.__dict__[name]
+        saved.append((owner, name, original))
+        fn = original.__func__ if isinstance(original, classmethod) else original
+        wrapped = clock.wrap(stage, fn)
+        setattr(owner, name, classmethod(wrapped) if isinstance(original, classmethod) else wrapped)
+    return saved
+
+
+def timed_fit(model: NormativeModel, train, schema: Schema) -> dict:
+    """Fit `model` and return its CPU/wall seconds in total and by stage."""
+    clock = StageClock()
+    saved = _patch(clock)
+    try:
+        c0, w0 = time.process_time(), time.perf_counter()
+        model.fit(train, schema)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+    stages = {s: {"cpu": clock.cpu[s], "wall": clock.wall[s]} for s in STAGES}
+    stages["other"] = {
+        "cpu": cpu - sum(clock.cpu.values()),
+        "wall": wall - sum(clock.wall.values()),
+    }
+    return {"fit_cpu": cpu, "fit_wall": wall, "stages": stages}
+
+
+def _settings(text: str) -> dict:
+    """'name=value,...' as a dict of numbers (TrainConfig fields or network sizes)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    return {k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in pairs}
+
+
+def run(args: argparse.Namespace) -> dict:
+    spec = SyntheticSpec(n_idps=args.dims, dependence=args.truth)
+    train = simulate(spec, N_TRAIN, seed=TRAIN_SEED)
+    test = simulate(spec, N_TEST, seed=TEST_SEED).iloc[: args.people].reset_index(drop=True)
+    schema = Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
+    model = NormativeModel(backbone=args.backbone, seed=0)
+    defaults = model.config.train
+    settings = dataclasses.replace(
+        defaults,
+        max_steps=args.max_steps or defaults.max_steps,
+        patience_steps=args.patience or defaults.patience_steps,
+        batch_size=args.batch or defaults.batch_size,
+        **_settings(args.train),
+    )
+    network = {**model.config.network, **_settings(args.network)}
+    model.config = dataclasses.replace(model.config, train=settings, network=network)
+    log(f"{args.label}: fit {args.dims} IDPs ({args.truth}), {settings}")
+    out = {
+        "label": args.label,
+        "code": args.code,
+        "backbone": args.backbone,
+        "dims": args.dims,
+        "truth": args.truth,
+        "people": len(test),
+        "train": settings.to_dict(),
+        "network": network,
+        **timed_fit(model, train, schema),
+    }
+    history = model.history_
+    best = min(history, key=lambda h: h["val_loss"])
+    out |= {"steps": history[-1]["step"], "best_step": best["step"]}
+    out["val_loss"] = best["val_loss"]
+    out["history"] = [{"step": h["step"], "val_loss": h["val_loss"]} for h in history]
+    log(f"{args.label}: fitted, {out['fit_cpu']:.0f} s CPU, {out['steps']} steps")
+    pit = common.pit_matrix(model.score(test), model.idps, len(test))
+    truth = true_conditional_cdf(spec, test, [])
+    out["plain_err"] = 100 * float(np.nanmean(np.abs(pit - truth)))
+    if model.joint_.conditional:
+        train_z = joint._z(model, train)
+        cond = joint.conditional(model, spec, test, train_z)
+        out["given"] = cond["given"]
+        out["cond_seconds"] = cond["seconds"]
+        out["cond_err"] = cond["rows"][0]["centile_err"]
+        out["cond_pit_ks"] = cond["rows"][0]["pit_ks"]
+        out["copula_err"] = cond["rows"][1]["centile_err"]
+    log(f"{args.label}: {json.dumps({k: v for k, v in out.items() if 'err' in k})}")
+    return out
+
+
+def _stage_rows(runs: list[dict]) -> list[dict]:
+    rows = []
+    for r in runs:
+        row = {"run": r["label"], "steps": r["steps"]}
+        for stage in (*STAGES, "other"):
+            row[stage] = f"{r['stages'][stage]['cpu']:.1f} ({r['stages'][stage]['wall']:.1f})"
+        row["fit"] = f"{r['fit_cpu']:.1f} ({r['fit_wall']:.1f})"
+        rows.append(row)
+    return rows
+
+
+def _sweep_rows(runs: list[dict]) -> list[dict]:
+    return [
+        {
+            "run": r["label"],
+            "truth": f"{r['truth']} {r['dims']}",
+            "max_steps": r["train"]["max_steps"],
+            "patience": r["train"]["patience_steps"],
+            "batch": r["train"]["batch_size"],
+            "final_lr": r["train"].get("final_lr_fraction", 1.0),
+            "steps": r["steps"],
+            "best_step": r["best_step"],
+            "cond_err": r.get("cond_err", float("nan")),
+            "copula_err": r.get("copula_err", float("nan")),
+            "cond_pit_ks": r.get("cond_pit_ks", float("nan")),
+            "plain_err": r["plain_err"],
+            "train_cpu": r["stages"]["training"]["cpu"],
+            "fit_cpu": r["fit_cpu"],
+        }
+        for r in runs
+    ]
+
+
+def markdown(data: dict) -> str:
+    runs = data["runs"]
+    people = sorted({r["people"] for r in runs})
+    notes = data.get("notes", [])
+    parts = [
+        "## Fit profile (`benchmarks/fit_profile.py`, issue 19 item 1)",
+        "",
+        "Where a fit's time goes, by stage, in CPU seconds (wall in brackets), one thread, "
+        "on the CPU shared by the team; the subgroup truth, 3,000 training people. "
+        f"Errors are on the first {', '.join(map(str, people))} of the 1,000 held-out people "
+        "(seed 2), in centile points: `cond_err` is mean |conditional centile - exact| "
+        "given idp_000, 004, 008, 012, 016 (the joint benchmark's function), `copula_err` "
+        "the same for a Gaussian copula over the model's z-scores, `plain_err` mean "
+        "|centile - exact| with nothing given.",
+        "",
+        "### Time by stage",
+        "",
+        common.markdown_table(
+            _stage_rows(runs),
+            [("run", "run"), ("steps", "steps")]
+            + [(s, s) for s in (*STAGES, "other")]
+            + [("fit", "fit")],
+        ),
+        "",
+        "### Training length",
+        "",
+        common.markdown_table(
+            _sweep_rows(runs),
+            [
+                ("run", "run"),
+                ("truth", "truth, IDPs"),
+                ("max_steps", "max_steps"),
+                ("patience", "patience"),
+                ("batch", "batch"),
+                ("final_lr", "final lr"),
+                ("steps", "steps run"),
+                ("best_step", "best step"),
+                ("cond_err", "cond_err"),
+                ("copula_err", "copula_err"),
+                ("cond_pit_ks", "cond PIT KS"),
+                ("plain_err", "plain_err"),
+                ("train_cpu", "training CPU s"),
+                ("fit_cpu", "fit CPU s"),
+            ],
+        ),
+        "",
+        *notes,
+        "",
+        "Commands: " + "; ".join(f"`{c}`" for c in data.get("commands", [])),
+    ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("label", nargs="?", default="")
+    p.add_argument("--max-steps", type=int, default=0, help="0 = the package default")
+    p.add_argument("--patience", type=int, default=0, help="0 = the package default")
+    p.add_argument("--batch", type=int, default=0, help="0 = the package default")
+    p.add_argument("--train", default="", help="other TrainConfig fields: name=value,...")
+    p.add_argument("--network", default="", help="network sizes: width=64,dropout=0.1,...")
+    p.add_argument("--dims", type=int, default=20)
+    p.add_argument("--truth", default="subgroup")
+    p.add_argument("--backbone", default="film")
+    p.add_argument("--people", type=int, default=300)
+    p.add_argument("--code", default="", help="what code the run measured (commit)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = p.parse_args(argv)
+    data = json.loads(args.json.read_text()) if args.json.exists() else {"runs": []}
+    if args.command == "run":
+        if not args.label:
+            p.error("run needs a LABEL")
+        result = run(args)
+        data["runs"] = [r for r in data["runs"] if r["label"] != args.label] + [result]
+        data.setdefault("commands", []).append("fit_profile.py " + " ".join(argv))
+        args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
+        return 0
+    common.write_section("fit_profile", markdown(data), data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
