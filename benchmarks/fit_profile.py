@@ -18,10 +18,13 @@ The choice of the default training length is read from these runs (results/fit_p
 
     python benchmarks/fit_profile.py run LABEL [--max-steps N] [--patience N] [--batch N]
         [--dims 20] [--truth subgroup|copula] [--people 300] [--code TEXT]
+    python benchmarks/fit_profile.py step [--steps 400]   # ms per training step, both backbones
     python benchmarks/fit_profile.py report      # results/fit_profile.md from the runs
 
 Runs accumulate in results/fit_profile.json (one heavy fit per command, so that a CPU
-shared with other jobs runs one at a time); `--json` writes elsewhere.
+shared with other jobs runs one at a time); `--json` writes elsewhere. In that file,
+"profiled" (run labels) chooses the runs of the stage table (default: all) and "notes"
+(lines) is the reading of the figures written under the tables.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -37,14 +41,19 @@ from pathlib import Path
 import common
 import joint
 import numpy as np
+import torch
 from common import log
 
 from normcore import model as model_module
+from normcore.config import TrainConfig
+from normcore.denoisers import build_denoiser
+from normcore.diffusion import Schedule
 from normcore.first_stage import FirstStage
 from normcore.joint import JointModel
 from normcore.model import NormativeModel
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_conditional_cdf
+from normcore.train import train_denoiser, validation_split
 
 N_TRAIN, N_TEST = 3000, 1000
 TRAIN_SEED, TEST_SEED = joint.TRAIN_SEED, joint.TEST_SEED
@@ -98,13 +107,13 @@ def _patch(clock: StageClock) -> list[tuple[object, str, Callable]]:
     return saved
 
 
-def timed_fit(model: NormativeModel, train, schema: Schema) -> dict:
+def timed_fit(model: NormativeModel, train, schema: Schema, keep_outliers: bool) -> dict:
     """Fit `model` and return its CPU/wall seconds in total and by stage."""
     clock = StageClock()
     saved = _patch(clock)
     try:
         c0, w0 = time.process_time(), time.perf_counter()
-        model.fit(train, schema)
+        model.fit(train, schema, keep_outliers=keep_outliers)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     finally:
         for owner, name, original in saved:
@@ -149,7 +158,8 @@ def run(args: argparse.Namespace) -> dict:
         "people": len(test),
         "train": settings.to_dict(),
         "network": network,
-        **timed_fit(model, train, schema),
+        "keep_outliers": args.keep_outliers,
+        **timed_fit(model, train, schema, args.keep_outliers),
     }
     history = model.history_
     best = min(history, key=lambda h: h["val_loss"])
@@ -172,6 +182,30 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def step_cost(backbone: str, steps: int, dims: int = 20, n: int = 3000) -> dict:
+    """CPU ms per optimiser step of `train_denoiser` (validation included) on random scores:
+    the loop's own cost, whatever the data, with early stopping off, on one thread as a fit."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(n, dims))
+    age, codes = rng.normal(size=n), np.stack([rng.integers(1, 3, n), rng.integers(1, 4, n)], 1)
+    config = TrainConfig(max_steps=steps, patience_steps=steps)
+    val_rows, train_rows = validation_split(n, config, 0)
+    cost = {}
+    for label, count in (("warm-up", 20), ("timed", steps)):
+        torch.manual_seed(0)
+        net = build_denoiser(backbone, dims, [3, 4], 1000)
+        c0 = time.process_time()
+        train_denoiser(
+            net, Schedule("cosine", 1000), y, age, codes,
+            dataclasses.replace(config, max_steps=count), val_rows, train_rows,
+        )  # fmt: skip
+        cost[label] = time.process_time() - c0
+    ms = 1000 * cost["timed"] / steps
+    log(f"{backbone}: {ms:.1f} ms CPU per step over {steps} steps")
+    return {"backbone": backbone, "steps": steps, "ms_per_step": ms}
+
+
 def _stage_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
@@ -187,6 +221,7 @@ def _sweep_rows(runs: list[dict]) -> list[dict]:
     return [
         {
             "run": r["label"],
+            "code": r["code"],
             "truth": f"{r['truth']} {r['dims']}",
             "max_steps": r["train"]["max_steps"],
             "patience": r["train"]["patience_steps"],
@@ -209,6 +244,7 @@ def markdown(data: dict) -> str:
     runs = data["runs"]
     people = sorted({r["people"] for r in runs})
     notes = data.get("notes", [])
+    profiled = data.get("profiled")
     parts = [
         "## Fit profile (`benchmarks/fit_profile.py`, issue 19 item 1)",
         "",
@@ -223,11 +259,23 @@ def markdown(data: dict) -> str:
         "### Time by stage",
         "",
         common.markdown_table(
-            _stage_rows(runs),
+            _stage_rows([r for r in runs if profiled is None or r["label"] in profiled]),
             [("run", "run"), ("steps", "steps")]
             + [(s, s) for s in (*STAGES, "other")]
             + [("fit", "fit")],
         ),
+        "",
+        "### Per training step",
+        "",
+        common.markdown_table(
+            data.get("per_step", []),
+            [
+                ("code", "code"),
+                ("backbone", "backbone"),
+                ("steps", "steps timed"),
+                ("ms_per_step", "CPU ms per step"),
+            ],
+        ),  # fmt: skip
         "",
         "### Training length",
         "",
@@ -235,6 +283,7 @@ def markdown(data: dict) -> str:
             _sweep_rows(runs),
             [
                 ("run", "run"),
+                ("code", "code"),
                 ("truth", "truth, IDPs"),
                 ("max_steps", "max_steps"),
                 ("patience", "patience"),
@@ -261,7 +310,8 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("command", choices=("run", "step", "report"))
+    p.add_argument("--steps", type=int, default=400, help="step: FiLM steps (SAINT: a quarter)")
     p.add_argument("label", nargs="?", default="")
     p.add_argument("--max-steps", type=int, default=0, help="0 = the package default")
     p.add_argument("--patience", type=int, default=0, help="0 = the package default")
@@ -272,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth", default="subgroup")
     p.add_argument("--backbone", default="film")
     p.add_argument("--people", type=int, default=300)
+    p.add_argument(
+        "--keep-outliers",
+        action="store_true",
+        help="fit on simulated values the training checks call far out (they are the truth's)",
+    )
     p.add_argument("--code", default="", help="what code the run measured (commit)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args(argv)
@@ -281,7 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error("run needs a LABEL")
         result = run(args)
         data["runs"] = [r for r in data["runs"] if r["label"] != args.label] + [result]
-        data.setdefault("commands", []).append("fit_profile.py " + " ".join(argv))
+        data.setdefault("commands", []).append("fit_profile.py " + shlex.join(argv))
+        args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
+        return 0
+    if args.command == "step":
+        for backbone, steps in (("film", args.steps), ("saint", args.steps // 4)):
+            row = {"code": args.code, **step_cost(backbone, steps)}
+            data.setdefault("per_step", []).append(row)
         args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
         return 0
     common.write_section("fit_profile", markdown(data), data)
