@@ -12,7 +12,8 @@ drives it with headless Debian Chromium (Playwright, as tests/e2e does):
   every page twice: a first visit (this session's first run of the page, the server's
   caches as the earlier pages left them) and a second (served from the caches);
 - while another user trains (`--training`): one session trains a model on the Model page
-  (the demo's held-out table uploaded as its reference table, a 40 s time budget) while
+  (the demo's held-out table uploaded as its reference table, a 30 s time budget, 300
+  reference samples per sex/site, 10 sampling steps, as the hardening test did) while
   a second switches between pages; the second's switch times against the same switches
   on an idle server;
 - 5,000-column intake (`--wide`): a 5,000-column CSV (the reader's limit) uploaded on
@@ -203,12 +204,13 @@ def while_training(browser, pid: int, url: str) -> dict:
         files=[{"name": "reference.csv", "mimeType": "text/csv",
                 "buffer": sex_as_words(DEMO_TEST.read_bytes())}]
     )
+    trainer.get_by_text("reference.csv:").first.wait_for(timeout=TIMEOUT_MS)
     idle(trainer)
     trainer.locator('[data-testid="stSidebarNavLink"]', has_text="Model").first.click()
     idle(trainer)
-    trainer.get_by_text("Advanced options").click()
-    for key, value in (("train_epochs", "5000"), ("train_minutes", "0.67"),
-                       ("train_reference", "2000")):
+    trainer.get_by_text("Advanced options").last.click(timeout=TIMEOUT_MS)
+    for key, value in (("train_epochs", "5000"), ("train_minutes", "0.5"),
+                       ("train_reference", "300"), ("train_steps", "10")):
         box = trainer.locator(f".st-key-{key} input")
         box.fill(value)
         box.press("Enter")
@@ -216,7 +218,7 @@ def while_training(browser, pid: int, url: str) -> dict:
     trainer.locator(".st-key-train_start button").click()
     trainer.get_by_text("Training: epoch").wait_for(timeout=TIMEOUT_MS)
     busy, phases = [], []
-    while len(busy) < 60:
+    while len(busy) < 36:
         text = trainer.locator("body").inner_text()
         if "Training finished" in text or "Training failed" in text:
             break
@@ -354,7 +356,7 @@ def markdown(result: dict) -> str:
         t = s["training"]
         lines += [
             "",
-            f"While another user trains (a 40 s training budget, then its centile table): the "
+            f"While another user trains (a 30 s training budget, then its centile table): the "
             f"other user's page switches median **{t['busy_median_s']} s**, slowest "
             f"{t['busy_slowest_s']} s over {t['busy_n']} switches ({t['busy_table_n']} during "
             f"the table phase, median {t['busy_table_phase_median_s']} s); the same switches "
@@ -502,6 +504,43 @@ def page_file(title: str) -> str:
     return {"Centile fans": "fans.py"}.get(title, f"{title.lower()}.py")
 
 
+def write_results(runs: list[tuple[str, Path]], profile: Path | None, note: str = "") -> None:
+    """benchmarks/results/dashboard.md (and .json): each labelled run's table, then the
+    script path's profile by stage, through common.write_section (provenance line)."""
+    from benchmarks.common import write_section
+
+    parts = ["## Dashboard response (`benchmarks/dashboard.py`, issue 19 item 3)", ""]
+    if note:
+        parts += [note, ""]
+    data = {}
+    for label, path in runs:
+        result = json.loads(path.read_text())
+        data[label] = result
+        parts += [f"### {label}", "", markdown(result), ""]
+    if profile is not None:
+        stages = json.loads(profile.read_text())
+        data["profile"] = stages
+        parts += [
+            "### Where a page's time goes (server side)",
+            "",
+            "The app's script in one process (Streamlit's AppTest, the real demo model), each "
+            "page on its first run (fresh caches) and its second; wall and CPU seconds of the "
+            "script, and of its stages (outermost calls only). Imports, in that process "
+            "before the first run: "
+            + ", ".join(f"{k} {v['cpu_s']} s CPU" for k, v in stages["imports"].items())
+            + ".",
+            "",
+            "| page, run | wall s | CPU s | stages (CPU s) |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for name, row in stages.items():
+            if name == "imports":
+                continue
+            spent = "; ".join(f"{k} {v['cpu_s']}" for k, v in row["stages"].items()) or "—"
+            parts.append(f"| {name} | {row['wall_s']} | {row['cpu_s']} | {spent} |")
+    write_section("dashboard", "\n".join(parts), data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -510,7 +549,15 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT / "dashboard.json")
+    parser.add_argument("--write", nargs="+", metavar="LABEL=RUN.json",
+                        help="write results/dashboard.md from these runs' JSON files")
+    parser.add_argument("--with-profile", type=Path, help="a --profile run's JSON, for --write")
+    parser.add_argument("--note", default="", help="a paragraph under the title, for --write")
     args = parser.parse_args()
+    if args.write:
+        runs = [(label, Path(path)) for label, path in (w.split("=", 1) for w in args.write)]
+        write_results(runs, args.with_profile, args.note)
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.profile:
         result = profile_pages()
