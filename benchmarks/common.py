@@ -54,7 +54,7 @@ scripts in a few minutes, whose numbers mean nothing."""
 
 SECTIONS = (
     "engine", "draws", "compare", "adapt", "joint", "conditional_speed", "fit_profile", "edges",
-    "startup", "hostile",
+    "startup", "dashboard", "hostile",
 )
 
 
