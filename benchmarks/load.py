@@ -51,6 +51,12 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from streamlit_browser import _APP_IDLE_JS  # noqa: E402  (the e2e tests' idle test)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB, from /proc (psutil is not a dependency)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -198,6 +204,7 @@ async def run(args: argparse.Namespace) -> dict:
                 ]
                 watch.reset()
                 before = rss_mb(server.pid)
+                cpu_before = cpu_seconds(server.pid)
                 start = time.monotonic()
                 results = await asyncio.gather(*[
                     one_session(browser, url, data, f"round{r}_session{s}.csv", args.people,
@@ -205,10 +212,12 @@ async def run(args: argparse.Namespace) -> dict:
                     for s, data in enumerate(payloads)
                 ])
                 wall = time.monotonic() - start
+                server_cpu = cpu_seconds(server.pid) - cpu_before
                 await asyncio.sleep(args.settle)  # let closed sessions be dropped
                 rounds.append({
                     "round": r + 1,
                     "wall_s": round(wall, 1),
+                    "server_cpu_s": round(server_cpu, 1),
                     "rss_before_mb": round(before, 1),
                     "rss_peak_mb": round(watch.peak(), 1),
                     "rss_after_mb": round(rss_mb(server.pid), 1),
@@ -258,10 +267,11 @@ def markdown(result: dict) -> str:
         f"Server memory (VmRSS) after loading the demo model: "
         f"{result['rss_after_warm_up_mb']:.0f} MB.",
         "",
-        "| round | wall s | RSS before MB | RSS peak MB | RSS after MB |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *[f"| {r['round']} | {r['wall_s']} | {r['rss_before_mb']:.0f} | {r['rss_peak_mb']:.0f} "
-          f"| {r['rss_after_mb']:.0f} |" for r in result["rounds"]],
+        "| round | wall s | server CPU s | RSS before MB | RSS peak MB | RSS after MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {r['round']} | {r['wall_s']} | {r.get('server_cpu_s', '—')} "
+          f"| {r['rss_before_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['rss_after_mb']:.0f} |"
+          for r in result["rounds"]],
         "",
         f"Failed sessions: {result['failed_sessions']}.",
     ]
