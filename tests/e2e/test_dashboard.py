@@ -64,6 +64,18 @@ def test_first_chart_then_every_page(app_url, page):
     box = page.locator('[data-testid="stSelectbox"]', has_text="sex")
     box.click()
     page.get_by_role("option").nth(1).click()
+    # the rerun can start late on a busy CPU (the demo's warm-up shares it): wait for the
+    # chart itself to change rather than for an idle state that may still be the old run's
+    page.wait_for_function(
+        """([selector, old]) => {
+            const div = document.querySelector(selector);
+            if (!div || !div.data) return false;
+            const now = div.data.filter(t => t.name === 'median').map(t => JSON.stringify(t.y));
+            return now.length === old.length && now.some((y, i) => y !== old[i]);
+        }""",
+        arg=[CHART, before],
+        timeout=120_000,
+    )
     wait_for_app(page, settle_ms=100)
     no_exception(page)
     after = medians(page)
