@@ -376,6 +376,16 @@ class NormativeModel(FittedViews):
         model.origin_ = origin
         return model
 
+    def check_network(self) -> None:
+        """Build the denoiser from its stored weights now, so weights that do not fit the
+        file's network settings are a BundleError here rather than at the first draw.
+
+        Why: reading a file builds no network (scoring a complete table needs no torch);
+        a program about to draw anyway, such as the dashboard after an upload, calls this
+        to refuse such a file while it can still say which file it was."""
+        self._fitted()
+        self.joint_.net  # noqa: B018 (building it is the check)
+
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> NormativeModel:
         """Load a model saved with `save`, its network on `device` (see normcore.device)."""

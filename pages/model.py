@@ -315,6 +315,7 @@ def load_bundle() -> None:
     common.claim(bundle)
     try:
         loaded = NormativeModel.from_bytes(bundle.getvalue())
+        loaded.check_network()
     except (BundleError, DataError) as err:
         st.session_state["bundle_error"] = f"'{bundle.name}' is not a usable normcore model: {err}"
         return

@@ -9,6 +9,8 @@ import pandas as pd
 from dashboard_app import app, no_exception
 from streamlit.testing.v1 import AppTest
 
+from normcore import bundle
+
 
 def plain(elements) -> str:
     """The elements' text as the reader sees it: the pages escape user text in markdown."""
@@ -102,6 +104,24 @@ def test_bad_bundle_upload_is_refused():
     at.run()
     no_exception(at)
     assert "not a usable normcore model" in at.error[0].value
+
+
+def test_bundle_whose_weights_do_not_fit_its_settings_is_refused_at_upload(tiny_demo):
+    """Such a file passes its checksum (recomputed after the edit) and reads without its
+    network; the upload builds the network, so it is refused there, not by a traceback on
+    the first page that draws."""
+    model, _ = tiny_demo
+    tensors, meta = bundle.from_bytes(model.to_bytes())
+    meta["config"]["network"]["width"] *= 2
+    at = app("pages/model.py")
+    at.file_uploader(key="bundle_upload").set_value(
+        ("wider.normcore", bundle.to_bytes(tensors, meta), "application/octet-stream")
+    )
+    at.run()
+    no_exception(at)
+    assert "not a usable normcore model" in at.error[0].value
+    assert "weights do not match its settings" in at.error[0].value
+    assert at.session_state["model_choice"] != "uploaded"
 
 
 def test_bundle_round_trip_becomes_active(tiny_demo):
