@@ -79,6 +79,20 @@ def test_no_centile_of_a_positive_idp_is_negative_at_any_accepted_probability(cl
         assert (fan["value"] > 0).all(), fan.loc[fan["value"] <= 0].head()
 
 
+def test_no_centile_of_the_demo_is_negative_at_any_sex_site_or_age(demo_model):
+    """The bundled demo (every IDP positive by nature) at every sex, every site and an
+    unseen one, ages 2-95, down to the furthest probability it answers."""
+    model = NormativeModel.load(demo_model, device="cpu")
+    ages = np.linspace(2.0, 95.0, 24)
+    sites = [*model.levels["site"], "a site it never saw"]
+    rows = pd.DataFrame(
+        [{"age": a, "sex": sex, "site": site} for sex in model.levels["sex"]
+         for site in sites for a in ages]
+    )  # fmt: skip
+    fan = model.centiles(rows, FAR_QUANTILES)
+    assert (fan["value"] > 0).all(), fan.loc[fan["value"] <= 0].head()
+
+
 def test_centiles_beyond_the_bound_are_those_at_the_bound(clinic):
     """A probability further out than Phi(-Z_BOUND) is answered at the bound, as z is."""
     from scipy import stats
