@@ -20,16 +20,25 @@ answers or the model's public outputs; the sections:
 5. 10 % of held-out cells blanked: imputed bands against the exact conditional law,
    and the deviation over the present IDPs.
 
-    python benchmarks/joint.py [--backbones film,saint] [--dims 20]
+    python benchmarks/joint.py [--backbones film,saint] [--dims 20] [--no-fcon]
+    python benchmarks/joint.py --append --dims 100 --backbones saint --no-fcon
+        # adds or replaces that entry, keeps the others and the fcon part; two such runs
+        # may go in parallel (results/joint.json is rewritten under a lock)
+    python benchmarks/joint.py --not-run "100,saint,REASON"   # a row saying why not
     BENCH_QUICK=1 python benchmarks/joint.py      # tiny end-to-end check
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import common
 import numpy as np
@@ -358,9 +367,9 @@ def conditional(
     count = min(GIVEN, len(names) // 4)
     given = names[:: len(names) // count][:count]
     truth = true_conditional_cdf(spec, test, given)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scored = model.score(test, given=given)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     pit = common.pit_matrix(scored, names, len(test))
     free = ~np.isin(np.array(names), given)
     z = _z(model, test)
@@ -379,6 +388,8 @@ def conditional(
     return {
         "given": given,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "people": len(test),
         "true_pit_ks": float(true_ks),
         "rows": [
             row("normcore model.score(given=...)", pit),
@@ -412,9 +423,9 @@ def blanked(
     holey = test.copy()
     values = holey[names].to_numpy(float)
     holey[names] = np.where(hidden, np.nan, values)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scored = model.score(holey)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     probs, bands = _imputed(scored, names, len(test))
     # exact conditional CDF, given the present cells, at the model's imputed quantiles
     err = []
@@ -438,6 +449,7 @@ def blanked(
     out = {
         "cells": int(hidden.sum()),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "probs": probs.tolist(),
         "band_err": 100 * float(np.mean(np.concatenate(err))),
         "coverage_model": inside,
@@ -502,6 +514,17 @@ def fcon_deviation() -> list[dict]:
 # ------------------------------------------------------------------------ report
 
 
+def _commit(code: str) -> str:
+    """`common.git_head()` without the commit's subject."""
+    dirty = " (with uncommitted changes to normcore/)" if "uncommitted" in code else ""
+    return f"`{code.split()[0]}`{dirty}"
+
+
+def _ran() -> dict[str, str]:
+    """When and with which code a part ran: parts of the section are rerun on their own."""
+    return {"ran": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "code": common.CODE_AT_START}
+
+
 def run_synthetic(dims: int, backbone: str) -> dict:
     spec = SyntheticSpec(n_idps=dims, dependence="subgroup")
     train = simulate(spec, N_TRAIN, seed=TRAIN_SEED)
@@ -517,6 +540,7 @@ def run_synthetic(dims: int, backbone: str) -> dict:
         "fit_s": fit.fit_seconds,
         "fit_cpu_s": fit.fit_cpu_seconds,
         "reused_fit": fit.reused,
+        **_ran(),
     }
     log(f"joint {dims} {backbone}: draws")
     out["draws"] = joint_draws(model, spec, train_z)
@@ -536,7 +560,61 @@ def _shares(coverage: dict[str, float]) -> str:
     return " / ".join(f"{100 * v:.1f} %" for v in coverage.values())
 
 
-def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) -> str:
+def _worst_band(rows: list[dict]) -> str:
+    calibrated = [r for r in rows if "model.deviation" in r["reference"]]
+    worst = max(calibrated, key=lambda r: r["ks"] - r["ks_critical"])
+    return f"{worst['ks']:.3f} at {worst['band']} (crit. {worst['ks_critical']:.3f})"
+
+
+def summary_row(r: dict) -> dict:
+    """One line of the FiLM-vs-SAINT table: the figures each subsection details."""
+    row = {"idps": r["dims"], "backbone": r["backbone"]}
+    if "not_run" in r:
+        row["fit"] = f"not run: {r['not_run']}"
+        return row
+    row["fit"] = f"{r['fit_cpu_s']:.0f} ({r['fit_s']:.0f})"
+    row["energy_ratio"] = r["draws"]["ratio_model_to_copula"]
+    row["deviation"] = _worst_band(r["deviation"])
+    maha = next(a for a in r["atypical"] if a["measure"] == "Mahalanobis at the person's age (now)")
+    row["atypical"] = " / ".join(f"{maha[k]:.2f}" for k in ATYPICAL_KINDS)
+    if "conditional" in r:
+        c = r["conditional"]
+        model, copula = c["rows"]
+        row["cond_err"] = f"{model['centile_err']:.2f} ({copula['centile_err']:.2f})"
+        row["cond_ks"] = f"{model['pit_ks']:.3f} ({copula['pit_ks']:.3f})"
+        per = 1000 / c.get("people", N_TEST)
+        cpu = f"{per * c['cpu_seconds']:.0f} CPU, " if "cpu_seconds" in c else ""
+        row["cond_s"] = f"{cpu}{per * c['seconds']:.0f} wall"
+    if "blanked" in r:
+        row["band_err"] = r["blanked"]["band_err"]
+    return row
+
+
+def summary_table(results: list[dict]) -> str:
+    rows = sorted(results, key=lambda r: (r["dims"], r["backbone"] != "film", r["backbone"]))
+    return common.markdown_table(
+        [summary_row(r) for r in rows],
+        [
+            ("idps", "IDPs"),
+            ("backbone", "backbone"),
+            ("fit", "fit CPU s (wall)"),
+            ("cond_err", "cond. \\|centile − true\\|, 5 given (copula)"),
+            ("cond_ks", "cond. PIT KS (copula)"),
+            ("energy_ratio", "energy / copula's"),
+            ("deviation", "deviation KS, worst age band"),
+            (
+                "atypical",
+                "atypical detected, Mahalanobis per age (" + " / ".join(ATYPICAL_KINDS) + ")",
+            ),
+            ("band_err", "imputed-band error, points"),
+            ("cond_s", "cond. scoring s per 1,000 people"),
+        ],
+    )
+
+
+def markdown(
+    results: list[dict], fcon: list[dict] | None, fcon_ran: dict | None, commands: list[str]
+) -> str:
     parts = [
         "## Joint model (`benchmarks/joint.py`, issue 17)",
         "",
@@ -550,14 +628,28 @@ def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) 
         "time with one thread on a CPU shared with other jobs (fit times are upper bounds; "
         "*fit CPU s* is the process's CPU time). The Gaussian copula peer: z ~ N(0, R), R the "
         "correlation of the same model's z-scores of the training people, over the model's "
-        "own margins.",
+        "own margins. Each (IDPs, backbone) run is its own process (`--append` adds or "
+        "replaces one and keeps the others), so each subsection says when and with which code "
+        "it ran.",
+        "",
+        "**FiLM vs SAINT** (the figures of the subsections below; in brackets the Gaussian "
+        "copula over the same model's margins; deviation: calibrated `model.deviation`, the "
+        "age quintile furthest above its 5 % critical value; atypical: share detected at a 5 % "
+        "false-positive rate; imputed-band error: mean |F_true(imputed q_p) - p| with 10 % of "
+        "cells blanked; scoring: `model.score(given=5 IDPs)`).",
+        "",
+        summary_table(results),
         "",
     ]
     for r in results:
+        if "not_run" in r:
+            continue
         head = (
             f"### {r['dims']} IDPs, {r['backbone']} (fit {r['fit_s']:.0f} s wall, "
             f"{r['fit_cpu_s']:.0f} s CPU{', cached' if r['reused_fit'] else ''})"
         )
+        if "ran" in r:
+            head += f"\n\n*Ran {r['ran']}; code {_commit(r['code'])}.*"
         dr = r["draws"]
         parts += [
             head,
@@ -607,9 +699,11 @@ def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) 
             c = r["conditional"]
             parts += [
                 f"**4. Conditional centiles given {', '.join(c['given'])}** "
-                f"(`model.score(test, given=...)`, {c['seconds']:.0f} s for {N_TEST} "
-                "people): mean |centile - exact conditional centile| and mean PIT KS "
-                f"over the other IDPs; the exact conditional CDF's own PIT KS "
+                f"(`model.score(test, given=...)`, {c['seconds']:.0f} s wall"
+                + (f", {c['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in c else "")
+                + f" for {c.get('people', N_TEST)} people): mean |centile - exact "
+                "conditional centile| and mean PIT KS over the other IDPs; the exact "
+                "conditional CDF's own PIT KS "
                 f"(noise): {c['true_pit_ks']:.3f}.",
                 "",
                 common.markdown_table(
@@ -632,7 +726,9 @@ def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) 
             )
             parts += [
                 f"**5. {BLANK_SHARE:.0%} of held-out cells blanked** ({b['cells']} cells, "
-                f"`model.score` {b['seconds']:.0f} s): imputed quantiles "
+                f"`model.score` {b['seconds']:.0f} s wall"
+                + (f", {b['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in b else "")
+                + "): imputed quantiles "
                 f"{b['probs']} against the exact conditional law given the present "
                 f"cells, mean |F_true(imputed q_p) - p| = {b['band_err']:.1f} centile "
                 f"points; hidden values inside the 50 % / 96 % bands: model "
@@ -644,6 +740,8 @@ def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) 
     if fcon:
         parts += [
             "### fcon1000 (demo IDPs, held-out half): deviation by age quintile",
+            "",
+            f"*Ran {fcon_ran['ran']}; code {_commit(fcon_ran['code'])}.*" if fcon_ran else "",
             "",
             f"normcore film fitted on the demo's training half ({fcon[0]['fit_s']:.0f} s "
             "wall); the shipped demo model keeps the pooled reference.",
@@ -665,6 +763,56 @@ def markdown(results: list[dict], fcon: list[dict] | None, commands: list[str]) 
     return "\n".join(parts)
 
 
+def _save(
+    results: list[dict], fcon: list[dict] | None, fcon_ran: dict | None, commands: list[str]
+) -> None:
+    common.write_section(
+        "joint",
+        markdown(results, fcon, fcon_ran, commands),
+        {
+            "synthetic": results,
+            "fcon": fcon,
+            "fcon_ran": fcon_ran,
+            "quick": QUICK,
+            "commands": commands,
+        },
+    )
+
+
+@contextmanager
+def _section_lock() -> Iterator[None]:
+    """Held while results/joint.json is read and rewritten, so that two `--append` runs in
+    parallel each keep the other's entry."""
+    common.OUT.mkdir(parents=True, exist_ok=True)
+    with open(common.OUT / "joint.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _store(entry: dict | None, fcon: list[dict] | None, command: str, append: bool) -> None:
+    """Write the section with `entry` (a synthetic run) and/or `fcon` added. With `append`,
+    the entries of results/joint.json for other (IDPs, backbone) and its fcon part (unless
+    `fcon` is given) are kept; otherwise this process's own results replace them."""
+    with _section_lock():
+        path = common.RESULTS / "joint.json"
+        previous = json.loads(path.read_text()) if append and path.exists() else {}
+        results = previous.get("synthetic") or []
+        if entry is not None:
+            key = (entry["dims"], entry["backbone"])
+            results = [r for r in results if (r["dims"], r["backbone"]) != key] + [entry]
+        commands = list(previous.get("commands") or [])
+        if command not in commands:
+            commands.append(command)
+        if fcon is None:
+            fcon, fcon_ran = previous.get("fcon"), previous.get("fcon_ran")
+        else:
+            fcon_ran = _ran()
+        _save(results, fcon, fcon_ran, commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -676,30 +824,37 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rerun the fcon1000 part only, keeping the synthetic results of results/joint.json",
     )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep results/joint.json's other (IDPs, backbone) entries and its fcon part "
+        "unless rerun; safe with another --append run in parallel",
+    )
+    p.add_argument(
+        "--not-run",
+        metavar="IDPS,BACKBONE,REASON",
+        help="record an entry that was not run, with the measured reason (implies --append)",
+    )
     args = p.parse_args(argv)
-    results: list[dict] = []
-    fcon = None
-    commands = [" ".join(argv)]
-    if args.fcon_only:
-        previous = json.loads((common.RESULTS / "joint.json").read_text())
-        results = previous["synthetic"]
-        commands = previous.get("commands", [""]) + commands
+    command = " ".join(shlex.quote(a) for a in argv)
+    append = args.append or args.fcon_only or args.not_run is not None
+    if args.not_run is not None:
+        dims, backbone, reason = args.not_run.split(",", 2)
+        _store({"dims": int(dims), "backbone": backbone, "not_run": reason}, None, command, True)
+        return 0
+    if not append:
+        _store(None, None, command, False)
     for dims in [] if args.fcon_only else [int(d) for d in args.dims.split(",")]:
         for backbone in args.backbones.split(","):
-            results.append(run_synthetic(5 if QUICK else dims, backbone))
-            common.write_section(
-                "joint",
-                markdown(results, fcon, commands),
-                {"synthetic": results, "fcon": fcon, "quick": QUICK, "commands": commands},
+            entry = run_synthetic(5 if QUICK else dims, backbone)
+            common.OUT.mkdir(parents=True, exist_ok=True)
+            (common.OUT / f"joint-{entry['dims']}-{backbone}.json").write_text(
+                json.dumps(entry, indent=2, default=common._json_default)
             )
+            _store(entry, None, command, True)
     if not args.no_fcon:
         log("fcon")
-        fcon = fcon_deviation()
-    common.write_section(
-        "joint",
-        markdown(results, fcon, commands),
-        {"synthetic": results, "fcon": fcon, "quick": QUICK, "commands": commands},
-    )
+        _store(None, fcon_deviation(), command, True)
     log("joint done")
     return 0
 
