@@ -192,15 +192,18 @@ def _data_hash(df: pd.DataFrame, schema: Schema) -> str:
 
 
 def fit_or_load(
-    name: str, backbone: str, train: pd.DataFrame, schema: Schema, seed: int = 0
-) -> FitResult:
+    name: str, backbone: str, train: pd.DataFrame, schema: Schema, seed: int = 0,
+    keep_outliers: bool = False,
+) -> FitResult:  # fmt: skip
     """A fitted model for (data, schema, backbone, settings, code): loaded from
     out/models/ when an identical fit exists, else fitted and saved.
 
     Fit times were measured when the model was fitted: wall time is the model's own
     `fit_seconds_` (training + reference table); CPU time is this process's CPU seconds
     over the fit, which on a CPU shared with other jobs is the better estimate of the
-    wall time the fit would take alone (one thread).
+    wall time the fit would take alone (one thread). `keep_outliers` is `fit`'s: a synthetic
+    truth's far draws are real, not entry errors (it turns refusals into warnings only, so
+    the fitted model, and the cache key, are the same).
     """
     kwargs = model_kwargs()
     probe = NormativeModel(backbone=backbone, seed=seed, **kwargs)
@@ -224,7 +227,7 @@ def fit_or_load(
         return FitResult(model, model.fit_seconds, cpu, True, path)
     log(f"fit {name} {backbone} ({len(train)} rows x {len(schema.idps)} IDPs)")
     cpu0 = time.process_time()
-    model = probe.fit(train, schema)
+    model = probe.fit(train, schema, keep_outliers=keep_outliers)
     cpu = time.process_time() - cpu0
     model.save(path)
     sidecar.write_text(json.dumps({"fit_cpu_seconds": cpu, "fit_seconds": model.fit_seconds}))
