@@ -49,6 +49,10 @@ MAX_COMBINATIONS = 1_000_000
 MAX_REFERENCE_CELLS = 2**28
 """Cells of the unpacked reference table (combinations x ages x z-levels x IDPs): 2 GB."""
 MAX_DIFFUSION_STEPS = 100_000
+MAX_DRAW_OFFSET = 2.0
+"""Largest coefficient of the denoiser's mean error a file may hold, in standard
+deviations of the normal scores (`ReferenceTable.draw_offsets`); a denoiser off by more
+is broken, and a larger number moves every draw to a confident wrong place."""
 NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "width": (1, 4096),
     "depth": (1, 64),
@@ -497,6 +501,11 @@ def _check_reference(
     if (ref.mahalanobis < 0).any():
         raise _fail("'reference.mahalanobis'", "holds negative squared distances")
     _increasing(ref.mahalanobis, "reference.mahalanobis", axis=-1)
+    if (np.abs(ref.draw_offsets) > MAX_DRAW_OFFSET).any():
+        raise _fail(
+            "'reference.draw_offsets'",
+            f"move the model's draws by more than {MAX_DRAW_OFFSET:g} standard deviations",
+        )
     lo, hi = (float(a) for a in training["age_range"])
     grid = [ref.ages[0], ref.ages[-1], ref.bandwidth]
     if hi > lo and not np.allclose(grid, [lo, hi, BANDWIDTH * (hi - lo)], rtol=1e-9, atol=1e-9):

@@ -197,14 +197,16 @@ class NormativeModel(FittedViews):
     def sample(self, covariates: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
         """Draw `n` IDP vectors from the model at each row's exact covariates (wide table).
 
-        These are the denoiser's own draws. For a sex and site seen in training,
-        `centiles` and `score` take each IDP's margins from the first stage instead (see
-        `reference.build_reference`), so per-IDP quantiles of many draws can differ from
-        `centiles` by the denoiser's error (benchmarks/RESULTS.md, engine)."""
+        These are the denoiser's draws, less its error in the mean where `centiles` and
+        `score` take each IDP's margins from the first stage (a sex and site seen in
+        training; `ReferenceTable.draw_offset`), so that draws plotted over the fans
+        follow them. What is left between the two is the denoiser's error in the spread
+        and shape (benchmarks/RESULTS.md, "One law")."""
         ages, codes, _ = _covariates(covariates, self.schema, self.encoder_)
         rows = np.repeat(np.arange(len(covariates)), n)
         with torch_threads(self.threads):
             scores = self._sample_scores(ages[rows], codes[rows], seed=seed)
+            scores = scores - self.reference_.draw_offset(codes[rows], ages[rows])
             y = self._to_values(scores, ages[rows], codes[rows])
         return outputs.sample_table(covariates, self.schema_, rows, y)
 

@@ -123,6 +123,10 @@ class ReferenceTable:
     """(K,) bool: categorical columns whose levels are a closed set (sex), so that a
     person whose level is unknown holds one of the known ones. The others (the site) are
     open: their unknown level is a new one."""
+    draw_offsets: np.ndarray | None = None
+    """(C, OFFSET_TERMS, D): per combination, the coefficients over `offset_basis` of the
+    mean of the denoiser's draws, in normal scores, where the first stage gives the
+    margins (zero elsewhere); `draw_offset` removes it from the model's draws."""
 
     def __post_init__(self) -> None:
         n_combo = len(self.quantiles)
@@ -130,8 +134,12 @@ class ReferenceTable:
         closed = np.zeros(len(self.n_levels), bool) if self.closed_columns is None else (
             self.closed_columns
         )  # fmt: skip
+        offsets = self.draw_offsets
+        if offsets is None:
+            offsets = np.zeros((n_combo, OFFSET_TERMS, self.quantiles.shape[-1]))
         self.level_counts = np.asarray(counts, dtype=np.float64)
         self.closed_columns = np.asarray(closed, dtype=bool)
+        self.draw_offsets = np.asarray(offsets, dtype=np.float64)
         if self.level_counts.shape != (n_combo,) or self.closed_columns.shape != (
             len(self.n_levels),
         ):
@@ -140,7 +148,19 @@ class ReferenceTable:
                 f"categorical columns but {self.level_counts.shape} people counts and "
                 f"{self.closed_columns.shape} closed-column flags"
             )
+        if self.draw_offsets.shape != (n_combo, OFFSET_TERMS, self.quantiles.shape[-1]):
+            raise ValueError(
+                f"the reference table's draw offsets are {self.draw_offsets.shape}, not "
+                f"({n_combo}, {OFFSET_TERMS}, {self.quantiles.shape[-1]})"
+            )
         self._mixtures = _mixtures(self.n_levels, self.level_counts, self.closed_columns)
+
+    def draw_offset(self, codes: np.ndarray, ages: np.ndarray) -> np.ndarray:
+        """(n, D) mean of the denoiser's draws at each row's covariates where the first
+        stage gives the margins (`_first_stage_margins`), zero elsewhere: subtracted from
+        the model's draws so that their margins are the centiles' (one law, not two)."""
+        basis = offset_basis(np.asarray(ages, dtype=np.float64), self.ages)
+        return np.einsum("nt,ntd->nd", basis, self.draw_offsets[self.combo_index(codes)])
 
     def combo_index(self, codes: np.ndarray) -> np.ndarray:
         """Mixed-radix index of each row's level combination (codes (n, K) -> (n,))."""
@@ -266,6 +286,7 @@ class ReferenceTable:
             "reference.mahalanobis": maha.astype(np.float32),
             "reference.level_counts": self.level_counts.astype(np.float64),
             "reference.closed_columns": self.closed_columns.copy(),
+            "reference.draw_offsets": self.draw_offsets.astype(np.float32),
         }
 
     @classmethod
@@ -275,7 +296,8 @@ class ReferenceTable:
         """The table `to_arrays` stored. Arrays without `reference.prior` are the layout
         that stored every combination's quantiles in full, and arrays without
         `reference.level_counts` the one that tabled every combination with an unknown
-        level; both are read as they are (no mixtures)."""
+        level; both are read as they are (no mixtures). Arrays without
+        `reference.draw_offsets` leave the draws as the denoiser makes them."""
         quantiles = np.asarray(arrays["reference.quantiles"], dtype=np.float64)
         n_eff = np.asarray(arrays["reference.n_eff"], dtype=np.float64)
         n_combo = int(np.prod(n_levels)) if n_levels else 1
@@ -320,6 +342,7 @@ class ReferenceTable:
             **_deviation_arrays(arrays, len(np.asarray(arrays["reference.ages"]))),
             level_counts=counts,
             closed_columns=closed,
+            draw_offsets=arrays.get("reference.draw_offsets"),
         )
 
 
@@ -542,6 +565,38 @@ def _kept_count(grid: np.ndarray, h: float) -> int:
     return int(round(_KEEP * (span + 4 * h) / span)) if span > 0 else _KEEP
 
 
+OFFSET_TERMS = 3
+"""Terms of `offset_basis`: a quadratic in age."""
+
+
+def offset_basis(ages: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """(n, OFFSET_TERMS): 1, t and t^2 of each age, t running from -1 to 1 over the grid's
+    ages and held at its ends beyond them (as the first stage holds its age curves)."""
+    mid, half = (grid[0] + grid[-1]) / 2, max((grid[-1] - grid[0]) / 2, 1e-12)
+    t = np.clip((np.asarray(ages, dtype=np.float64) - mid) / half, -1.0, 1.0)
+    return np.stack([np.ones_like(t), t, t * t], axis=1)
+
+
+def _shrunk_offsets(basis: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(OFFSET_TERMS, D) least-squares coefficients of draws y (n, D) on `basis` (n, T),
+    each IDP's shrunk towards zero by the factor max(0, 1 - T / W), W the Wald statistic
+    of its coefficients (chi-square with T degrees of freedom where the draws have no
+    offset).
+
+    Why: a few thousand draws estimate the mean to within a few hundredths of a standard
+    deviation, more at the ends of the age range; where the denoiser has no offset,
+    removing that noise would add an error of its own (a positive-part James-Stein-type
+    factor: Efron & Morris 1973, JASA 68:117). A curve within noise (W near T) is dropped
+    and a clear one is kept nearly whole."""
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    resid = y - basis @ coef
+    dof = max(len(y) - basis.shape[1], 1)
+    noise = (resid**2).sum(axis=0) / dof  # (D,)
+    # coef's covariance is noise * inv(B'B), so W = coef' (B'B) coef / noise
+    wald = np.einsum("td,ts,sd->d", coef, basis.T @ basis, coef) / np.maximum(noise, 1e-12)
+    return coef * np.clip(1.0 - basis.shape[1] / np.maximum(wald, 1e-12), 0.0, 1.0)
+
+
 def _first_stage_margins(
     sampler: Sampler,
     codes: np.ndarray,
@@ -549,21 +604,30 @@ def _first_stage_margins(
     h: float,
     prior: np.ndarray,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages, of a
-    combination whose margins are the first stage's (see `build_reference`).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages, and
+    the draws' mean over age (OFFSET_TERMS, D), of a combination whose margins are the
+    first stage's (see `build_reference`).
 
     The quantiles are `prior` at every age, exact, so their effective sample size is
-    infinite (no Monte-Carlo error). The draws serve the deviation only: `_kept_count`
-    at ages spread over the grid, scored by their own ranks per IDP, so that the
-    Mahalanobis reference measures the denoiser's dependence on the same standard-normal
-    margins that real people's scores have under `prior`.
+    infinite (no Monte-Carlo error). The draws serve the deviation: `_kept_count` at ages
+    spread over the grid, scored by their own ranks per IDP, so that the Mahalanobis
+    reference measures the denoiser's dependence on the same standard-normal margins that
+    real people's scores have under `prior`. They also measure the denoiser's error in
+    the mean: the first stage gives this combination's scores mean zero at every age, so
+    the draws' mean, smooth in age (a least-squares quadratic), is the denoiser's own
+    offset. It is removed before the ranks and stored, so that the model's draws have
+    the centiles' margins (`ReferenceTable.draw_offset`), shrunk by its own Monte-Carlo
+    noise (`_shrunk_offsets`).
     """
     n = _kept_count(grid, h)
     ages = _spread_ages(grid[0] - 2 * h, grid[-1] + 2 * h, n, np.random.default_rng(seed))
     y = sampler(ages, np.tile(codes, (n, 1)), seed)
+    basis = offset_basis(ages, grid)
+    inside = (ages >= grid[0]) & (ages <= grid[-1])  # where the basis is a quadratic
+    offsets = _shrunk_offsets(basis[inside], y[inside])
     q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
-    return q, np.full(len(grid), np.inf), rank_normal_scores(y), ages
+    return q, np.full(len(grid), np.inf), rank_normal_scores(y - basis @ offsets), ages, offsets
 
 
 def _tabulate(
@@ -574,9 +638,9 @@ def _tabulate(
     plan: tuple[np.ndarray, np.ndarray],
     prior: np.ndarray,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles (G, Q, D), effective sizes (G,), kept normal scores and their ages for one
-    combination."""
+    combination, and zero draw offsets (its margins are the draws' own)."""
     ages, pick = plan
     y = sampler(ages, np.tile(codes, (len(ages), 1)), seed)
     q = np.empty((len(grid), len(PROBABILITY_LEVELS), y.shape[1]))
@@ -589,7 +653,7 @@ def _tabulate(
     q = shrink_towards(q, n_eff, prior)
     one = ReferenceTable(grid, [1], q[None], n_eff[None], h, np.eye(1), np.zeros((1, 1)))
     qp, _ = one.lookup(np.zeros((len(pick), 1), dtype=np.int64), ages[pick])
-    return q, n_eff, z_of_scores(qp, y[pick]), ages[pick]
+    return q, n_eff, z_of_scores(qp, y[pick]), ages[pick], np.zeros((OFFSET_TERMS, y.shape[1]))
 
 
 def _squared_distance(z: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -743,6 +807,7 @@ def build_reference(
         mahalanobis=np.stack([deviation_reference(p[2], p[3], precision, grid, h) for p in parts]),
         level_counts=None if people is None else people_per_combination(n_levels, people),
         closed_columns=closed_columns,
+        draw_offsets=np.stack([p[4] for p in parts]),
     )
     # Round-trip through the stored precision so a fitted and a loaded model agree exactly.
     table = ReferenceTable.from_arrays(table.to_arrays(), table.n_levels, table.bandwidth)
@@ -783,6 +848,7 @@ def with_level(
     n_eff = table.n_eff.reshape(*levels, grid_shape[0])
     maha = table.mahalanobis.reshape(*levels, *table.mahalanobis.shape[1:])
     counts = table.level_counts.reshape(levels)
+    offsets = table.draw_offsets.reshape(*levels, *table.draw_offsets.shape[1:])
     if appended:
         pad = [(0, 0)] * len(levels)
         pad[column] = (0, 1)
@@ -790,17 +856,18 @@ def with_level(
         n_eff = np.pad(n_eff, pad + [(0, 0)])
         maha = np.pad(maha, pad + [(0, 0)] * 2)
         counts = np.pad(counts, pad)
+        offsets = np.pad(offsets, pad + [(0, 0)] * 2)
     if people is not None:
         counts = counts + people_per_combination(new_levels, people).reshape(new_levels)
     draws: Draws = {}
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
         draw_seed = _combination_seed(seed, int(np.ravel_multi_index(tuple(codes), new_levels)))
-        qc, nc, zc, ac = _tabulate(
+        qc, nc, zc, ac, oc = _tabulate(
             sampler, codes, table.ages, table.bandwidth, plan, prior, draw_seed
         )
         idx = tuple(codes)
-        q[idx], n_eff[idx] = qc, nc
+        q[idx], n_eff[idx], offsets[idx] = qc, nc, oc
         maha[idx] = deviation_reference(zc, ac, table.precision, table.ages, table.bandwidth)
         draws[int(np.ravel_multi_index(idx, new_levels))] = (zc, ac)
     c = int(np.prod(new_levels))
@@ -814,6 +881,7 @@ def with_level(
         maha.reshape(c, *maha.shape[len(levels) :]),
         counts.reshape(c),
         table.closed_columns,
+        offsets.reshape(c, *offsets.shape[len(levels) :]),
     )
     out = ReferenceTable.from_arrays(out.to_arrays(), new_levels, out.bandwidth)
     if rescore is None:

@@ -158,6 +158,13 @@ def test_nan_in_a_tensor_is_refused(data):
     refused(edited(data, change_tensors=poison), "'reference.quantiles' holds NaN")
 
 
+def test_draw_offsets_that_would_move_every_draw_far_are_refused(data):
+    def far(tensors):
+        tensors["reference.draw_offsets"][:] = 5.0
+
+    refused(edited(data, change_tensors=far), "'reference.draw_offsets' move the model's draws")
+
+
 def test_negative_scale_is_refused(data):
     def mirror(meta):
         meta["transform"]["scale"][0] = -meta["transform"]["scale"][0]

@@ -93,6 +93,19 @@ def test_sample_returns_n_rows_per_grid_row(fitted):
     assert s.equals(fitted.sample(grid, 7, seed=3))
 
 
+def test_sample_removes_the_denoisers_mean_offset_at_known_combinations(fitted):
+    """Draws follow the centiles' margins: the table's `draw_offset` (the denoiser's mean
+    error where the first stage gives the margins) is taken off every draw there."""
+    model = NormativeModel.from_bytes(fitted.to_bytes(), device="cpu")
+    grid = pd.DataFrame({"age": [30.0, 60.0], "sex": ["F", "M"], "site": ["S0", "S1"]})
+    model.reference_.draw_offsets[:] = 0.0
+    plain = model.sample(grid, 200, seed=5)
+    model.reference_.draw_offsets[:, 0, :] = 0.5  # the constant term: half an SD up
+    moved = model.sample(grid, 200, seed=5)
+    idps = list(model.idps)
+    assert (moved[idps].to_numpy() < plain[idps].to_numpy()).all()
+
+
 def test_deviation_gives_one_centile_per_person(fitted, test_df):
     dev = fitted.deviation(test_df)
     assert len(dev) == len(test_df) and dev["deviation_centile"].between(0, 100).all()
