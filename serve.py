@@ -1,10 +1,10 @@
 """`python serve.py [streamlit options]`: the dashboard, heavy imports done first.
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
-the script, so the first visitor waited for torch, scipy, pandas and plotly to load:
-about 5 of the 13.6-15.3 s to a first centile chart measured on a 2-core CPU, against
-a 10 s target. This runs the same Streamlit command in a process that has imported them
-already; the script then finds them in `sys.modules`.
+the script, so the first visitor would wait for the numerical stack to load (a third of
+the time to a first chart on a 2-core CPU: benchmarks/RESULTS.md, "Dashboard"). This
+runs the same Streamlit command in a process that has imported it already; the script
+then finds it in `sys.modules`.
 """
 
 from __future__ import annotations
