@@ -53,8 +53,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 scripts in a few minutes, whose numbers mean nothing."""
 
 SECTIONS = (
-    "engine", "draws", "compare", "adapt", "joint", "conditional_speed", "fit_profile", "edges",
-    "startup", "dashboard", "hostile",
+    "engine", "draws", "compare", "adapt", "joint", "one_law", "conditional_speed", "fit_profile",
+    "edges", "startup", "dashboard", "hostile",
 )
 
 
