@@ -85,6 +85,10 @@ def _z(model: NormativeModel, df: pd.DataFrame) -> np.ndarray:
     return common.z_matrix(model.score(df), model.idps, len(df))
 
 
+def _finite_rows(z: np.ndarray) -> np.ndarray:
+    return z[np.isfinite(z).all(axis=1)]
+
+
 def _copula_corr(train_z: np.ndarray) -> np.ndarray:
     keep = np.isfinite(train_z).all(axis=1)
     return np.corrcoef(np.clip(train_z[keep], -6, 6), rowvar=False)
@@ -110,7 +114,11 @@ def joint_draws(model: NormativeModel, spec: SyntheticSpec, train_z: np.ndarray)
     z_cop_old = rng.multivariate_normal(np.zeros(d), _copula_corr(old_train), size=half)
 
     def energy(other: np.ndarray) -> float:
-        return metrics.energy_distance(z_true, other, max_n=1000, seed=DRAW_SEED)
+        """Over the people whose every z is finite (`correlation_error` drops the others too:
+        a truth's draw can leave the IDP's domain, e.g. a negative volume, and is unscored)."""
+        return metrics.energy_distance(
+            _finite_rows(z_true), _finite_rows(other), max_n=1000, seed=DRAW_SEED
+        )
 
     rows = [
         {
@@ -137,6 +145,11 @@ def joint_draws(model: NormativeModel, spec: SyntheticSpec, train_z: np.ndarray)
     ratio = rows[0]["energy"] / rows[1]["energy"]
     return {
         "n": half,
+        "unscored": {
+            "truth": int(len(z_true) - len(_finite_rows(z_true))),
+            "normcore": int(len(z_model) - len(_finite_rows(z_model))),
+            "truth2": int(len(z_true2) - len(_finite_rows(z_true2))),
+        },
         "ages": f">= {hi - OLD_SHARE * (hi - lo):.0f}",
         "rows": rows,
         "ratio_model_to_copula": ratio,
@@ -326,10 +339,16 @@ def atypical(
         scores[name] = s
     rows = []
     for measure in scores["controls"]:
-        threshold = np.quantile(scores["controls"][measure], 1 - FPR)
-        row = {"measure": measure}
+        # a person with an unscored IDP (outside its domain, e.g. a negative volume) has no
+        # score: left out of both the threshold and the share, and counted
+        controls = scores["controls"][measure]
+        threshold = np.quantile(controls[np.isfinite(controls)], 1 - FPR)
+        row = {"measure": measure, "unscored": int((~np.isfinite(controls)).sum())}
         for kind in ATYPICAL_KINDS:
-            row[kind] = float(np.mean(scores[kind][measure] > threshold))
+            flagged = scores[kind][measure]
+            flagged = flagged[np.isfinite(flagged)]
+            row[kind] = float(np.mean(flagged > threshold))
+            row["unscored"] += len(scores[kind][measure]) - len(flagged)
         rows.append(row)
     log(f"denoising scores: {timing['controls']:.1f}s per {N_TEST} people")
     return rows
@@ -553,8 +572,22 @@ def run_synthetic(dims: int, backbone: str) -> dict:
         log("conditional")
         out["conditional"] = conditional(model, spec, test, train_z)
         log("blanked")
-        out["blanked"] = blanked(model, spec, test, train_z)
+        try:
+            out["blanked"] = blanked(model, spec, test, train_z)
+        except Exception as err:  # noqa: BLE001 - reported in the results as not available
+            log(f"blanked failed: {type(err).__name__}: {err}")
+            out["blanked_error"] = f"{type(err).__name__}: {err}"[:300]
     return out
+
+
+def _unscored_note(unscored: dict[str, int]) -> str:
+    """Section 1's people left out of the energy distance: an IDP outside its domain."""
+    counts = ", ".join(f"{k} {v}" for k, v in unscored.items() if v)
+    return (
+        f" People with an unscored IDP (e.g. a negative volume), left out: {counts}."
+        if counts
+        else ""
+    )
 
 
 def _shares(coverage: dict[str, float]) -> str:
@@ -588,6 +621,8 @@ def summary_row(r: dict) -> dict:
         row["cond_s"] = f"{cpu}{per * c['seconds']:.0f} wall"
     if "blanked" in r:
         row["band_err"] = r["blanked"]["band_err"]
+    elif "blanked_error" in r:
+        row["band_err"] = "failed (section 5)"
     return row
 
 
@@ -658,7 +693,8 @@ def markdown(
             f"**1. Joint draws at ages {dr['ages']}** ({dr['n']} true draws; energy "
             "distance `metrics.energy_distance` and correlation error on the model's "
             "z-scale). normcore / copula energy ratio: "
-            f"{dr['ratio_model_to_copula']:.2f} (target <= 0.6).",
+            f"{dr['ratio_model_to_copula']:.2f} (target <= 0.6)."
+            + _unscored_note(dr.get("unscored", {})),
             "",
             common.markdown_table(
                 dr["rows"], [("draws", "draws"), ("energy", "energy"), ("corr_err", "corr. err")]
@@ -692,7 +728,10 @@ def markdown(
             f"{KNN_WINDOW:.0f} years.",
             "",
             common.markdown_table(
-                r["atypical"], [("measure", "measure")] + [(k, k) for k in ATYPICAL_KINDS]
+                r["atypical"],
+                [("measure", "measure")]
+                + [(k, k) for k in ATYPICAL_KINDS]
+                + [("unscored", "people without a score (left out)")],
             ),
             "",
         ]
@@ -736,6 +775,12 @@ def markdown(
                 f"{_shares(b['coverage_model'])}, Gaussian copula "
                 f"{_shares(b['coverage_copula'])} "
                 f"(copula PIT KS {b['copula_pit_ks']:.3f}); {dev}.",
+                "",
+            ]
+        if "blanked_error" in r:
+            parts += [
+                f"**5. {BLANK_SHARE:.0%} of held-out cells blanked**: `model.score` of the "
+                f"table with blank cells failed: `{r['blanked_error']}`.",
                 "",
             ]
     if fcon:
