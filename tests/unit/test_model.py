@@ -244,6 +244,21 @@ def test_validation_estimates_use_a_first_stage_without_the_validation_rows(
     assert np.allclose(transform.centre, typical)
 
 
+def test_heavy_tailed_widening_keeps_linear_relations_between_idps():
+    """One Student-t factor per draw: a total that is the sum of its parts stays the sum
+    (a factor per IDP made it a direction real people never take), and each IDP's
+    margin is still the Student-t."""
+    rng = np.random.default_rng(4)
+    parts = rng.standard_normal((200_000, 2))
+    draws = np.column_stack([parts, parts.sum(axis=1) / np.sqrt(2.0)])
+    spread = NewPersonSpread(1.1, 5.0)
+    wide = spread.widen(draws, seed=2)
+    assert np.allclose(wide[:, 2], wide[:, :2].sum(axis=1) / np.sqrt(2.0))
+    for j in range(3):
+        drawn = np.quantile(wide[:, j], PROBABILITY_LEVELS)
+        assert drawn == pytest.approx(spread.quantiles(PROBABILITY_LEVELS), rel=0.03, abs=0.02)
+
+
 def test_table_prior_is_what_the_model_draws_from_a_standard_normal_denoiser(fitted):
     """The reference table shrinks towards `NewPersonSpread.quantiles`: it must be the law
     of the joint model's own widening of standard normal draws, Student-t tails included."""
