@@ -666,7 +666,7 @@ def markdown(
         "correlation of the same model's z-scores of the training people, over the model's "
         "own margins. Each (IDPs, backbone) run is its own process (`--append` adds or "
         "replaces one and keeps the others), so each subsection says when and with which code "
-        "it ran.",
+        "it ran (the line under the title: when the section was last written).",
         "",
         "**FiLM vs SAINT** (the figures of the subsections below; in brackets the Gaussian "
         "copula over the same model's margins; deviation: calibrated `model.deviation`, the "
@@ -725,7 +725,9 @@ def markdown(
             f"model's own, over {DENOISING_STEPS} noise levels x {DENOISING_NOISE} "
             "noise draws; kNN: squared distance to the "
             f"{KNN_K}th nearest of one model draw per training person within "
-            f"{KNN_WINDOW:.0f} years.",
+            f"{KNN_WINDOW:.0f} years. *Without a score*: a person with an IDP outside its "
+            "domain (e.g. a negative volume), which normcore leaves unscored (—: not counted "
+            "in that run).",
             "",
             common.markdown_table(
                 r["atypical"],
@@ -886,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
     append = args.append or args.fcon_only or args.not_run is not None
     if args.not_run is not None:
         dims, backbone, reason = args.not_run.split(",", 2)
+        # the reason is the table's cell; the command names the row only
+        command = f"--not-run '{dims},{backbone},REASON'"
         _store({"dims": int(dims), "backbone": backbone, "not_run": reason}, None, command, True)
         return 0
     if not append:
