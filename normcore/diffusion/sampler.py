@@ -121,9 +121,24 @@ def given_x0_covariance(x0_cov: torch.Tensor, given: torch.Tensor) -> torch.Tens
 
 def _noise_factor(cov: torch.Tensor) -> torch.Tensor:
     """A factor L with L L^T = cov (symmetric PSD; tiny negative eigenvalues from rounding
-    are set to zero), so that noise @ L.T has covariance cov."""
-    eigval, eigvec = torch.linalg.eigh(cov)
-    return eigvec * eigval.clamp_min(0.0).sqrt()
+    are set to zero), so that noise @ L.T has covariance cov.
+
+    Rows and columns that are exactly zero (IDPs given in a conditional draw) stay zero
+    in L, and the rest is decomposed on its own: LAPACK's divide-and-conquer `eigh`
+    behind torch can fail to converge on a matrix that is mostly zero rows (a hundred
+    IDPs, a few of them missing). Should the block itself fail, it is decomposed again in
+    float64."""
+    live = torch.nonzero((cov != 0).any(dim=1)).squeeze(1)
+    factor = torch.zeros_like(cov)
+    if len(live) == 0:
+        return factor
+    block = cov[live][:, live]
+    try:
+        eigval, eigvec = torch.linalg.eigh(block)
+    except torch.linalg.LinAlgError:
+        eigval, eigvec = torch.linalg.eigh(block.to(torch.float64))
+    factor[live[:, None], live[None, :]] = (eigvec * eigval.clamp_min(0.0).sqrt()).to(cov.dtype)
+    return factor
 
 
 @torch.inference_mode()

@@ -167,3 +167,21 @@ def test_clamped_draws_with_the_given_x0_covariance_recover_a_gaussian_condition
     wide = generate(denoise, n, 3, sched, steps, generator=g, x0_cov=full,
                     observed=observed, values=values)  # fmt: skip
     assert wide[:, 1].std().item() > want_sd[0] * 1.025  # SE of an sd here: 0.5 %
+
+
+def test_noise_factor_of_a_covariance_that_is_mostly_zero_rows():
+    """A conditional draw's covariance at 100 IDPs with four missing: zero wherever an IDP
+    is given. torch's `eigh` failed to converge on many such matrices; the factor must
+    exist, reproduce the covariance and keep the given IDPs noise-free."""
+    from normcore.diffusion.sampler import _noise_factor
+
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((4, 4))
+        cov = np.zeros((100, 100), np.float32)
+        missing = rng.choice(100, 4, replace=False)
+        cov[np.ix_(missing, missing)] = 0.05 * a @ a.T
+        factor = _noise_factor(torch.from_numpy(cov)).numpy()
+        assert np.allclose(factor @ factor.T, cov, atol=1e-6)
+        given = np.setdiff1d(np.arange(100), missing)
+        assert np.all(factor[given] == 0)
