@@ -202,6 +202,8 @@ class NormativeModel(FittedViews):
         training; `ReferenceTable.draw_offset`), so that draws plotted over the fans
         follow them. What is left between the two is the denoiser's error in the spread
         and shape (benchmarks/RESULTS.md, "One law")."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a whole number of draws of at least 1, not {n!r}")
         ages, codes, _ = _covariates(covariates, self.schema, self.encoder_)
         rows = np.repeat(np.arange(len(covariates)), n)
         with torch_threads(self.threads):

@@ -93,6 +93,13 @@ def test_sample_returns_n_rows_per_grid_row(fitted):
     assert s.equals(fitted.sample(grid, 7, seed=3))
 
 
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, "5"])
+def test_sample_refuses_a_count_that_is_not_a_whole_positive_number(fitted, n):
+    grid = pd.DataFrame({"age": [30.0], "sex": ["F"], "site": ["S0"]})
+    with pytest.raises(ValueError, match="n must be a whole number"):
+        fitted.sample(grid, n)
+
+
 def test_sample_removes_the_denoisers_mean_offset_at_known_combinations(fitted):
     """Draws follow the centiles' margins: the table's `draw_offset` (the denoiser's mean
     error where the first stage gives the margins) is taken off every draw there."""
