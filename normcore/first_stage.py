@@ -272,10 +272,10 @@ class NewPersonSpread(NamedTuple):
 
         Why one factor per draw: a factor per IDP would leave the margins as they are but
         scramble the relations between IDPs. Real IDPs hold near-exact linear ones (a
-        total volume and its parts), and independent factors blur them into directions
-        real people never take, which made real people's profiles look more typical than
-        the model's own draws (multivariate deviation under-flagged on fcon1000; README,
-        "The demo model")."""
+        total volume and its parts), and independent factors would blur them into
+        directions real people never take: real profiles would then look more typical
+        than the model's own draws, and the multivariate deviation would under-flag
+        (README, "How it works", 1)."""
         if self.dof is None:
             return draws * self.scale
         rng = np.random.default_rng([seed, 5])
