@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 
 from normcore.evaluate import EvaluationResult
 from normcore.figures import diagnostics
+from normcore.safe_write import atomic_output
 from normcore.units import format_value
 
 _STYLE = """
@@ -85,15 +86,18 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write `metrics.json` (strict JSON, NaN as null) and `report.html` into `out_dir`.
 
-    Creates `out_dir` if needed and returns the two paths.
+    Creates `out_dir` if needed and returns the two paths. Each file is written whole or
+    not at all (`safe_write.atomic_output`): both are built before either is written, and
+    an interrupted write leaves no half report beside a previous run's.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path, report_path = out / "metrics.json", out / "report.html"
-    metrics_path.write_text(
-        json.dumps(result.metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    report_path.write_text(report_html(result, title, model_name, data_name), encoding="utf-8")
+    metrics = json.dumps(result.metrics, indent=2, allow_nan=False) + "\n"
+    page = report_html(result, title, model_name, data_name)
+    for path, text in ((metrics_path, metrics), (report_path, page)):
+        with atomic_output(path, text=True) as f:
+            f.write(text)
     return metrics_path, report_path
 
 

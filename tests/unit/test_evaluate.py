@@ -218,6 +218,29 @@ def test_fewer_samples_than_people_and_no_training_table(
         evaluate(tiny, test_df, n_generated=0)
 
 
+def test_a_failing_report_leaves_the_previous_files_whole(
+    result: EvaluationResult, tmp_path, monkeypatch
+) -> None:
+    """Both files are built before either is written, and each is written whole: a
+    report that fails half-way leaves the previous run's pair as it was."""
+    import dataclasses
+
+    from normcore import report
+
+    before = [p.read_bytes() for p in write_report(result, tmp_path)]
+    newer = dataclasses.replace(result, metrics={**result.metrics, "marker": 1})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the figures failed")
+
+    monkeypatch.setattr(report, "report_html", broken)
+    with pytest.raises(RuntimeError):
+        write_report(newer, tmp_path)
+    after = [(tmp_path / name).read_bytes() for name in ("metrics.json", "report.html")]
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.html"]
+
+
 def test_metrics_json_round_trips_and_report_is_self_contained(
     result: EvaluationResult, tmp_path
 ) -> None:
