@@ -29,39 +29,63 @@ from normcore.schema import Schema, coerce_categories
 UNKNOWN = "<unknown>"
 
 
+def _bsplines(t: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
+    """Every B-spline of `degree` on the knot vector `t` at `x` (len(x), len(t) - degree - 1),
+    by the Cox-de Boor recursion (de Boor, "A Practical Guide to Splines", 2001, ch. IX).
+
+    `x` must lie within [t[degree], t[-degree - 1]]; a point on a knot is evaluated on the
+    span to its right, and the last end point on the span to its left, as scipy's
+    `BSpline` does."""
+    n_basis = len(t) - degree - 1
+    span = np.clip(np.searchsorted(t, x, side="right") - 1, degree, n_basis - 1)
+    values = np.zeros((len(x), degree + 1))
+    values[:, 0] = 1.0
+    left = x[:, None] - t[span[:, None] + 1 - np.arange(1, degree + 1)]
+    right = t[span[:, None] + np.arange(1, degree + 1)] - x[:, None]
+    for j in range(1, degree + 1):
+        saved = np.zeros(len(x))
+        for r in range(j):
+            term = values[:, r] / (right[:, r] + left[:, j - r - 1])
+            values[:, r] = saved + right[:, r] * term
+            saved = left[:, j - r - 1] * term
+        values[:, j] = saved
+    basis = np.zeros((len(x), n_basis))
+    rows = np.arange(len(x))[:, None]
+    basis[rows, span[:, None] - degree + np.arange(degree + 1)] = values
+    return basis
+
+
 def spline_basis(knots: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The cubic B-spline basis over `knots` at `x`: (len(x), len(knots) + 2), continued
     linearly past the end knots.
 
     As scikit-learn's `SplineTransformer(knots=knots, degree=3, extrapolation="linear")`
-    computes it, number for number: three more knots at the end spacings on each side,
-    scipy's `BSpline` of the identity coefficients inside, and each end's value plus its
-    slope times the distance outside. Written out because importing scikit-learn (and the
-    scipy.stats it loads) takes longer than scoring a table from a loaded model.
+    computes it (equal to rounding, tests/unit/test_preprocessing.py): three more knots at
+    the end spacings on each side, the cubic B-splines inside, and each end's value plus
+    its slope times the distance outside. Written out in numpy because importing
+    scikit-learn, or scipy.interpolate, takes longer than scoring a table from a loaded
+    model (benchmarks/RESULTS.md, "CLI start-up").
     """
-    from scipy.interpolate import BSpline
-
-    base = np.asarray(knots, dtype=np.float64).reshape(-1, 1)
+    base = np.asarray(knots, dtype=np.float64).reshape(-1)
     below_step, above_step = base[1] - base[0], base[-1] - base[-2]
     t = np.r_[
         np.linspace(base[0] - 3 * below_step, base[0] - below_step, num=3),
         base,
         np.linspace(base[-1] + above_step, base[-1] + 3 * above_step, num=3),
-    ][:, 0]
-    n_splines = len(base) + 2
-    spline = BSpline.construct_fast(t, np.eye(n_splines), 3, extrapolate=False)
+    ]
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     lo, hi = t[3], t[-4]
-    basis = np.zeros((len(x), n_splines))
     inside = (lo <= x) & (x <= hi)
-    basis[inside] = spline(x[inside])
+    basis = np.zeros((len(x), len(base) + 2))
+    basis[inside] = _bsplines(t, x[inside], 3)
+    ends = np.array([lo, hi])
+    value = _bsplines(t, ends, 3)
+    # B'_i = 3 (B_i,2 / (t[i+3] - t[i]) - B_i+1,2 / (t[i+4] - t[i+1])), the quadratics on t
+    quadratic = _bsplines(t, ends, 2) / (t[3:] - t[:-3])
+    slope = 3.0 * (quadratic[:, :-1] - quadratic[:, 1:])
     below, above = x < lo, x > hi
-    value_lo, value_hi = spline(lo), spline(hi)
-    slope_lo, slope_hi = spline(lo, nu=1), spline(hi, nu=1)
-    for j in range(3):  # the three splines that do not vanish at each end
-        basis[below, j] = value_lo[j] + (x[below] - lo) * slope_lo[j]
-        k = n_splines - 1 - j
-        basis[above, k] = value_hi[k] + (x[above] - hi) * slope_hi[k]
+    basis[below] = value[0] + (x[below, None] - lo) * slope[0]
+    basis[above] = value[1] + (x[above, None] - hi) * slope[1]
     return basis
 
 

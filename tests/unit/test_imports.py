@@ -165,13 +165,15 @@ table.loc[0, table.columns[-1]] = {blank}
 table.to_csv({copy!r}, index=False)
 assert main(["score", {model!r}, {copy!r}, "--out", {out!r}]) == 0
 assert len(pd.read_csv({out!r})) > 0
-print(",".join(sorted(m for m in ("torch", "sklearn", "scipy.stats") if m in sys.modules)))
+heavy = ("torch", "sklearn", "scipy.stats", "scipy.interpolate")
+print(",".join(sorted(m for m in heavy if m in sys.modules)))
 """
 
 
 def _heavy_after_scoring(tmp_path: Path, demo_model: Path, blank: str) -> str:
     """`normcore score` of the demo model and 20 of its test people, run in a fresh
-    interpreter; which of torch, scikit-learn and scipy.stats were loaded by the end.
+    interpreter; which of torch, scikit-learn, scipy.stats and scipy.interpolate were
+    loaded by the end.
     `blank` is the last IDP of the first person: its value, or a blank cell (a missing
     IDP, which needs the network)."""
     table = demo_model.parent / "fcon1000_test.csv"
@@ -185,7 +187,8 @@ def _heavy_after_scoring(tmp_path: Path, demo_model: Path, blank: str) -> str:
 def test_scoring_a_complete_table_from_a_model_file_loads_no_torch(tmp_path, demo_model):
     """Loading a bundle reads the denoiser's weights as arrays, and people who have every
     IDP are scored from the reference table: the network, and torch, are never needed;
-    nor are scikit-learn and scipy.stats (fitting and building tables use them)."""
+    nor are scikit-learn, scipy.stats and scipy.interpolate (fitting and building tables
+    use them)."""
     assert _heavy_after_scoring(tmp_path, demo_model, "table.loc[0, table.columns[-1]]") == ""
 
 
