@@ -112,3 +112,37 @@ def test_unreadable_demo_bundle_is_explained_not_raised(monkeypatch, tmp_path):
     no_exception(at)
     assert "cannot be loaded" in at.sidebar.error[0].value
     assert "make demo" in at.info[0].value
+
+
+def test_the_first_page_warm_up_computes_what_the_first_page_asks_for(monkeypatch):
+    """serve.py fills the shared caches with the demo's first page before anyone visits
+    (`warm_first_page`); should the page's defaults drift from the warm-up's, the warm-up
+    would compute results nobody reads and the first visitor would wait again."""
+    from pages import common
+
+    asked: dict[str, list] = {"centiles": [], "score": []}
+    real_centiles, real_score = common.centiles, common.score
+
+    def centiles(model, model_key, grid, *args, **kwargs):
+        asked["centiles"].append((model_key, grid.copy(), args, kwargs))
+        return real_centiles(model, model_key, grid, *args, **kwargs)
+
+    def score(model, model_key, table, table_key, *args, **kwargs):
+        asked["score"].append((model_key, table_key, table.copy()))
+        return real_score(model, model_key, table, table_key, *args, **kwargs)
+
+    monkeypatch.setattr(common, "centiles", centiles)
+    monkeypatch.setattr(common, "score", score)
+    common.warm_first_page()
+    warmed = {name: list(calls) for name, calls in asked.items()}
+    for calls in asked.values():
+        calls.clear()
+    no_exception(app())
+    assert len(warmed["centiles"]) == len(warmed["score"]) == 1
+    key, grid, args, kwargs = warmed["centiles"][0]
+    page_key, page_grid, page_args, page_kwargs = asked["centiles"][0]
+    assert (key, args, kwargs) == (page_key, page_args, page_kwargs)
+    pd.testing.assert_frame_equal(grid, page_grid)
+    key, table_key, table = warmed["score"][0]
+    assert (key, table_key) == asked["score"][0][:2]
+    pd.testing.assert_frame_equal(table, asked["score"][0][2])
