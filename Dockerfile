@@ -37,5 +37,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 
 # .streamlit/config.toml in /app holds the settings (usage statistics off, headless,
 # upload limit); only where to listen is given here. serve.py is `streamlit run
-# app.py` with torch and the rest imported before the first visitor.
+# app.py` with the first page computed before the server opens and no public-address
+# lookup (which listening on 0.0.0.0 would otherwise send to checkip.amazonaws.com).
 CMD ["python", "serve.py", "--server.address=0.0.0.0", "--server.port=8501"]

@@ -1,51 +1,73 @@
-"""`python serve.py [streamlit options]`: the dashboard, heavy imports done first.
+"""`python serve.py [streamlit options]`: the dashboard, its first page ready before it
+opens, and no request off the machine.
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
-the script, so the first visitor would wait for the numerical stack to load and for the
-demo's first chart to be computed (benchmarks/RESULTS.md, "Dashboard"). This runs the
-same Streamlit command in a process that has imported it already (the script then finds
-it in `sys.modules`) and, as soon as Streamlit's runtime exists, computes the first
-page's demo results into the caches every session reads (`pages.common.warm_first_page`).
+the script, and that session then computes the demo's first chart, so the first visitor
+would wait for both (benchmarks/RESULTS.md, "Dashboard"). This imports the numerical
+stack and the pages' shared module, computes the first page's demo results into the
+caches every session reads (`pages.common.warm_first_page`; Streamlit's caches live in
+the process and are keyed by function, so results cached before its server starts are
+the ones its sessions find), then runs the same Streamlit command.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
-import time
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent / "app.py"
 
+#: Streamlit's loggers that warn when a cached function runs outside a browser session,
+#: as the warm-up's do by design.
+OUTSIDE_A_SESSION = (
+    "streamlit.runtime.caching.cache_data_api",
+    "streamlit.runtime.scriptrunner_utils.script_run_context",
+)
 
-def warm_when_ready() -> None:
-    """Wait for Streamlit's runtime (its caches live there), then warm the first page.
 
-    A failure here is only logged: the page computes the same thing and reports it."""
-    from streamlit import runtime
-
-    while not runtime.exists():
-        time.sleep(0.05)
+def warm_first_page() -> None:
+    """The first page's demo results, computed now. A failure is only logged: the page
+    computes the same thing and says what went wrong there."""
+    loggers = [logging.getLogger(name) for name in OUTSIDE_A_SESSION]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        from pages.common import warm_first_page
+        from pages.common import warm_first_page as warm
 
-        warm_first_page()
+        warm()
     except Exception as err:  # noqa: BLE001  (the page will say what went wrong)
         logging.getLogger("normcore").warning("warming the first page failed: %s", err)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def no_address_lookup() -> None:
+    """Make Streamlit's lookup of the machine's public address answer "unknown" without
+    asking anyone.
+
+    Why: listening on every interface (the Dockerfile's 0.0.0.0), Streamlit asks
+    checkip.amazonaws.com for that address, to print an "External URL" at start-up and
+    to accept it as a websocket origin; the dashboard sends nothing off the machine,
+    ever. "Unknown" is what Streamlit answers offline: the banner shows the local and
+    network URLs; pages served by the dashboard itself connect whatever host name they
+    were opened by (same origin), and only another site's page at the public address
+    loses that allowance (`server.corsAllowedOrigins` names such sites)."""
+    from streamlit import net_util
+
+    net_util.get_external_ip = lambda: None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Import the numerical stack, start `warm_when_ready`, then `streamlit run app.py`
-    with `argv`'s options."""
-    import plotly.graph_objects  # noqa: F401
+    """Stop the address lookup, import the numerical stack, warm the first page, then
+    `streamlit run app.py` with `argv`'s options."""
     from streamlit.web import cli
 
-    import normcore.explore  # noqa: F401
-    import normcore.model  # noqa: F401
-
+    no_address_lookup()
+    warm_first_page()
     options = sys.argv[1:] if argv is None else argv
-    threading.Thread(target=warm_when_ready, daemon=True, name="normcore-first-page").start()
     cli.main(["run", str(APP), *options], prog_name="streamlit")
 
 

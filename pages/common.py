@@ -996,7 +996,7 @@ def warm_first_page() -> None:
     """What the first page a visitor sees (the demo's Centile fans at their defaults)
     computes, into the caches every session reads.
 
-    Why: serve.py calls this as soon as the server's runtime exists, so the first
+    Why: serve.py calls this before the server opens, so the first
     visitor's chart waits for none of it; the first fan figure built in a process also
     loads Plotly's trace classes, so one is built here and dropped."""
     found, test = load_demo(), load_demo_test()

@@ -80,11 +80,14 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def streamlit_server(log_name: str, env: Mapping[str, str]) -> Iterator[RunningServer]:
+def streamlit_server(
+    log_name: str, env: Mapping[str, str], address: str = "127.0.0.1"
+) -> Iterator[RunningServer]:
     """Run the dashboard as deployed (the Dockerfile's `python serve.py`, i.e. `streamlit
     run app.py` with the heavy imports done first, from the repository root so that its
     .streamlit/config.toml applies: headless, no usage statistics) on a free local port,
-    with `env` as its whole environment; yield it once it is healthy.
+    with `env` as its whole environment, listening on `address` (the Dockerfile's is
+    0.0.0.0); yield it once it is healthy, reached through 127.0.0.1.
 
     The server's output goes to test-artifacts/<log_name>, which is kept for reading
     after a failed run and quoted in the failure if the app never becomes healthy.
@@ -93,7 +96,7 @@ def streamlit_server(log_name: str, env: Mapping[str, str]) -> Iterator[RunningS
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / log_name
     command = [sys.executable, "serve.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1"]
+               "--server.address", address]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT

@@ -7,6 +7,7 @@ real `streamlit run` server with its own HOME and TMPDIR and checks its network 
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 import time
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from privacy import files_holding, now, planted_cohort
+from sandbox import TrapProxy
 from streamlit.testing.v1 import AppTest
+from streamlit_browser import ARTIFACTS, streamlit_server
 from synthetic_world import SPEC
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +84,33 @@ def test_usage_statistics_are_off_and_the_server_is_quiet() -> None:
     # The Dockerfile's command must not override the repository config.
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "gatherUsageStats=true" not in dockerfile.replace(" ", "")
+
+
+@pytest.mark.timeout(180)
+def test_listening_on_every_interface_asks_no_outside_server_for_an_address(tmp_path) -> None:
+    """The Dockerfile's server listens on 0.0.0.0. There Streamlit would ask
+    checkip.amazonaws.com for the machine's public address, for its start-up banner
+    (and again for any page opened through a host name it does not know); serve.py
+    stops it. The request would go to the trap proxy named in the proxy variables."""
+    proxy = TrapProxy()
+    trap = f"http://127.0.0.1:{proxy.port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+        "NORMCORE_DEMO_DIR": str(tmp_path),  # no demo: the server starts at once
+        "HTTP_PROXY": trap, "HTTPS_PROXY": trap, "http_proxy": trap, "https_proxy": trap,
+        "no_proxy": "127.0.0.1,localhost",
+    }  # fmt: skip
+    log = ARTIFACTS / "every-interface.log"
+    try:
+        with streamlit_server(log.name, env, address="0.0.0.0"):
+            deadline = time.monotonic() + 60
+            while "Local URL" not in log.read_text(errors="replace"):  # after any lookup
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+                time.sleep(0.2)
+    finally:
+        proxy.close()
+    assert not proxy.requests, proxy.requests[:3]
+    assert "external IP" not in log.read_text(errors="replace")
 
 
 class _Payload:
