@@ -1,13 +1,13 @@
-"""`python serve.py [streamlit options]`: the dashboard, its first page ready before it
-opens, and no request off the machine.
+"""`python serve.py [streamlit options]`: the dashboard, the demo ready before it opens,
+and no request off the machine.
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
 the script, and that session then computes the demo's first chart, so the first visitor
-would wait for both (benchmarks/RESULTS.md, "Dashboard"). This imports the numerical
-stack and the pages' shared module, computes the first page's demo results into the
-caches every session reads (`pages.common.warm_first_page`; Streamlit's caches live in
-the process and are keyed by function, so results cached before its server starts are
-the ones its sessions find), then runs the same Streamlit command.
+would wait for both (benchmarks/RESULTS.md, "Dashboard"). This imports the pages' shared
+module, computes the demo's first page and builds its network
+(`pages.common.warm_before_opening`; Streamlit's caches live in the process and are keyed
+by function, so results cached before its server starts are the ones its sessions
+find), then runs the same Streamlit command.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ OUTSIDE_A_SESSION = (
 )
 
 
-def warm_first_page() -> None:
-    """The first page's demo results, computed now. A failure is only logged: the page
-    computes the same thing and says what went wrong there."""
+def warm() -> None:
+    """`warm_before_opening`, now. A failure is only logged: the pages compute the same
+    things and say what went wrong there."""
     loggers = [logging.getLogger(name) for name in OUTSIDE_A_SESSION]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        from pages.common import warm_first_page as warm
+        from pages.common import warm_before_opening
 
-        warm()
+        warm_before_opening()
     except Exception as err:  # noqa: BLE001  (the page will say what went wrong)
-        logging.getLogger("normcore").warning("warming the first page failed: %s", err)
+        logging.getLogger("normcore").warning("preparing the demo failed: %s", err)
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
@@ -61,12 +61,12 @@ def no_address_lookup() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Stop the address lookup, import the numerical stack, warm the first page, then
-    `streamlit run app.py` with `argv`'s options."""
+    """Stop the address lookup, prepare the demo, then `streamlit run app.py` with
+    `argv`'s options."""
     from streamlit.web import cli
 
     no_address_lookup()
-    warm_first_page()
+    warm()
     options = sys.argv[1:] if argv is None else argv
     cli.main(["run", str(APP), *options], prog_name="streamlit")
 

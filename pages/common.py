@@ -992,13 +992,15 @@ def draws_like(model: NormativeModel, model_key: str, group: Cohort) -> pd.DataF
     return sample(model, model_key, covariates, 1, seed=1, table_key=group.key)
 
 
-def warm_first_page() -> None:
-    """What the first page a visitor sees (the demo's Centile fans at their defaults)
-    computes, into the caches every session reads.
+def warm_before_opening() -> None:
+    """What the demo's first page (Centile fans at its defaults) computes, into the caches
+    every session reads, and the demo's network, which every page that draws needs.
 
-    Why: serve.py calls this before the server opens, so the first
-    visitor's chart waits for none of it; the first fan figure built in a process also
-    loads Plotly's trace classes, so one is built here and dropped."""
+    Why: serve.py calls this before the server opens, so the first visitor waits for
+    none of it: the fans' centiles and the held-out people's scores; one fan figure,
+    built and dropped, because the first one built in a process loads Plotly's trace
+    classes; and the denoiser, whose first build imports torch (seconds the Dependence
+    page would otherwise spend on a first visit)."""
     found, test = load_demo(), load_demo_test()
     if found is None:
         return
@@ -1012,6 +1014,7 @@ def warm_first_page() -> None:
         table, default_idps(model.schema.idps), age=model.schema.age,
         **fan_context(model, key, fixed),
     )  # fmt: skip
+    model.check_network()
 
 
 def warm_up() -> None:

@@ -116,7 +116,7 @@ def test_unreadable_demo_bundle_is_explained_not_raised(monkeypatch, tmp_path):
 
 def test_the_first_page_warm_up_computes_what_the_first_page_asks_for(monkeypatch):
     """serve.py fills the shared caches with the demo's first page before anyone visits
-    (`warm_first_page`); should the page's defaults drift from the warm-up's, the warm-up
+    (`warm_before_opening`); should the page's defaults drift from the warm-up's, the warm-up
     would compute results nobody reads and the first visitor would wait again."""
     from pages import common
 
@@ -133,7 +133,7 @@ def test_the_first_page_warm_up_computes_what_the_first_page_asks_for(monkeypatc
 
     monkeypatch.setattr(common, "centiles", centiles)
     monkeypatch.setattr(common, "score", score)
-    common.warm_first_page()
+    common.warm_before_opening()
     warmed = {name: list(calls) for name, calls in asked.items()}
     for calls in asked.values():
         calls.clear()
