@@ -445,6 +445,16 @@ def read_upload(slot: str = "table") -> None:
     )
 
 
+def table_uploader(label: str, slot: str, types: list[str]) -> bool:
+    """The file uploader of `slot` (its file read into session state by `read_upload`),
+    and, if the last file could not be read, why. False when it could not be read."""
+    st.file_uploader(label, type=types, key=UPLOADERS[slot], on_change=read_upload, args=(slot,))
+    error = st.session_state.get(f"{slot}_error")
+    if error:
+        st.error(f"This file could not be read. {md(error)}")
+    return not error
+
+
 def claim(uploaded: Any) -> None:
     """Remember that an uploader's callback received this file (see `abandoned_uploads`)."""
     st.session_state.setdefault("claimed_uploads", set()).add(getattr(uploaded, "file_id", None))

@@ -18,15 +18,11 @@ st.write(
     "asegstats2table/aparcstats2table table) with a second table of each subject's age, "
     "sex and site. Files stay in this browser session's memory and are never written to disk."
 )
-st.file_uploader(
+if not common.table_uploader(
     "Table (CSV, TSV, Excel or Parquet) or FreeSurfer outputs (.zip, .stats)",
-    type=[*upload_types(), *common.FREESURFER_TYPES],
-    key="data_upload",
-    on_change=common.read_upload,
-    args=("table",),
-)
-if st.session_state.get("table_error"):
-    st.error(f"This file could not be read. {md(st.session_state['table_error'])}")
+    "table",
+    [*upload_types(), *common.FREESURFER_TYPES],
+):
     st.stop()
 
 table = st.session_state.get("table")
@@ -58,15 +54,11 @@ if table.attrs.get("freesurfer"):
             f"{len(raw)} subjects but no age, sex or site: upload a table of those, one row "
             "per subject, with the same subject ids."
         )
-        st.file_uploader(
+        common.table_uploader(
             "Covariates: subject id, age, sex, site (CSV, TSV, Excel or Parquet)",
-            type=upload_types(),
-            key="covariates_upload",
-            on_change=common.read_upload,
-            args=("covariates",),
+            "covariates",
+            upload_types(),
         )
-        if st.session_state.get("covariates_error"):
-            st.error(f"This file could not be read. {md(st.session_state['covariates_error'])}")
         covariates = st.session_state.get("covariates")
         if covariates is None:
             st.stop()

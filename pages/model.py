@@ -206,15 +206,9 @@ def adapt_section(model: NormativeModel, key: str, name: str) -> None:
     if job is not None and st.session_state.get("adapt_collected") is job:
         adapt_result(job)
 
-    st.file_uploader(
-        "Healthy controls from your site (CSV, TSV, Excel or Parquet)",
-        type=upload_types(),
-        key="adapt_upload",
-        on_change=common.read_upload,
-        args=("controls",),
-    )
-    if st.session_state.get("controls_error"):
-        st.error(f"This file could not be read. {md(st.session_state['controls_error'])}")
+    if not common.table_uploader(
+        "Healthy controls from your site (CSV, TSV, Excel or Parquet)", "controls", upload_types()
+    ):
         return
     controls = st.session_state.get("controls")
     if controls is None:
