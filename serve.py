@@ -12,6 +12,7 @@ find), then runs the same Streamlit command.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
 from pathlib import Path
@@ -60,11 +61,29 @@ def no_address_lookup() -> None:
     net_util.get_external_ip = lambda: None
 
 
+M_ARENA_MAX = -8
+"""glibc's `mallopt` parameter for the most malloc arenas a process may have (malloc.h)."""
+
+
+def few_malloc_arenas() -> None:
+    """Let glibc's malloc keep at most two arenas (on other C libraries: nothing).
+
+    Why: glibc gives threads that allocate at once arenas of their own, up to eight per
+    core, and Streamlit runs every session's script in its own thread; what sessions
+    free when they end then stays scattered over many arenas, and the server's memory
+    grows round after round of the same work (benchmarks/RESULTS.md, "Load")."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Stop the address lookup, prepare the demo, then `streamlit run app.py` with
-    `argv`'s options."""
+    """Cap malloc's arenas, stop the address lookup, prepare the demo, then `streamlit
+    run app.py` with `argv`'s options."""
     from streamlit.web import cli
 
+    few_malloc_arenas()
     no_address_lookup()
     warm()
     options = sys.argv[1:] if argv is None else argv
