@@ -34,7 +34,7 @@ from normcore.errors import BundleError
 from normcore.first_stage import FirstStage, NewPersonSpread
 from normcore.joint import DenoiserSpec, JointModel, StoredDenoiser
 from normcore.preprocessing import CovariateEncoder
-from normcore.reference import ReferenceTable
+from normcore.reference import DeviationCalibration, ReferenceTable
 from normcore.safe_write import atomic_output
 from normcore.schema import Schema
 
@@ -230,7 +230,7 @@ class SavedModel:
     first_stage: FirstStage
     joint: JointModel
     reference: ReferenceTable
-    deviation_calibration: tuple[float, float]
+    deviation_calibration: DeviationCalibration
     training: dict
     history: list[dict]
     adaptations: list[dict]
@@ -266,7 +266,7 @@ def pack(model: SavedModel) -> bytes:
         "reference_bandwidth": model.reference.bandwidth,
         "moment_map_offset": joint.moment_map[1].tolist(),
         "predictive": joint.spread.to_dict(),
-        "deviation_calibration": list(model.deviation_calibration),
+        "deviation_calibration": model.deviation_calibration.to_list(),
         "adaptations": model.adaptations,
     }
     return to_bytes(tensors, meta)
@@ -318,7 +318,6 @@ def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.dev
             seed=config.seed,
         )
         arrays = {k: v for k, v in tensors.items() if k.startswith("reference.")}
-        shift, spread = meta["deviation_calibration"]
         model = SavedModel(
             version=meta["normcore_version"],
             created=meta["created"],
@@ -330,7 +329,7 @@ def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.dev
             reference=ReferenceTable.from_arrays(
                 arrays, encoder.n_levels, meta["reference_bandwidth"]
             ),
-            deviation_calibration=(float(shift), float(spread)),
+            deviation_calibration=DeviationCalibration.from_list(meta["deviation_calibration"]),
             training=meta["training"],
             history=meta["history"],
             adaptations=list(meta.get("adaptations", [])),

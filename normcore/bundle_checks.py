@@ -53,6 +53,12 @@ MAX_DRAW_OFFSET = 2.0
 """Largest coefficient of the denoiser's mean error a file may hold, in standard
 deviations of the normal scores (`ReferenceTable.draw_offsets`); a denoiser off by more
 is broken, and a larger number moves every draw to a confident wrong place."""
+MAX_CALIBRATION = 4.0
+"""Largest deviation-calibration shift (normal-score units) or spread factor a file may
+hold: beyond it the 'correction' would overturn the model's own ranking, so the file is
+taken as edited or damaged."""
+MAX_CALIBRATION_SLOPE = 0.5
+"""Largest change per year of age in that shift or log spread, for the same reason."""
 NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "width": (1, 4096),
     "depth": (1, 64),
@@ -190,10 +196,19 @@ def check_header(meta: Any) -> None:
         _number(_get(meta, key, "header"), key, lo=0.0)
     _number(_get(meta, "reference_bandwidth", "header"), "reference_bandwidth", above=0.0)
     calibration = _list(_get(meta, "deviation_calibration", "header"), "deviation_calibration")
-    if len(calibration) != 2:
-        raise _fail("'deviation_calibration'", "should hold a shift and a spread")
-    _number(calibration[0], "deviation_calibration shift")
-    _number(calibration[1], "deviation_calibration spread", above=0.0)
+    if len(calibration) not in (2, 6):
+        raise _fail(
+            "'deviation_calibration'",
+            "should hold a shift and a spread, and then their age slopes and age range",
+        )
+    _number(calibration[0], "deviation_calibration shift", lo=-MAX_CALIBRATION, hi=MAX_CALIBRATION)
+    _number(calibration[1], "deviation_calibration spread", above=0.0, hi=MAX_CALIBRATION)
+    if len(calibration) == 6:
+        for i, name in ((2, "shift slope"), (3, "log spread slope")):
+            bound = MAX_CALIBRATION_SLOPE
+            _number(calibration[i], f"deviation_calibration {name}", lo=-bound, hi=bound)
+        lo = _number(calibration[4], "deviation_calibration youngest age")
+        _number(calibration[5], "deviation_calibration oldest age", lo=lo)
     for i, entry in enumerate(_list(_get(meta, "history", "header"), "history", 1_000_000)):
         for name, value in _mapping(entry, f"history[{i}]").items():
             if value is not None and (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from normcore.freesurfer import is_qc_column
 from normcore.idp_groups import label, region_group
 from normcore.preprocessing import UNKNOWN
 from normcore.schema import ID_CANDIDATES, Problem, Schema, coerce_categories, numeric_columns
+
+if TYPE_CHECKING:
+    from normcore.reference import DeviationCalibration
 
 __all__ = [
     "UNKNOWN_LEVEL",
@@ -841,11 +844,19 @@ def _predictive_text(predictive: Sequence[float | None]) -> str:
     return f"x{scale:.2f}, {tails} (5-fold cross-validation of the first stage)"
 
 
-def _deviation_calibration_text(calibration: Sequence[float]) -> str:
-    shift, spread = calibration
-    if (shift, spread) == (0.0, 1.0):
+def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
+    c = calibration
+    if (c.shift, c.spread, c.shift_slope, c.log_spread_slope) == (0.0, 1.0, 0.0, 0.0):
         return "none (validation people matched the model within noise, or were too few)"
-    return f"shift {shift:+.2f}, spread x{spread:.2f} (measured on validation people)"
+    text = f"shift {c.shift:+.2f}, spread x{c.spread:.2f}"
+    if c.shift_slope or c.log_spread_slope:
+        lo, hi = c.ages
+        span = hi - lo
+        text += (
+            f" at age {0.5 * (lo + hi):.0f}; over ages {lo:.0f}-{hi:.0f} the shift changes by "
+            f"{c.shift_slope * span:+.2f} and the spread x{np.exp(c.log_spread_slope * span):.2f}"
+        )
+    return text + " (measured on validation people)"
 
 
 def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:

@@ -41,6 +41,7 @@ from normcore.preprocessing import CovariateEncoder
 from normcore.reference import (
     PROBABILITY_LEVELS,
     Z_LEVELS,
+    DeviationCalibration,
     ReferenceTable,
     Rescorer,
     Sampler,
@@ -484,11 +485,11 @@ def _reference_z(
 def _calibrate_deviation(
     reference: ReferenceTable, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray,
     val_rows: np.ndarray,
-) -> tuple[float, float]:  # fmt: skip
-    """The deviation centile's (shift, spread) measured on validation people's `scores`
+) -> DeviationCalibration:  # fmt: skip
+    """The deviation centile's correction measured on validation people's `scores`
     (see `reference.deviation_calibration`); none from too few people."""
     if len(val_rows) < MIN_DEVIATION_ROWS:
-        return 0.0, 1.0
+        return DeviationCalibration()
     v = val_rows
     z, _ = _reference_z(reference, scores[v], ages[v], codes[v])
     return deviation_calibration(reference, codes[v], ages[v], z)

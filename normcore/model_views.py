@@ -82,7 +82,8 @@ class FittedViews:
     @property
     def corrections(self) -> dict:
         """What the fit measured to correct the draws: `moment_map` (matrix, offset),
-        `new_person_spread` (scale, dof), `deviation_calibration` (shift, spread)."""
+        `new_person_spread` (scale, dof), `deviation_calibration`
+        (`reference.DeviationCalibration`)."""
         joint = self._fitted().joint_
         return {
             "moment_map": tuple(a.copy() for a in joint.moment_map),

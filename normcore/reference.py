@@ -993,24 +993,67 @@ def _raw_deviation_scores(
     return d2[0] * (1 - w) + d2[1] * w, r[0] * (1 - w) + r[1] * w
 
 
+@dataclass(frozen=True)
+class DeviationCalibration:
+    """The deviation centile's correction for people the model did not train on: its
+    normal score r becomes (r - shift(age)) / spread(age) (see `deviation_calibration`).
+
+    shift(age) = shift + shift_slope * (a - centre) and spread(age) = spread *
+    exp(log_spread_slope * (a - centre)), slopes per year, with a the age held within
+    `ages` (the validation people's youngest and oldest: the trend is not carried beyond
+    the people it was measured on) and centre the middle of `ages`. The default changes
+    nothing; a file from before the age trend holds the shift and spread only.
+    """
+
+    shift: float = 0.0
+    spread: float = 1.0
+    shift_slope: float = 0.0
+    log_spread_slope: float = 0.0
+    ages: tuple[float, float] = (0.0, 0.0)
+
+    def apply(self, r: np.ndarray, ages: np.ndarray) -> np.ndarray:
+        """The calibrated normal scores of raw scores `r` of people aged `ages`."""
+        lo, hi = self.ages
+        x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)
+        spread = self.spread * np.exp(self.log_spread_slope * x)
+        return (r - self.shift - self.shift_slope * x) / spread
+
+    def to_list(self) -> list[float]:
+        """As stored in a bundle: [shift, spread, shift_slope, log_spread_slope, lo, hi],
+        or [shift, spread] when nothing changes with age (as every file before the age
+        trend holds, so such a file reads and saves unchanged)."""
+        if self.shift_slope == 0.0 and self.log_spread_slope == 0.0:
+            return [self.shift, self.spread]
+        return [self.shift, self.spread, self.shift_slope, self.log_spread_slope, *self.ages]
+
+    @classmethod
+    def from_list(cls, values: list[float] | tuple[float, ...]) -> DeviationCalibration:
+        """From `to_list`'s six numbers, or an older file's (shift, spread)."""
+        shift, spread, *trend = (float(v) for v in values)
+        if not trend:
+            return cls(shift, spread)
+        shift_slope, log_spread_slope, lo, hi = trend
+        return cls(shift, spread, shift_slope, log_spread_slope, (lo, hi))
+
+
 def mahalanobis_centile(
     table: ReferenceTable,
     codes: np.ndarray,
     ages: np.ndarray,
     z: np.ndarray,
-    calibration: tuple[float, float] = (0.0, 1.0),
+    calibration: DeviationCalibration = DeviationCalibration(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared Mahalanobis distance of normal-score vectors z (n, D) and its centile (0-100).
 
     The raw centile ranks the distance among model samples with the same categorical
     levels at the person's own age (`deviation_reference`), so it holds whatever the
-    shape of the dependence and however it changes with age. `calibration` = (shift,
-    spread) then maps its normal score r to (r - shift) / spread: the model's measured
-    correction for people it did not train on (see `deviation_calibration`).
+    shape of the dependence and however it changes with age. `calibration` then maps its
+    normal score r to the model's measured correction for people it did not train on
+    (see `deviation_calibration`).
     """
-    d2, r = _raw_deviation_scores(table, codes, np.asarray(ages, dtype=np.float64), z)
-    shift, spread = calibration
-    return d2, 100.0 * special.ndtr((r - shift) / spread)
+    ages = np.asarray(ages, dtype=np.float64)
+    d2, r = _raw_deviation_scores(table, codes, ages, z)
+    return d2, 100.0 * special.ndtr(calibration.apply(r, ages))
 
 
 def deviation_over_present(
@@ -1019,7 +1062,7 @@ def deviation_over_present(
     ages: np.ndarray,
     z: np.ndarray,
     present: np.ndarray,
-    calibration: tuple[float, float] = (0.0, 1.0),
+    calibration: DeviationCalibration = DeviationCalibration(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared Mahalanobis distance (n,) over each person's present IDPs (`present`
     (n, D) bool) and its centile (0-100), for people who lack some IDPs.
@@ -1073,25 +1116,48 @@ differ from (0, 1) to be applied."""
 
 def deviation_calibration(
     table: ReferenceTable, codes: np.ndarray, ages: np.ndarray, z: np.ndarray
-) -> tuple[float, float]:
-    """(shift, spread) that make held-out people's deviation centiles uniform.
+) -> DeviationCalibration:
+    """The correction that makes held-out people's deviation centiles uniform, at every age.
 
     Why: the distance sums D squared normal scores, so per-IDP errors too small to see in
     any one centile can add up over D IDPs; ranked among the model's own samples, real
     people's distances then come out too spread in both directions, so the correction is
     a shift and a spread of the centiles' normal scores rather than one scale of the
-    distance. On validation people the model never trained on, the normal scores of the
-    raw centiles (clipped to +-4, where ranks beyond the samples are extrapolated) give
-    their mean and standard deviation. Each is applied only if it is BEYOND_NOISE
-    standard errors from 0 and 1: a few hundred validation people are themselves a
-    sample, and correcting by their noise miscalibrates everyone else (README, "How it
-    works", 5).
+    distance. And how well the model's draws follow real dependence changes with age
+    (where coupling grows with age, the young were over-flagged and the old
+    under-flagged: benchmarks/RESULTS.md, "Joint model"), so shift and log spread may
+    each change linearly with age. On validation people the model never trained on, the
+    normal scores of the raw centiles (clipped to +-4, where ranks beyond the samples are
+    extrapolated) are regressed on age (least squares), and the log of their absolute
+    residuals on age (whose slope is the log spread's). Each of the four numbers is
+    applied only if it is BEYOND_NOISE standard errors from no correction: a few hundred
+    validation people are themselves a sample, and correcting by their noise
+    miscalibrates everyone else (README, "How it works", 5).
     """
-    _, r = _raw_deviation_scores(table, codes, np.asarray(ages, dtype=np.float64), z)
+    ages = np.asarray(ages, dtype=np.float64)
+    _, r = _raw_deviation_scores(table, codes, ages, z)
     r = np.clip(r, -4.0, 4.0)
-    n, shift, spread = len(r), float(r.mean()), float(r.std())
-    if abs(shift) * np.sqrt(n) / max(spread, 1e-12) < BEYOND_NOISE:
+    n = len(r)
+    lo, hi = float(ages.min()), float(ages.max())
+    x = ages - 0.5 * (lo + hi)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    shift_slope = float(((x - x.mean()) * (r - r.mean())).sum() / sxx) if sxx > 0 else 0.0
+    residual = r - r.mean() - shift_slope * (x - x.mean())
+    sd = max(float(residual.std()), 1e-12)
+    if sxx <= 0 or abs(shift_slope) * np.sqrt(sxx) / sd < BEYOND_NOISE:
+        shift_slope = 0.0
+    shift = float((r - shift_slope * x).mean())
+    residual = r - shift - shift_slope * x
+    log_abs = np.log(np.abs(residual) + 1e-12)
+    log_spread_slope = (
+        float(((x - x.mean()) * (log_abs - log_abs.mean())).sum() / sxx) if sxx > 0 else 0.0
+    )
+    # var(log|e|) = pi^2 / 8 for normal e, whatever its spread
+    if sxx <= 0 or abs(log_spread_slope) * np.sqrt(sxx / (np.pi**2 / 8)) < BEYOND_NOISE:
+        log_spread_slope = 0.0
+    spread = max(float((residual * np.exp(-log_spread_slope * x)).std()), 1e-12)
+    if abs(shift) * np.sqrt(n) / spread < BEYOND_NOISE:
         shift = 0.0
-    if abs(np.log(max(spread, 1e-12))) * np.sqrt(2.0 * (n - 1)) < BEYOND_NOISE:
+    if abs(np.log(spread)) * np.sqrt(2.0 * (n - 1)) < BEYOND_NOISE:
         spread = 1.0
-    return shift, spread
+    return DeviationCalibration(shift, spread, shift_slope, log_spread_slope, (lo, hi))

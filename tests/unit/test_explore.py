@@ -45,6 +45,7 @@ from normcore.explore import (
 )
 from normcore.first_stage import NewPersonSpread
 from normcore.idp_groups import GROUP_ORDER, default_idps, group_idps, label, region_group
+from normcore.reference import DeviationCalibration
 from normcore.site_advice import MEASURED_COVERAGE_95, measured_calibration
 
 SCHEMA = Schema(
@@ -345,11 +346,16 @@ def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitte
 
 def test_model_card_says_how_the_deviation_centile_was_recalibrated(fitted):
     model = copy.copy(fitted)
-    model.deviation_calibration_ = (0.0, 1.0)
+    model.deviation_calibration_ = DeviationCalibration()
     assert model_card(model)["deviation calibration"].startswith("none")
-    model.deviation_calibration_ = (0.05, 1.21)
+    model.deviation_calibration_ = DeviationCalibration(0.05, 1.21)
     assert model_card(model)["deviation calibration"] == (
         "shift +0.05, spread x1.21 (measured on validation people)"
+    )
+    model.deviation_calibration_ = DeviationCalibration(0.05, 1.21, -0.01, 0.0, (20.0, 80.0))
+    assert model_card(model)["deviation calibration"] == (
+        "shift +0.05, spread x1.21 at age 50; over ages 20-80 the shift changes by -0.60 "
+        "and the spread x1.00 (measured on validation people)"
     )
 
 

@@ -5,6 +5,7 @@ from scipy import optimize, stats
 from normcore.reference import (
     PROBABILITY_LEVELS,
     Z_BOUND,
+    DeviationCalibration,
     ReferenceTable,
     build_reference,
     deviation_calibration,
@@ -144,12 +145,61 @@ def test_deviation_calibration_makes_people_unlike_the_model_uniform():
     z = z_of_scores(q, mean + factor * (y - mean))
     same = z_of_scores(q, y)
     # noise only
-    assert deviation_calibration(table, codes[:3000], ages[:3000], same[:3000]) == (0.0, 1.0)
+    none = deviation_calibration(table, codes[:3000], ages[:3000], same[:3000])
+    assert (none.shift, none.spread, none.shift_slope, none.log_spread_slope) == (0, 1, 0, 0)
     calibration = deviation_calibration(table, codes[:3000], ages[:3000], z[:3000])
     _, raw = mahalanobis_centile(table, codes[3000:], ages[3000:], z[3000:])
     _, fixed = mahalanobis_centile(table, codes[3000:], ages[3000:], z[3000:], calibration)
     assert (raw > 95).mean() > 0.1 and stats.kstest(raw / 100, "uniform").statistic > 0.08
     assert stats.kstest(fixed / 100, "uniform").statistic < 0.04
+
+
+def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
+    """People whose spread against the model's grows with age (narrower than the model
+    at 20, wider at 80, as where coupling grows with age and the draws miss it): one
+    shift and spread for everyone leaves the young under-flagged and the old
+    over-flagged; the age trend measured on half of them makes every age band of the
+    other half uniform, and no trend is measured where there is none."""
+    rng = np.random.default_rng(4)
+    table = build_reference(
+        _exact_sampler(rng), (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=11
+    )
+    n = 8000
+    codes = np.zeros((n, 1), dtype=np.int64)
+    ages = rng.uniform(20, 80, n)
+    q, _ = table.lookup(codes, ages)
+    y = _exact_sampler(rng)(ages, codes)
+    mean = (0.5 * ages)[:, None]
+    factor = np.exp(-0.2 + 0.4 * (ages - 20) / 60)[:, None]
+    z = z_of_scores(q, mean + factor * (y - mean))
+    half = slice(0, n // 2)
+    calibration = deviation_calibration(table, codes[half], ages[half], z[half])
+    assert calibration.shift_slope > 0 or calibration.log_spread_slope > 0
+    assert calibration.ages == (pytest.approx(20, abs=0.1), pytest.approx(80, abs=0.1))
+    flat = DeviationCalibration(calibration.shift, calibration.spread)
+    rest = slice(n // 2, n)
+    _, trended = mahalanobis_centile(table, codes[rest], ages[rest], z[rest], calibration)
+    _, pooled = mahalanobis_centile(table, codes[rest], ages[rest], z[rest], flat)
+    for lo in (20, 35, 50, 65):
+        band = (ages[rest] >= lo) & (ages[rest] < lo + 15)
+        assert stats.kstest(trended[band] / 100, "uniform").statistic < 0.06, lo
+    old = ages[rest] >= 65
+    assert stats.kstest(pooled[old] / 100, "uniform").statistic > 0.1  # the age trend matters
+    same = deviation_calibration(table, codes[half], ages[half], z_of_scores(q, y)[half])
+    assert (same.shift_slope, same.log_spread_slope) == (0.0, 0.0)
+
+
+def test_deviation_calibration_is_stored_as_older_files_hold_it_when_flat():
+    """Two numbers when nothing changes with age (every file before the age trend holds
+    that form, and reads and saves unchanged); six with the trend; both read back."""
+    flat = DeviationCalibration(0.1, 1.2, ages=(20.0, 80.0))
+    assert flat.to_list() == [0.1, 1.2]
+    assert DeviationCalibration.from_list([0.1, 1.2]) == DeviationCalibration(0.1, 1.2)
+    trended = DeviationCalibration(0.1, 1.2, 0.01, -0.02, (20.0, 80.0))
+    assert DeviationCalibration.from_list(trended.to_list()) == trended
+    # held flat beyond the validation ages: 10 and 20 get the same correction
+    young, edge, middle = trended.apply(np.ones(3), np.array([10.0, 20.0, 50.0]))
+    assert young == edge != middle
 
 
 def test_table_arrays_round_trip_exactly():
