@@ -53,7 +53,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 scripts in a few minutes, whose numbers mean nothing."""
 
 SECTIONS = (
-    "engine", "draws", "compare", "adapt", "joint", "one_law", "conditional_speed", "fit_profile",
+    "engine", "draws", "compare", "adapt", "joint", "deviation_by_age", "one_law",
+    "conditional_speed", "fit_profile",
     "edges", "startup", "dashboard", "hostile",
 )
 

@@ -1,0 +1,147 @@
+"""The multivariate deviation of held-out controls, calibrated at every age? (issue 17 item 5)
+
+Held-out controls' deviation centiles should be uniform within every age band, not only
+over everyone. Measured on two truths, each with a fit of the package defaults (FiLM):
+
+- *subgroup*: `SyntheticSpec(n_idps=20, dependence="subgroup")`, 3,000 training and
+  1,000 held-out people (seeds 1 and 2), a truth whose coupling between IDPs and whose
+  subgroup share grow with age;
+- *fcon1000*: the demo's halves (assets/demo), fitted with the demo's own settings
+  (`normcore.demo.build`'s), scored on the held-out people of the training sites.
+
+For each, the deviation centiles of the held-out people under three calibrations of the
+same fitted model: *as fitted* (the fit's calibration, with its age trend where one was
+measured beyond noise), *pooled* (the same shift and spread, the age slopes dropped: one
+correction for every age, as before the age trend) and *none*. Per age band: the people,
+the KS distance to uniform (the 5 % critical value beside it) and the share above the
+95th centile.
+
+    python benchmarks/deviation_by_age.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import common
+import numpy as np
+import pandas as pd
+from common import ROOT, log
+
+from normcore import metrics
+from normcore.demo import SCHEMA
+from normcore.model import NormativeModel
+from normcore.reference import DeviationCalibration
+from normcore.synthetic import SyntheticSpec, simulate
+
+OUT = ROOT / "benchmarks" / "out" / "deviation_by_age"
+BANDS = 5
+
+
+def subgroup_truth() -> tuple[pd.DataFrame, pd.DataFrame, object]:
+    spec = SyntheticSpec(n_idps=20, dependence="subgroup")
+    return simulate(spec, 3000, seed=1), simulate(spec, 1000, seed=2), None
+
+
+def fcon_truth() -> tuple[pd.DataFrame, pd.DataFrame, object]:
+    train = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_train.csv")
+    test = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_test.csv")
+    return train, test[test["site"].isin(train["site"].unique())], SCHEMA
+
+
+def fitted(name: str, train: pd.DataFrame, schema: object) -> NormativeModel:
+    """The truth's model, fitted once per code version into benchmarks/out."""
+    path = OUT / f"{name}.normcore"
+    if path.exists():
+        return NormativeModel.load(path)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if name == "fcon1000":  # the demo's settings (normcore.demo.build)
+        model = NormativeModel(backbone="film", seed=0, grid_points=31, reference_samples=10_000)
+    else:
+        model = NormativeModel()
+    start = time.process_time()
+    model.fit(train, schema, keep_outliers=name != "fcon1000")
+    log(f"{name}: fitted in {time.process_time() - start:.0f} s CPU")
+    model.save(path)
+    return model
+
+
+def by_band(model: NormativeModel, test: pd.DataFrame, calibration: DeviationCalibration) -> list:
+    model.deviation_calibration_ = calibration
+    u = model.deviation(test)["deviation_centile"].to_numpy() / 100
+    ages = test[model.schema.age].to_numpy(float)
+    edges = np.quantile(ages, np.linspace(0, 1, BANDS + 1))
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (ages >= lo) & (ages <= hi) & np.isfinite(u)
+        rows.append({
+            "ages": f"{lo:.0f}-{hi:.0f}", "n": int(inside.sum()),
+            "ks": float(metrics.ks_uniform(u[inside])["statistic"].iloc[0]),
+            "critical": common.ks_critical(int(inside.sum())),
+            "above_95": float(np.mean(u[inside] > 0.95)),
+        })  # fmt: skip
+    return rows
+
+
+def measure(name: str) -> dict:
+    train, test, schema = subgroup_truth() if name == "subgroup" else fcon_truth()
+    model = fitted(name, train, schema)
+    own = model.deviation_calibration_
+    variants = {
+        "as fitted": own,
+        "pooled": DeviationCalibration(own.shift, own.spread),
+        "none": DeviationCalibration(),
+    }
+    out = {"calibration": dataclasses.asdict(own), "bands": {}}
+    for label, calibration in variants.items():
+        out["bands"][label] = by_band(model, test, calibration)
+    model.deviation_calibration_ = own
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "## Deviation by age (`benchmarks/deviation_by_age.py`, issue 17 item 5)",
+        "",
+        "Held-out controls' deviation centiles per age band (quintiles of age), under the "
+        "fitted model's calibration (*as fitted*), the same shift and spread without the "
+        "age slopes (*pooled*), and none. KS to uniform with the 5 % critical value; share "
+        "above the 95th centile (5 % expected). Truths and settings: the script's docstring.",
+        "",
+    ]
+    for name, result in results.items():
+        c = result["calibration"]
+        lines += [
+            f"**{name}**: calibration as fitted: shift {c['shift']:+.3f}, spread "
+            f"{c['spread']:.3f}, shift slope {c['shift_slope']:+.4f} per year, log-spread "
+            f"slope {c['log_spread_slope']:+.4f} per year, over ages "
+            f"{c['ages'][0]:.0f}-{c['ages'][1]:.0f}.",
+            "",
+            "| calibration | " + " | ".join(r["ages"] for r in result["bands"]["none"]) + " |",
+            "| --- |" + " ---: |" * BANDS,
+        ]
+        for label, rows in result["bands"].items():
+            cells = [
+                f"KS {r['ks']:.3f}{'*' if r['ks'] > r['critical'] else ''}, "
+                f"{100 * r['above_95']:.1f} % > 95th" for r in rows
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        critical = ", ".join(f"{r['critical']:.3f} (n {r['n']})" for r in result["bands"]["none"])
+        lines += ["", f"5 % critical KS per band: {critical}; * marks a band beyond it.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--truths", nargs="+", default=["subgroup", "fcon1000"])
+    args = p.parse_args(argv)
+    results = {name: measure(name) for name in args.truths}
+    common.write_section("deviation_by_age", markdown(results), results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
