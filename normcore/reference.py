@@ -1125,7 +1125,7 @@ def deviation_calibration(
     a shift and a spread of the centiles' normal scores rather than one scale of the
     distance. And how well the model's draws follow real dependence changes with age
     (where coupling grows with age, the young were over-flagged and the old
-    under-flagged: benchmarks/RESULTS.md, "Joint model"), so shift and log spread may
+    under-flagged: benchmarks/RESULTS.md, "Deviation by age"), so shift and log spread may
     each change linearly with age. On validation people the model never trained on, the
     normal scores of the raw centiles (clipped to +-4, where ranks beyond the samples are
     extrapolated) are regressed on age (least squares), and the log of their absolute
