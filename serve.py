@@ -1,5 +1,6 @@
 """`python serve.py [streamlit options]`: the dashboard, the demo ready before it opens,
-and no request off the machine.
+memory that settles after sessions end (`few_malloc_arenas`), and no request off the
+machine (`no_address_lookup`).
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
 the script, and that session then computes the demo's first chart, so the first visitor
