@@ -35,6 +35,7 @@ def warm() -> None:
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    print("normcore: preparing the demo model before the dashboard opens ...", file=sys.stderr)
     try:
         from pages.common import warm_before_opening
 
