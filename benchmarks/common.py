@@ -194,7 +194,7 @@ def _data_hash(df: pd.DataFrame, schema: Schema) -> str:
 
 def fit_or_load(
     name: str, backbone: str, train: pd.DataFrame, schema: Schema, seed: int = 0,
-    keep_outliers: bool = False,
+    keep_outliers: bool = False, settings: dict | None = None,
 ) -> FitResult:  # fmt: skip
     """A fitted model for (data, schema, backbone, settings, code): loaded from
     out/models/ when an identical fit exists, else fitted and saved.
@@ -204,9 +204,10 @@ def fit_or_load(
     over the fit, which on a CPU shared with other jobs is the better estimate of the
     wall time the fit would take alone (one thread). `keep_outliers` is `fit`'s: a synthetic
     truth's far draws are real, not entry errors (it turns refusals into warnings only, so
-    the fitted model, and the cache key, are the same).
+    the fitted model, and the cache key, are the same). `settings` are NormativeModel
+    settings on top of the benchmark's (a script measuring the demo's own, say).
     """
-    kwargs = model_kwargs()
+    kwargs = {**model_kwargs(), **(settings or {})}
     probe = NormativeModel(backbone=backbone, seed=seed, **kwargs)
     key = hashlib.sha256(
         json.dumps(

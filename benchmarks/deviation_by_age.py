@@ -24,49 +24,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 
 import common
 import numpy as np
 import pandas as pd
-from common import ROOT, log
+from common import ROOT
 
-from normcore import metrics
-from normcore.demo import SCHEMA
+from normcore import Schema, metrics
+from normcore.demo import SCHEMA, SETTINGS
 from normcore.model import NormativeModel
 from normcore.reference import DeviationCalibration
-from normcore.synthetic import SyntheticSpec, simulate
+from normcore.synthetic import SyntheticSpec, idp_names, simulate
 
-OUT = ROOT / "benchmarks" / "out" / "deviation_by_age"
 BANDS = 5
 
 
-def subgroup_truth() -> tuple[pd.DataFrame, pd.DataFrame, object]:
+def subgroup_truth() -> tuple[pd.DataFrame, pd.DataFrame, Schema]:
     spec = SyntheticSpec(n_idps=20, dependence="subgroup")
-    return simulate(spec, 3000, seed=1), simulate(spec, 1000, seed=2), None
+    schema = Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
+    return simulate(spec, 3000, seed=1), simulate(spec, 1000, seed=2), schema
 
 
-def fcon_truth() -> tuple[pd.DataFrame, pd.DataFrame, object]:
+def fcon_truth() -> tuple[pd.DataFrame, pd.DataFrame, Schema]:
     train = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_train.csv")
     test = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_test.csv")
     return train, test[test["site"].isin(train["site"].unique())], SCHEMA
-
-
-def fitted(name: str, train: pd.DataFrame, schema: object) -> NormativeModel:
-    """The truth's model, fitted once per code version into benchmarks/out."""
-    path = OUT / f"{name}.normcore"
-    if path.exists():
-        return NormativeModel.load(path)
-    OUT.mkdir(parents=True, exist_ok=True)
-    if name == "fcon1000":  # the demo's settings (normcore.demo.build)
-        model = NormativeModel(backbone="film", seed=0, grid_points=31, reference_samples=10_000)
-    else:
-        model = NormativeModel()
-    start = time.process_time()
-    model.fit(train, schema, keep_outliers=name != "fcon1000")
-    log(f"{name}: fitted in {time.process_time() - start:.0f} s CPU")
-    model.save(path)
-    return model
 
 
 def by_band(model: NormativeModel, test: pd.DataFrame, calibration: DeviationCalibration) -> list:
@@ -88,7 +70,11 @@ def by_band(model: NormativeModel, test: pd.DataFrame, calibration: DeviationCal
 
 def measure(name: str) -> dict:
     train, test, schema = subgroup_truth() if name == "subgroup" else fcon_truth()
-    model = fitted(name, train, schema)
+    if name == "subgroup":  # the joint benchmark's fit of the same truth, shared
+        fit = common.fit_or_load("joint_subgroup20", "film", train, schema, keep_outliers=True)
+    else:
+        fit = common.fit_or_load("fcon1000_demo", "film", train, schema, settings=SETTINGS)
+    model = fit.model
     own = model.deviation_calibration_
     variants = {
         "as fitted": own,

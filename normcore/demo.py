@@ -51,6 +51,8 @@ IDPS = (
 measures clinicians read, few enough to keep the bundle small (see README)."""
 
 SCHEMA = Schema(age="age", categorical=("sex", "site"), idps=IDPS, id="sub_id")
+SETTINGS = {"grid_points": 31, "reference_samples": 10_000}
+"""The demo model's settings beyond the package defaults (FiLM, seed 0)."""
 
 
 def split_source(source: str | Path, out_dir: Path = DEMO_DIR, seed: int = 0) -> None:
@@ -70,7 +72,7 @@ def build(out_dir: Path = DEMO_DIR, seed: int = 0) -> dict:
 
     train = read_table(out_dir / TRAIN_PATH.name)
     test = read_table(out_dir / TEST_PATH.name)
-    model = NormativeModel(backbone="film", seed=seed, grid_points=31, reference_samples=10_000)
+    model = NormativeModel(backbone="film", seed=seed, **SETTINGS)
     start = time.perf_counter()
     model.fit(train, SCHEMA, progress=_progress)
     print(file=sys.stderr)
