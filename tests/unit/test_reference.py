@@ -127,23 +127,32 @@ def test_mahalanobis_centile_is_uniform_for_draws_from_the_model():
     assert stats.kstest(centile / 100, "uniform").pvalue > 0.01
 
 
-def test_deviation_calibration_makes_people_unlike_the_model_uniform():
-    """People whose spread differs from the model's by a person-specific factor (log-normal,
-    10 % wider on average, as when per-IDP errors vary with age): raw ranks flag too many
-    at the top; the calibration measured on one half of them makes the other half uniform."""
-    rng = np.random.default_rng(2)
+def _people_spread_unlike_the_model(rng, n, factor_of):
+    """The exact sampler's table over ages 20-80 and n people of it, aged uniformly:
+    (table, codes, ages, z, same), z the normal scores of people whose spread about the
+    mean is the model's times `factor_of(ages)` ((n, 1)), `same` those of the people as
+    drawn."""
     table = build_reference(
         _exact_sampler(rng), (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=11
     )
-    n = 6000
     codes = np.zeros((n, 1), dtype=np.int64)
     ages = rng.uniform(20, 80, n)
     q, _ = table.lookup(codes, ages)
     y = _exact_sampler(rng)(ages, codes)
     mean = (0.5 * ages)[:, None]
-    factor = np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
-    z = z_of_scores(q, mean + factor * (y - mean))
-    same = z_of_scores(q, y)
+    z = z_of_scores(q, mean + factor_of(ages) * (y - mean))
+    return table, codes, ages, z, z_of_scores(q, y)
+
+
+def test_deviation_calibration_makes_people_unlike_the_model_uniform():
+    """People whose spread differs from the model's by a person-specific factor (log-normal,
+    10 % wider on average, as when per-IDP errors vary with age): raw ranks flag too many
+    at the top; the calibration measured on one half of them makes the other half uniform."""
+    rng = np.random.default_rng(2)
+    n = 6000
+    table, codes, ages, z, same = _people_spread_unlike_the_model(
+        rng, n, lambda ages: np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
+    )
     # noise only
     none = deviation_calibration(table, codes[:3000], ages[:3000], same[:3000])
     assert (none.shift, none.spread, none.shift_slope, none.log_spread_slope) == (0, 1, 0, 0)
@@ -160,18 +169,10 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
     shift and spread for everyone leaves the young under-flagged and the old
     over-flagged; the age trend measured on half of them makes every age band of the
     other half uniform, and no trend is measured where there is none."""
-    rng = np.random.default_rng(4)
-    table = build_reference(
-        _exact_sampler(rng), (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=11
-    )
     n = 8000
-    codes = np.zeros((n, 1), dtype=np.int64)
-    ages = rng.uniform(20, 80, n)
-    q, _ = table.lookup(codes, ages)
-    y = _exact_sampler(rng)(ages, codes)
-    mean = (0.5 * ages)[:, None]
-    factor = np.exp(-0.2 + 0.4 * (ages - 20) / 60)[:, None]
-    z = z_of_scores(q, mean + factor * (y - mean))
+    table, codes, ages, z, same = _people_spread_unlike_the_model(
+        np.random.default_rng(4), n, lambda ages: np.exp(-0.2 + 0.4 * (ages - 20) / 60)[:, None]
+    )
     half = slice(0, n // 2)
     calibration = deviation_calibration(table, codes[half], ages[half], z[half])
     assert calibration.shift_slope > 0 or calibration.log_spread_slope > 0
@@ -185,8 +186,8 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
         assert stats.kstest(trended[band] / 100, "uniform").statistic < 0.06, lo
     old = ages[rest] >= 65
     assert stats.kstest(pooled[old] / 100, "uniform").statistic > 0.1  # the age trend matters
-    same = deviation_calibration(table, codes[half], ages[half], z_of_scores(q, y)[half])
-    assert (same.shift_slope, same.log_spread_slope) == (0.0, 0.0)
+    flat_people = deviation_calibration(table, codes[half], ages[half], same[half])
+    assert (flat_people.shift_slope, flat_people.log_spread_slope) == (0.0, 0.0)
 
 
 def test_deviation_calibration_is_stored_as_older_files_hold_it_when_flat():
