@@ -45,6 +45,7 @@ import torch
 from common import log
 
 from normcore import model as model_module
+from normcore import train as train_module
 from normcore.config import TrainConfig
 from normcore.denoisers import build_denoiser
 from normcore.diffusion import Schedule
@@ -92,7 +93,7 @@ def _patch(clock: StageClock) -> list[tuple[object, str, Callable]]:
         (FirstStage, "fit", "first stage"),
         (FirstStage, "transform", "first stage"),
         (model_module, "fit_model_stages", "first stage"),
-        (model_module, "train_denoiser", "training"),
+        (train_module, "train_denoiser", "training"),  # imported by fit when it runs
         (JointModel, "calibrate", "calibration"),
         (model_module, "_calibrate_deviation", "calibration"),
         (model_module, "build_reference", "reference table"),

@@ -59,6 +59,11 @@ hold: beyond it the 'correction' would overturn the model's own ranking, so the 
 taken as edited or damaged."""
 MAX_CALIBRATION_SLOPE = 0.5
 """Largest change per year of age in that shift or log spread, for the same reason."""
+PRIOR_TENSOR = "net.prior.cov"
+"""The denoiser's Gaussian prior covariance (normcore.denoisers.gaussian_prior)."""
+MAX_PRIOR_VARIANCE = 10.0
+"""Largest variance that covariance may hold: the first stage's scores have variance
+about 1, and a Gaussian prior ten times wider would pull every draw to a wrong place."""
 NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "width": (1, 4096),
     "depth": (1, 64),
@@ -405,6 +410,22 @@ def check_tensors(tensors: Mapping[str, np.ndarray], n_levels: Sequence[int]) ->
             "tensor 'reference.from_prior'",
             f"marks {from_prior.size} level combinations, not {combinations}",
         )
+    if PRIOR_TENSOR in tensors:
+        _check_covariance(tensors[PRIOR_TENSOR], f"tensor '{PRIOR_TENSOR}'")
+
+
+def _check_covariance(cov: np.ndarray, where: str) -> None:
+    """A covariance of normal scores: square, symmetric, positive definite, and no
+    variance above MAX_PRIOR_VARIANCE (the first stage's scores have variance near 1)."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise _fail(where, f"is {cov.shape}, not a square matrix")
+    a = cov.astype(np.float64)
+    if not np.allclose(a, a.T, rtol=1e-5, atol=1e-6):
+        raise _fail(where, "is not symmetric")
+    if np.linalg.eigvalsh(a).min() <= 0:
+        raise _fail(where, "is not positive definite")
+    if np.diag(a).max() > MAX_PRIOR_VARIANCE:
+        raise _fail(where, f"has variances above {MAX_PRIOR_VARIANCE} (scores have about 1)")
 
 
 def check_network_tensors(

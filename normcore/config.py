@@ -57,6 +57,9 @@ class ModelConfig:
     seed: int = 0
     conditional: bool = True
     """The denoiser takes conditioning masks (conditional centiles, people with blank IDPs)."""
+    gaussian_prior: bool = True
+    """The denoiser learns a correction to the exact denoiser of a Gaussian law with the
+    training people's score covariance (normcore.denoisers.gaussian_prior)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -65,5 +68,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        # Models saved before conditional scoring have no key: their networks take no mask.
-        return cls(**{"conditional": False, **d, "train": TrainConfig(**d["train"])})
+        # Models saved before conditional scoring (or the Gaussian prior) have no key:
+        # their networks take no mask (or learn the whole denoiser).
+        old = {"conditional": False, "gaussian_prior": False}
+        return cls(**{**old, **d, "train": TrainConfig(**d["train"])})

@@ -70,12 +70,16 @@ class DenoiserSpec:
     masked: bool
     size: dict = field(default_factory=dict)
     """Width, depth, ... (`ModelConfig.network`); the backbone's defaults for the rest."""
+    prior: Schedule | None = None
+    """The noise schedule of a network that corrects a Gaussian prior (None: one that
+    does not; `ModelConfig.gaussian_prior`)."""
 
     @classmethod
     def of(cls, config: ModelConfig, n_idps: int, n_levels: Sequence[int]) -> DenoiserSpec:
+        prior = Schedule(config.schedule, config.diffusion_steps) if config.gaussian_prior else None
         return cls(
             config.backbone, n_idps, tuple(n_levels), config.diffusion_steps,
-            config.conditional, dict(config.network),
+            config.conditional, dict(config.network), prior,
         )  # fmt: skip
 
     def untrained(self) -> nn.Module:
@@ -84,7 +88,7 @@ class DenoiserSpec:
 
         return build_denoiser(
             self.backbone, self.n_idps, list(self.n_levels), self.steps, masked=self.masked,
-            **self.size,
+            prior=self.prior, **self.size,
         )  # fmt: skip
 
 
@@ -404,6 +408,16 @@ def moment_match(
     target = LedoitWolf().fit(scores).covariance_
     matrix = inv_root @ _sqrtm(root @ target @ root) @ inv_root
     return matrix, scores.mean(axis=0) - flat.mean(axis=0) @ matrix
+
+
+def prior_covariance(scores: np.ndarray) -> np.ndarray:
+    """The covariance (D, D) of a denoiser's Gaussian prior: the training people's first-
+    stage `scores` (n, D) second moments about 0 (the first stage makes 0 every IDP's
+    mean at every age, sex and site), Ledoit-Wolf-shrunk so that it stays well-conditioned
+    with many IDPs."""
+    from sklearn.covariance import LedoitWolf  # fit only
+
+    return LedoitWolf(assume_centered=True).fit(scores).covariance_
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.errors import DataError
 from normcore.first_stage import FirstStage, fit_model_stages
-from normcore.joint import CHUNK, DenoiserSpec, JointModel
+from normcore.joint import CHUNK, DenoiserSpec, JointModel, prior_covariance
 from normcore.model_views import FittedViews
 from normcore.options import DEFAULT_QUANTILES
 from normcore.preprocessing import CovariateEncoder
@@ -150,6 +150,8 @@ class NormativeModel(FittedViews):
             split_scores = split_stage.transform(values, age_z, codes)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = DenoiserSpec.of(cfg, len(schema.idps), n_levels).untrained().to(device)
+            if net.prior is not None:
+                net.prior.set_covariance(prior_covariance(split_scores[train_rows]))
             net, history = train_denoiser(
                 net, schedule, split_scores, age_z, codes, cfg.train, val_rows, train_rows,
                 seed=cfg.seed, progress=progress, should_stop=should_stop, device=device,

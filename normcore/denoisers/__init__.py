@@ -14,21 +14,32 @@ from torch import nn
 
 from normcore.denoisers.conditioning import Conditioning
 from normcore.denoisers.film_mlp import FiLMMLP
+from normcore.denoisers.gaussian_prior import GaussianPrior
 from normcore.denoisers.saint import SAINT
+from normcore.diffusion.schedule import Schedule
 from normcore.options import BACKBONES
 
 
 def build_denoiser(
-    backbone: str, n_idps: int, n_levels: list[int], steps: int, masked: bool = True, **size: int
+    backbone: str,
+    n_idps: int,
+    n_levels: list[int],
+    steps: int,
+    masked: bool = True,
+    prior: Schedule | None = None,
+    **size: int,
 ) -> nn.Module:
     """Construct a denoiser by name; `size` overrides its width/depth defaults. `masked`
     networks take an observation mask (conditional centiles); False builds the networks of
-    models fitted before conditional scoring."""
+    models fitted before conditional scoring. With `prior` (the model's noise schedule) the
+    network learns a correction to the exact denoiser of a Gaussian law (GaussianPrior);
+    without it, the whole denoiser (models fitted before it)."""
+    gaussian = None if prior is None else GaussianPrior(n_idps, prior.alpha_bar)
     if backbone == "film":
-        return FiLMMLP(n_idps, n_levels, steps, masked=masked, **size)
+        return FiLMMLP(n_idps, n_levels, steps, masked=masked, prior=gaussian, **size)
     if backbone == "saint":
-        return SAINT(n_idps, n_levels, steps, masked=masked, **size)
+        return SAINT(n_idps, n_levels, steps, masked=masked, prior=gaussian, **size)
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
 
 
-__all__ = ["BACKBONES", "Conditioning", "FiLMMLP", "SAINT", "build_denoiser"]
+__all__ = ["BACKBONES", "Conditioning", "FiLMMLP", "GaussianPrior", "SAINT", "build_denoiser"]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
+from normcore.denoisers.gaussian_prior import GaussianPrior
 
 
 class SAINT(nn.Module):
@@ -40,6 +41,7 @@ class SAINT(nn.Module):
         dropout: float = 0.0,
         intersample_p: float = 0.5,
         masked: bool = False,
+        prior: GaussianPrior | None = None,
     ) -> None:
         super().__init__()
         self.masked = masked
@@ -65,6 +67,10 @@ class SAINT(nn.Module):
         self.row_attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.row_norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        self.prior = prior
+        if prior is not None:  # start as the Gaussian prior's exact denoiser
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
 
     def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Covariate embedding to pass to `forward` (computed once per sampling run)."""
@@ -94,4 +100,5 @@ class SAINT(nn.Module):
                 rows = self.row_norm(tokens.mean(dim=1)).unsqueeze(0)
                 mixed, _ = self.row_attention(rows, rows, rows, need_weights=False)
                 tokens = tokens + mixed.squeeze(0).unsqueeze(1)
-        return self.head(tokens).squeeze(-1)
+        v = self.head(tokens).squeeze(-1)
+        return v if self.prior is None else v + self.prior(x, t, observed)

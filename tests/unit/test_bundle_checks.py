@@ -165,6 +165,21 @@ def test_draw_offsets_that_would_move_every_draw_far_are_refused(data):
     refused(edited(data, change_tensors=far), "'reference.draw_offsets' move the model's draws")
 
 
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda c: c.__setitem__((0, 1), c[0, 1] + 0.5), "is not symmetric"),
+        (lambda c: c.__setitem__((0, 0), -1.0), "is not positive definite"),
+        (lambda c: c.__imul__(50.0), "has variances above"),
+    ],
+)
+def test_an_edited_gaussian_prior_is_refused(data, change, match):
+    def edit(tensors):
+        change(tensors["net.prior.cov"])
+
+    refused(edited(data, change_tensors=edit), f"'net.prior.cov' {match}")
+
+
 def test_negative_scale_is_refused(data):
     def mirror(meta):
         meta["transform"]["scale"][0] = -meta["transform"]["scale"][0]

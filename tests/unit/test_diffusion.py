@@ -185,3 +185,33 @@ def test_noise_factor_of_a_covariance_that_is_mostly_zero_rows():
         assert np.allclose(factor @ factor.T, cov, atol=1e-6)
         given = np.setdiff1d(np.arange(100), missing)
         assert np.all(factor[given] == 0)
+
+
+def test_gaussian_prior_is_the_exact_denoiser_for_any_given_set_and_timesteps():
+    """GaussianPrior against the oracles above (the Schur-complement form, written
+    independently): with nothing given at a shared timestep, with one given set shared by
+    every row, and with each row's own set and timestep in one batch (training)."""
+    from normcore.denoisers import GaussianPrior
+
+    sched = Schedule("cosine", 1000)
+    cov = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]])
+    prior = GaussianPrior(3, sched.alpha_bar)
+    prior.set_covariance(cov.numpy())
+    zero = torch.zeros(3)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    for step in (0, 400, 999):
+        t = torch.tensor([step])
+        assert torch.allclose(prior(x, t), _oracle(sched, zero, cov)(x, t), atol=1e-4)
+        given = torch.tensor([True, False, True])
+        want, _, _ = _given_oracle(sched, zero, cov, given)
+        got = prior(x, t, given.expand(64, -1).float())
+        assert torch.allclose(got, want(x, t), atol=1e-4)
+    sets = torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) < 0.5
+    steps = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(2))
+    batch = prior(x, steps, sets.float())
+    for i in range(64):
+        if sets[i].all():
+            assert torch.all(batch[i] == 0)
+            continue
+        one, _, _ = _given_oracle(sched, zero, cov, sets[i])
+        assert torch.allclose(batch[i], one(x[i : i + 1], steps[i : i + 1])[0], atol=1e-4)
