@@ -54,7 +54,7 @@ class GaussianPrior(nn.Module):
         y = x.to(torch.float64)
         shared = len(ab) == 1 and (observed is None or bool((observed == observed[:1]).all()))
         if observed is None:
-            obs = torch.zeros(1 if shared else len(x), x.shape[1], dtype=torch.bool, device=x.device)
+            obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
         else:
             obs = (observed[:1] if shared else observed) > 0
         a = torch.where(obs, torch.ones_like(s), s)
