@@ -46,11 +46,10 @@ from common import log
 
 from normcore import model as model_module
 from normcore import train as train_module
-from normcore.config import TrainConfig
-from normcore.denoisers import build_denoiser
+from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.first_stage import FirstStage
-from normcore.joint import JointModel
+from normcore.joint import DenoiserSpec, JointModel
 from normcore.model import NormativeModel
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate, true_conditional_cdf
@@ -185,7 +184,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def step_cost(backbone: str, steps: int, dims: int = 20, n: int = 3000) -> dict:
     """CPU ms per optimiser step of `train_denoiser` (validation included) on random scores:
-    the loop's own cost, whatever the data, with early stopping off, on one thread as a fit."""
+    the loop's own cost, whatever the data, with early stopping off, on one thread as a fit,
+    for the network a fit of the model's default settings builds."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     y = rng.normal(size=(n, dims))
@@ -195,7 +195,7 @@ def step_cost(backbone: str, steps: int, dims: int = 20, n: int = 3000) -> dict:
     cost = {}
     for label, count in (("warm-up", 20), ("timed", steps)):
         torch.manual_seed(0)
-        net = build_denoiser(backbone, dims, [3, 4], 1000)
+        net = DenoiserSpec.of(ModelConfig(backbone=backbone), dims, [3, 4]).untrained()
         c0 = time.process_time()
         train_denoiser(
             net, Schedule("cosine", 1000), y, age, codes,
@@ -204,7 +204,7 @@ def step_cost(backbone: str, steps: int, dims: int = 20, n: int = 3000) -> dict:
         cost[label] = time.process_time() - c0
     ms = 1000 * cost["timed"] / steps
     log(f"{backbone}: {ms:.1f} ms CPU per step over {steps} steps")
-    return {"backbone": backbone, "steps": steps, "ms_per_step": ms}
+    return {"backbone": backbone, "dims": dims, "steps": steps, "ms_per_step": ms}
 
 
 def _stage_rows(runs: list[dict]) -> list[dict]:
@@ -269,10 +269,11 @@ def markdown(data: dict) -> str:
         "### Per training step",
         "",
         common.markdown_table(
-            data.get("per_step", []),
+            [{"dims": 20, **row} for row in data.get("per_step", [])],
             [
                 ("code", "code"),
                 ("backbone", "backbone"),
+                ("dims", "IDPs"),
                 ("steps", "steps timed"),
                 ("ms_per_step", "CPU ms per step"),
             ],
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "step":
         for backbone, steps in (("film", args.steps), ("saint", args.steps // 4)):
-            row = {"code": args.code, **step_cost(backbone, steps)}
+            row = {"code": args.code, **step_cost(backbone, steps, args.dims)}
             data.setdefault("per_step", []).append(row)
         args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
         return 0

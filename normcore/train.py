@@ -33,6 +33,34 @@ checkpoints 100 steps apart differ little, and the default patience still sees f
 (benchmarks/RESULTS.md, "Fit profile")."""
 
 
+ROWS_PER_DRAW = 8
+"""Training rows share their timestep and conditioning mask in groups of this many (each
+row keeps its own person and noise). A Gaussian prior (denoisers.gaussian_prior) solves
+one D x D system per distinct (mask, timestep) pair, so a batch of 256 rows costs 32
+solves instead of 256: what keeps its cost small next to the network's at 100 IDPs and
+more (benchmarks/RESULTS.md, "Gaussian prior")."""
+
+
+def grouped_draws(
+    n: int, dim: int, steps: int, masked: bool, unconditional_share: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Timesteps (n,) and observation masks (n, dim) for n training rows, shared by
+    consecutive groups of ROWS_PER_DRAW rows (`conditioning_masks`; all zero when not
+    `masked`)."""
+    groups = math.ceil(n / ROWS_PER_DRAW)
+    t = torch.randint(0, steps, (groups,), generator=generator)
+    mask = (
+        conditioning_masks(groups, dim, unconditional_share, generator)
+        if masked
+        else torch.zeros(groups, dim)
+    )
+    return (
+        t.repeat_interleave(ROWS_PER_DRAW)[:n],
+        mask.repeat_interleave(ROWS_PER_DRAW, dim=0)[:n],
+    )
+
+
 def conditioning_masks(
     n: int, dim: int, unconditional_share: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -55,12 +83,9 @@ def _validation_draws(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed (t, noise, mask) draws so that the validation loss is comparable across epochs."""
     g = torch.Generator().manual_seed(seed + 7919)
-    t = torch.randint(0, steps, (draws, n_val), generator=g)
+    pairs = [grouped_draws(n_val, dim, steps, True, unconditional_share, g) for _ in range(draws)]
     noise = torch.randn(draws, n_val, dim, generator=g)
-    masks = torch.stack(
-        [conditioning_masks(n_val, dim, unconditional_share, g) for _ in range(draws)]
-    )
-    return t, noise, masks
+    return torch.stack([t for t, _ in pairs]), noise, torch.stack([m for _, m in pairs])
 
 
 def masked_loss(
@@ -190,11 +215,11 @@ def train_denoiser(
             if c.shape[1] and config.covariate_dropout > 0:
                 drop = torch.rand(c.shape, generator=g) < config.covariate_dropout
                 c[drop.to(device)] = 0
-            t = torch.randint(0, schedule.steps, (len(idx),), generator=g).to(device)
+            t, m = grouped_draws(
+                len(idx), dim, schedule.steps, masked, config.unconditional_share, g
+            )
+            t, m = t.to(device), m.to(device)
             noise = torch.randn(x0.shape, generator=g).to(device)
-            m = torch.zeros_like(x0)
-            if masked:
-                m = conditioning_masks(len(idx), dim, config.unconditional_share, g).to(device)
             if parallel is not None:
                 x0, a, c, t, noise, m = (parallel.shard(v) for v in (x0, a, c, t, noise, m))
             observed = m if masked else None

@@ -12,6 +12,13 @@ networks"). FiLM: Perez et al., AAAI 2018.
 NeurIPS 2021): the input is the noisy vector with the observed IDPs' clean scores in their
 cells, concatenated with the 0/1 mask saying which cells those are, so one network answers
 for every subset (normcore.conditional).
+
+With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network predicts a
+correction to the prior's v, and its input keeps apart what a first linear layer cannot
+pull apart itself: the observed cells' clean scores, the other cells' noisy values, the
+mask, and the prior's estimate of the other cells' clean scores. Each step lowered the
+conditional centiles' error on the subgroup truth (benchmarks/RESULTS.md, "Gaussian
+prior").
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normcore.denoisers.conditioning import Conditioning, draws_per_row, with_mask
+from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row, with_mask
 from normcore.denoisers.gaussian_prior import GaussianPrior
 
 
@@ -67,7 +74,8 @@ class FiLMMLP(nn.Module):
         super().__init__()
         self.masked = masked
         self.cond = Conditioning(n_levels, steps, width)
-        self.inp = nn.Linear(2 * n_idps if masked else n_idps, width)
+        channels = (1 + masked) if prior is None else (4 if masked else 2)
+        self.inp = nn.Linear(channels * n_idps, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, width, dropout) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_idps))
         self.prior = prior
@@ -92,8 +100,24 @@ class FiLMMLP(nn.Module):
         0/1 marks cells of x that hold clean observed scores instead of x_t (masked
         networks only; None = none observed)."""
         c = self.cond(t, covariates)
-        h = self.inp(with_mask(self.masked, x, observed))
+        inputs, prior_v = self._inputs(x, t, observed)
+        h = self.inp(inputs)
         for block in self.blocks:
             h = block(h, c)
         v = self.head(h)
-        return v if self.prior is None else v + self.prior(x, t, observed)
+        return v if prior_v is None else v + prior_v
+
+    def _inputs(
+        self, x: torch.Tensor, t: torch.Tensor, observed: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first layer's input, and the prior's v (None without a prior)."""
+        if self.prior is None:
+            return with_mask(self.masked, x, observed), None
+        if observed is not None:
+            check_masked(self.masked)
+        v = self.prior(x, t, observed)
+        if not self.masked:
+            return torch.cat([x, self.prior.clean(x, t, v)], -1), v
+        m = torch.zeros_like(x) if observed is None else observed.to(x.dtype)
+        free = 1 - m
+        return torch.cat([x * m, x * free, m, self.prior.clean(x, t, v) * free], -1), v

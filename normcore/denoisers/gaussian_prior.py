@@ -19,6 +19,8 @@ noisy cells' v = s eps - sigma x0 has E[v | y] = (s y - E[x0 | y]) / sigma.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -47,23 +49,48 @@ class GaussianPrior(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, observed: torch.Tensor | None = None
     ) -> torch.Tensor:
         """E[v | x] (B, D) for x (B, D) at timesteps t ((B,) or one shared (1,)); cells
-        marked in `observed` hold clean scores and get 0 (their v is never used)."""
-        ab = self.alpha_bar.to(x.device)[t].reshape(-1, 1)
-        s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
-        cov = self.cov.to(torch.float64)
-        y = x.to(torch.float64)
-        shared = len(ab) == 1 and (observed is None or bool((observed == observed[:1]).all()))
-        if observed is None:
-            obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
-        else:
-            obs = (observed[:1] if shared else observed) > 0
-        a = torch.where(obs, torch.ones_like(s), s)
-        noise = torch.where(obs, torch.zeros_like(sigma), sigma**2)
-        k = a.unsqueeze(-1) * cov * a.unsqueeze(-2) + torch.diag_embed(noise)
-        if shared:
-            sol = torch.linalg.solve(k[0], y.T).T
-        else:
-            sol = torch.linalg.solve(k, y.unsqueeze(-1)).squeeze(-1)
-        x0 = (a * sol) @ cov
-        v = torch.where(obs, 0.0, (s * y - x0) / sigma)
+        marked in `observed` hold clean scores and get 0 (their v is never used).
+
+        One D x D solve per distinct (observed set, timestep) among the rows, in float64:
+        a sampler's pass is one, a training batch as many as its groups
+        (train.ROWS_PER_DRAW)."""
+        cov, y = self.cov.to(torch.float64), x.to(torch.float64)
+        obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
+        if observed is not None:
+            obs = observed > 0
+        v = torch.empty_like(y)
+        for rows, seen, step in _groups(obs, t.reshape(-1)):
+            ab = self.alpha_bar[step]
+            s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
+            a = torch.where(seen, 1.0, s)
+            k = a[:, None] * cov * a[None, :] + torch.diag(torch.where(seen, 0.0, sigma**2))
+            part = y if rows is None else y[rows]
+            x0 = (torch.linalg.solve(k, part.T).T * a) @ cov
+            out = torch.where(seen, 0.0, (s * part - x0) / sigma)
+            if rows is None:
+                v = out
+            else:
+                v[rows] = out
         return v.to(x.dtype)
+
+    def clean(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The clean scores sqrt(ab) x - sqrt(1 - ab) v that x (B, D) at timesteps t and
+        a v prediction (this prior's) imply (diffusion.sampler's x0 from v)."""
+        ab = self.alpha_bar.to(x.device)[t].reshape(-1, 1)
+        return (ab.sqrt() * x - (1.0 - ab).sqrt() * v).to(x.dtype)
+
+
+def _groups(
+    observed: torch.Tensor, steps: torch.Tensor
+) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int]]:
+    """(rows, observed set (D,), timestep) for each distinct pair among the rows of
+    `observed` ((B, D) or one shared (1, D)) and `steps` ((B,) or one shared (1,));
+    rows is None when every row shares one pair."""
+    if len(steps) == 1 and bool((observed == observed[:1]).all()):
+        yield None, observed[0], int(steps[0])
+        return
+    n = max(len(observed), len(steps))
+    key = torch.cat([observed.expand(n, -1).float(), steps.expand(n).float()[:, None]], 1)
+    pairs, which = torch.unique(key, dim=0, return_inverse=True)
+    for g, pair in enumerate(pairs):
+        yield torch.nonzero(which == g).squeeze(1), pair[:-1] > 0, int(pair[-1])

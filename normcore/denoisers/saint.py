@@ -68,9 +68,6 @@ class SAINT(nn.Module):
         self.row_norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
         self.prior = prior
-        if prior is not None:  # start as the Gaussian prior's exact denoiser
-            nn.init.zeros_(self.head[1].weight)
-            nn.init.zeros_(self.head[1].bias)
 
     def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Covariate embedding to pass to `forward` (computed once per sampling run)."""
