@@ -19,8 +19,6 @@ noisy cells' v = s eps - sigma x0 has E[v | y] = (s y - E[x0 | y]) / sigma.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
@@ -51,27 +49,30 @@ class GaussianPrior(nn.Module):
         """E[v | x] (B, D) for x (B, D) at timesteps t ((B,) or one shared (1,)); cells
         marked in `observed` hold clean scores and get 0 (their v is never used).
 
-        One D x D solve per distinct (observed set, timestep) among the rows, in float64:
-        a sampler's pass is one, a training batch as many as its groups
+        One D x D solve per distinct (observed set, timestep) among the rows, batched, in
+        float64: a sampler's pass is one, a training batch as many as its groups
         (train.ROWS_PER_DRAW)."""
         cov, y = self.cov.to(torch.float64), x.to(torch.float64)
         obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
         if observed is not None:
             obs = observed > 0
-        v = torch.empty_like(y)
-        for rows, seen, step in _groups(obs, t.reshape(-1)):
-            ab = self.alpha_bar[step]
-            s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
-            a = torch.where(seen, 1.0, s)
-            k = a[:, None] * cov * a[None, :] + torch.diag(torch.where(seen, 0.0, sigma**2))
-            part = y if rows is None else y[rows]
-            x0 = (torch.linalg.solve(k, part.T).T * a) @ cov
-            out = torch.where(seen, 0.0, (s * part - x0) / sigma)
-            if rows is None:
-                v = out
-            else:
-                v[rows] = out
-        return v.to(x.dtype)
+        seen, steps, which = _pairs(obs, t.reshape(-1))
+        ab = self.alpha_bar[steps].unsqueeze(-1)
+        s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
+        a = torch.where(seen, 1.0, s)
+        k = a.unsqueeze(-1) * cov * a.unsqueeze(-2) + torch.diag_embed(
+            torch.where(seen, 0.0, sigma**2)
+        )
+        # x0 = S A K^-1 y: one factorisation per pair, one triangular solve per row.
+        lu, pivots = torch.linalg.lu_factor(k)
+        if which is None:
+            sol = torch.linalg.lu_solve(lu[0], pivots[0], y.T).T
+        else:
+            lu, pivots, seen, s, sigma = (v[which] for v in (lu, pivots, seen, s, sigma))
+            a = a[which]
+            sol = torch.linalg.lu_solve(lu, pivots, y.unsqueeze(-1)).squeeze(-1)
+        x0 = (a * sol) @ cov
+        return torch.where(seen, 0.0, (s * y - x0) / sigma).to(x.dtype)
 
     def clean(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The clean scores sqrt(ab) x - sqrt(1 - ab) v that x (B, D) at timesteps t and
@@ -80,17 +81,15 @@ class GaussianPrior(nn.Module):
         return (ab.sqrt() * x - (1.0 - ab).sqrt() * v).to(x.dtype)
 
 
-def _groups(
+def _pairs(
     observed: torch.Tensor, steps: torch.Tensor
-) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int]]:
-    """(rows, observed set (D,), timestep) for each distinct pair among the rows of
-    `observed` ((B, D) or one shared (1, D)) and `steps` ((B,) or one shared (1,));
-    rows is None when every row shares one pair."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The distinct (observed set, timestep) pairs among the rows of `observed` ((B, D) or
+    one shared (1, D)) and `steps` ((B,) or one shared (1,)): their sets (P, D), their
+    timesteps (P,), and each row's pair (B,), None when every row shares one pair."""
     if len(steps) == 1 and bool((observed == observed[:1]).all()):
-        yield None, observed[0], int(steps[0])
-        return
+        return observed[:1], steps, None
     n = max(len(observed), len(steps))
     key = torch.cat([observed.expand(n, -1).float(), steps.expand(n).float()[:, None]], 1)
     pairs, which = torch.unique(key, dim=0, return_inverse=True)
-    for g, pair in enumerate(pairs):
-        yield torch.nonzero(which == g).squeeze(1), pair[:-1] > 0, int(pair[-1])
+    return pairs[:, :-1] > 0, pairs[:, -1].long(), which
