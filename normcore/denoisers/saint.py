@@ -16,6 +16,11 @@ arXiv 2106.01342 (2021).
 `masked=True` adds conditioning on any subset of the IDPs (CSDI, Tashiro et al., NeurIPS
 2021): an observed IDP's token carries its clean score as value plus a learned "observed"
 embedding of its own, so attention can tell given IDPs from noisy ones.
+
+With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network's output is added
+to the prior's v. Its head keeps its usual initialisation: started at zero, as FiLM's is,
+the network stayed at the prior and early stopping ended training there
+(benchmarks/RESULTS.md, "Gaussian prior").
 """
 
 from __future__ import annotations
