@@ -18,9 +18,7 @@ arXiv 2106.01342 (2021).
 embedding of its own, so attention can tell given IDPs from noisy ones.
 
 With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network's output is added
-to the prior's v. Its head keeps its usual initialisation: started at zero, as FiLM's is,
-the network stayed at the prior and early stopping ended training there
-(benchmarks/RESULTS.md, "Gaussian prior").
+to the prior's v.
 """
 
 from __future__ import annotations
