@@ -60,7 +60,9 @@ taken as edited or damaged."""
 MAX_CALIBRATION_SLOPE = 0.5
 """Largest change per year of age in that shift or log spread, for the same reason."""
 PRIOR_TENSOR = "net.prior.cov"
-"""The denoiser's Gaussian prior covariance (normcore.denoisers.gaussian_prior)."""
+"""The denoiser's Gaussian prior covariances (normcore.denoisers.gaussian_prior)."""
+PRIOR_AGES_TENSOR = "net.prior.anchors"
+"""The standardised ages at which they hold."""
 MAX_PRIOR_VARIANCE = 10.0
 """Largest variance that covariance may hold: the first stage's scores have variance
 about 1, and a Gaussian prior ten times wider would pull every draw to a wrong place."""
@@ -411,20 +413,25 @@ def check_tensors(tensors: Mapping[str, np.ndarray], n_levels: Sequence[int]) ->
             f"marks {from_prior.size} level combinations, not {combinations}",
         )
     if PRIOR_TENSOR in tensors:
-        _check_covariance(tensors[PRIOR_TENSOR], f"tensor '{PRIOR_TENSOR}'")
+        _check_prior(tensors[PRIOR_TENSOR], tensors.get(PRIOR_AGES_TENSOR))
 
 
-def _check_covariance(cov: np.ndarray, where: str) -> None:
-    """A covariance of normal scores: square, symmetric, positive definite, and no
-    variance above MAX_PRIOR_VARIANCE (the first stage's scores have variance near 1)."""
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise _fail(where, f"is {cov.shape}, not a square matrix")
+def _check_prior(cov: np.ndarray, ages: np.ndarray | None) -> None:
+    """Covariances of normal scores at increasing anchor ages: square, symmetric, positive
+    definite, and no variance above MAX_PRIOR_VARIANCE (the first stage's scores have
+    variance near 1)."""
+    where = f"tensor '{PRIOR_TENSOR}'"
+    if cov.ndim != 3 or cov.shape[1] != cov.shape[2]:
+        raise _fail(where, f"is {cov.shape}, not a stack of square matrices")
+    if ages is None or ages.shape != (cov.shape[0],):
+        raise _fail(f"tensor '{PRIOR_AGES_TENSOR}'", "does not give one age per covariance")
+    _increasing(ages, PRIOR_AGES_TENSOR, strict=True)
     a = cov.astype(np.float64)
-    if not np.allclose(a, a.T, rtol=1e-5, atol=1e-6):
+    if not np.allclose(a, np.swapaxes(a, 1, 2), rtol=1e-5, atol=1e-6):
         raise _fail(where, "is not symmetric")
     if np.linalg.eigvalsh(a).min() <= 0:
         raise _fail(where, "is not positive definite")
-    if np.diag(a).max() > MAX_PRIOR_VARIANCE:
+    if np.diagonal(a, axis1=1, axis2=2).max() > MAX_PRIOR_VARIANCE:
         raise _fail(where, f"has variances above {MAX_PRIOR_VARIANCE} (scores have about 1)")
 
 

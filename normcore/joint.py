@@ -410,16 +410,6 @@ def moment_match(
     return matrix, scores.mean(axis=0) - flat.mean(axis=0) @ matrix
 
 
-def prior_covariance(scores: np.ndarray) -> np.ndarray:
-    """The covariance (D, D) of a denoiser's Gaussian prior: the training people's first-
-    stage `scores` (n, D) second moments about 0 (the first stage makes 0 every IDP's
-    mean at every age, sex and site), Ledoit-Wolf-shrunk so that it stays well-conditioned
-    with many IDPs."""
-    from sklearn.covariance import LedoitWolf  # fit only
-
-    return LedoitWolf(assume_centered=True).fit(scores).covariance_
-
-
 def _sqrtm(a: np.ndarray) -> np.ndarray:
     """Symmetric square root of a symmetric positive semi-definite matrix."""
     eigval, eigvec = np.linalg.eigh((a + a.T) / 2)

@@ -34,7 +34,7 @@ from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.errors import DataError
 from normcore.first_stage import FirstStage, fit_model_stages
-from normcore.joint import CHUNK, DenoiserSpec, JointModel, prior_covariance
+from normcore.joint import CHUNK, DenoiserSpec, JointModel
 from normcore.model_views import FittedViews
 from normcore.options import DEFAULT_QUANTILES
 from normcore.preprocessing import CovariateEncoder
@@ -151,7 +151,11 @@ class NormativeModel(FittedViews):
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = DenoiserSpec.of(cfg, len(schema.idps), n_levels).untrained().to(device)
             if net.prior is not None:
-                net.prior.set_covariance(prior_covariance(split_scores[train_rows]))
+                from normcore.denoisers.gaussian_prior import prior_covariances
+
+                net.prior.set_covariance(
+                    *prior_covariances(split_scores[train_rows], age_z[train_rows])
+                )
             net, history = train_denoiser(
                 net, schedule, split_scores, age_z, codes, cfg.train, val_rows, train_rows,
                 seed=cfg.seed, progress=progress, should_stop=should_stop, device=device,

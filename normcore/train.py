@@ -35,10 +35,11 @@ checkpoints 100 steps apart differ little, and the default patience still sees f
 
 ROWS_PER_DRAW = 8
 """Training rows share their timestep and conditioning mask in groups of this many (each
-row keeps its own person and noise). A Gaussian prior (denoisers.gaussian_prior) solves
-one D x D system per distinct (mask, timestep) pair, so a batch of 256 rows costs 32
-solves instead of 256: what keeps its cost small next to the network's at 100 IDPs and
-more (benchmarks/RESULTS.md, "Gaussian prior")."""
+row keeps its own person and noise), and a batch is sorted by age, so that a group's
+people are of about the same age. A Gaussian prior (denoisers.gaussian_prior) factorises
+one D x D matrix per distinct (mask, timestep, age level), so a batch of 256 rows costs
+about 32-48 factorisations instead of 256: what keeps its cost small next to the
+network's at 100 IDPs and more (benchmarks/RESULTS.md, "Fit profile")."""
 
 
 def grouped_draws(
@@ -210,7 +211,7 @@ def train_denoiser(
             idx = perm[b * batch : (b + 1) * batch]
             if len(idx) < min_rows:
                 continue
-            idx = idx.to(device)
+            idx = idx[torch.argsort(A[idx.to(device)].cpu())].to(device)  # see ROWS_PER_DRAW
             x0, a, c = Y[idx], A[idx], C[idx].clone()
             if c.shape[1] and config.covariate_dropout > 0:
                 drop = torch.rand(c.shape, generator=g) < config.covariate_dropout

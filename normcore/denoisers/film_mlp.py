@@ -82,8 +82,10 @@ class FiLMMLP(nn.Module):
         self.prior = prior
 
     def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Covariate embedding to pass to `forward` (computed once per sampling run)."""
-        return self.cond.embed_covariates(age, codes)
+        """Covariate embedding to pass to `forward` (computed once per sampling run); with
+        a prior, its last column is the prior's age level."""
+        h = self.cond.embed_covariates(age, codes)
+        return h if self.prior is None else torch.cat([h, self.prior.levels(age)], 1)
 
     def forward(
         self,
@@ -97,8 +99,12 @@ class FiLMMLP(nn.Module):
         x (one person's draws at one shared timestep; `draws_per_row`). `observed` (B, D)
         0/1 marks cells of x that hold clean observed scores instead of x_t (masked
         networks only; None = none observed)."""
+        levels = None
+        if self.prior is not None:
+            covariates, levels = covariates[:, :-1], covariates[:, -1]
+            levels = levels.repeat_interleave(draws_per_row(x, covariates))
         c = self.cond(t, covariates)
-        inputs, prior_v = self._inputs(x, t, observed)
+        inputs, prior_v = self._inputs(x, t, observed, levels)
         h = self.inp(inputs)
         for block in self.blocks:
             h = block(h, c)
@@ -106,14 +112,19 @@ class FiLMMLP(nn.Module):
         return v if prior_v is None else v + prior_v
 
     def _inputs(
-        self, x: torch.Tensor, t: torch.Tensor, observed: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        observed: torch.Tensor | None,
+        levels: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The first layer's input, and the prior's v (None without a prior)."""
-        if self.prior is None:
+        """The first layer's input, and the prior's v (None without a prior) at the rows'
+        age `levels`."""
+        if self.prior is None or levels is None:
             return with_mask(self.masked, x, observed), None
         if observed is not None:
             check_masked(self.masked)
-        v = self.prior(x, t, observed)
+        v = self.prior(x, t, observed, levels)
         if not self.masked:
             return torch.cat([x, self.prior.clean(x, t, v)], -1), v
         m = torch.zeros_like(x) if observed is None else observed.to(x.dtype)

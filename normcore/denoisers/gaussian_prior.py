@@ -1,15 +1,18 @@
-"""The exact denoiser of a Gaussian law of the scores, which a network then corrects.
+"""The exact denoiser of a Gaussian law of the scores at each age, which a network corrects.
 
 Why: the first stage leaves each IDP's scores near N(0, 1) at every age, sex and site, so
 the law the denoiser must learn is close to a Gaussian with the scores' covariance, and
 for a Gaussian the best v prediction has a closed form for any noise level and any set
 of observed cells. A network that adds a learned correction to it starts from what a
-Gaussian copula knows (the copula's conditional centiles, exactly) and spends its 2,000
-or so training rows on what a copula cannot say: subgroups, coupling that changes with
-age (benchmarks/RESULTS.md, "Gaussian prior"). The same idea underlies residual learning
-over an analytic baseline in score-based models (e.g. the Gaussian "linear denoiser" of
-Wang & Vastola, "The unreasonable effectiveness of Gaussian score approximation for
-diffusion models", TMLR 2024).
+Gaussian copula knows and spends its training rows on what a copula cannot say, such as
+a subgroup (benchmarks/RESULTS.md, "Fit profile"). The covariance follows age, as
+coupling between brain regions does: one covariance at each of a few anchor ages,
+interpolated linearly between them (a convex combination of covariances is one). With
+a single covariance for all ages, the network had to undo the pooled coupling at the
+youngest ages, and at 100 IDPs it did not: young controls looked atypical. The same idea,
+residual learning over an analytic Gaussian denoiser, is in Wang & Vastola, "The
+unreasonable effectiveness of Gaussian score approximation for diffusion models" (TMLR
+2024).
 
 With x0 ~ N(0, S), a cell i observed either clean (y_i = x0_i) or noisy
 (y_i = s x0_i + sigma eps_i, s = sqrt(alpha_bar_t), sigma = sqrt(1 - alpha_bar_t)):
@@ -23,55 +26,118 @@ import numpy as np
 import torch
 from torch import nn
 
+ANCHORS = 3
+"""Ages at which the prior's covariance is estimated: the youngest, middle and oldest
+training age (standardised); between them it is interpolated linearly."""
+AGE_LEVELS = 16
+"""Ages are read at this many evenly spaced levels between the youngest and oldest
+anchor, so that a pass over thousands of people of different ages needs at most this
+many D x D solves per timestep and observed set."""
+
+
+def anchor_weights(age_z: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """(n, K) weights of the K `anchors` (standardised ages, increasing) at the ages
+    `age_z` (n,) read at AGE_LEVELS levels: hat functions, which sum to 1 (ages beyond
+    the anchors take the nearest end's covariance)."""
+    level = age_level(age_z, anchors)
+    at = anchors[0] + (anchors[-1] - anchors[0]) * level / (AGE_LEVELS - 1)
+    k = len(anchors)
+    out = np.zeros((len(at), k))
+    for j in range(k):
+        left = (at - anchors[j - 1]) / (anchors[j] - anchors[j - 1]) if j > 0 else None
+        right = (anchors[j + 1] - at) / (anchors[j + 1] - anchors[j]) if j + 1 < k else None
+        w = np.ones_like(at)
+        if left is not None:
+            w = np.where(at < anchors[j], left, w)
+        if right is not None:
+            w = np.where(at > anchors[j], right, w)
+        out[:, j] = np.clip(w, 0.0, 1.0)
+    return out
+
+
+def age_level(age_z: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """The level (0 .. AGE_LEVELS - 1) of each standardised age between the end anchors."""
+    span = max(float(anchors[-1] - anchors[0]), 1e-12)
+    frac = np.clip((np.asarray(age_z, dtype=np.float64) - anchors[0]) / span, 0.0, 1.0)
+    return np.rint(frac * (AGE_LEVELS - 1)).astype(np.int64)
+
 
 class GaussianPrior(nn.Module):
-    """E[v | x_t, observed cells] under x0 ~ N(0, `cov`), for a schedule's alpha_bar.
+    """E[v | x_t, observed cells] under x0 ~ N(0, S(age)), for a schedule's alpha_bar.
 
-    `cov` (D, D) is a buffer saved with the network's weights (set once, before training,
-    from the training people's scores: `set_covariance`); alpha_bar is rebuilt from the
-    schedule and not saved.
+    `cov` (ANCHORS, D, D) and `anchors` (ANCHORS,) are buffers saved with the network's
+    weights (set once, before training, from the training people's scores:
+    `set_covariance`); alpha_bar is rebuilt from the schedule and not saved.
     """
 
     def __init__(self, n_idps: int, alpha_bar: np.ndarray) -> None:
         super().__init__()
-        self.register_buffer("cov", torch.eye(n_idps))
+        self.register_buffer("cov", torch.eye(n_idps).repeat(ANCHORS, 1, 1))
+        self.register_buffer("anchors", torch.linspace(-1.0, 1.0, ANCHORS, dtype=torch.float64))
         self.register_buffer(
             "alpha_bar", torch.as_tensor(alpha_bar, dtype=torch.float64), persistent=False
         )
 
-    def set_covariance(self, cov: np.ndarray) -> None:
-        """Use `cov` (D, D), symmetric positive definite, as the Gaussian's covariance."""
+    def set_covariance(self, cov: np.ndarray, anchors: np.ndarray) -> None:
+        """Use `cov` (ANCHORS, D, D), each symmetric positive definite, at the standardised
+        ages `anchors` (ANCHORS,), increasing."""
         self.cov.copy_(torch.as_tensor(cov, dtype=self.cov.dtype))
+        self.anchors.copy_(torch.as_tensor(anchors, dtype=self.anchors.dtype))
+
+    def levels(self, age: torch.Tensor) -> torch.Tensor:
+        """Each standardised age's level (`age_level`), as a float column (B, 1) to carry
+        in a network's covariate embedding."""
+        anchors = self.anchors.cpu().numpy()
+        return torch.as_tensor(age_level(age.detach().cpu().numpy(), anchors)).to(
+            device=age.device, dtype=torch.float32
+        )[:, None]
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, observed: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        observed: torch.Tensor | None,
+        levels: torch.Tensor,
     ) -> torch.Tensor:
-        """E[v | x] (B, D) for x (B, D) at timesteps t ((B,) or one shared (1,)); cells
-        marked in `observed` hold clean scores and get 0 (their v is never used).
+        """E[v | x] (B, D) for x (B, D) at timesteps t ((B,) or one shared (1,)) and age
+        `levels` (B,); cells marked in `observed` hold clean scores and get 0 (their v is
+        never used).
 
-        One D x D solve per distinct (observed set, timestep) among the rows, batched, in
-        float64: a sampler's pass is one, a training batch as many as its groups
-        (train.ROWS_PER_DRAW)."""
-        cov, y = self.cov.to(torch.float64), x.to(torch.float64)
+        One D x D factorisation per distinct (observed set, timestep, age level) among the
+        rows, in float64, and one triangular solve per row: a sampler's pass has as many
+        as its people's age levels, a training batch about as many as its groups
+        (train.ROWS_PER_DRAW; a batch is sorted by age)."""
+        y = x.to(torch.float64)
         obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
         if observed is not None:
             obs = observed > 0
-        seen, steps, which = _pairs(obs, t.reshape(-1))
+        seen, steps, level, which = _keys(obs, t.reshape(-1), levels.reshape(-1).long())
         ab = self.alpha_bar[steps].unsqueeze(-1)
         s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
+        weights = torch.as_tensor(
+            anchor_weights(
+                (self.anchors[0] + (self.anchors[-1] - self.anchors[0]) * level / (AGE_LEVELS - 1))
+                .cpu()
+                .numpy(),
+                self.anchors.cpu().numpy(),
+            ),
+            device=x.device,
+        )
+        cov = torch.einsum("pk,kij->pij", weights, self.cov.to(torch.float64))
         a = torch.where(seen, 1.0, s)
         k = a.unsqueeze(-1) * cov * a.unsqueeze(-2) + torch.diag_embed(
             torch.where(seen, 0.0, sigma**2)
         )
-        # x0 = S A K^-1 y: one factorisation per pair, one triangular solve per row.
         lu, pivots = torch.linalg.lu_factor(k)
         if which is None:
             sol = torch.linalg.lu_solve(lu[0], pivots[0], y.T).T
+            x0 = (a * sol) @ cov[0]
         else:
-            lu, pivots, seen, s, sigma = (v[which] for v in (lu, pivots, seen, s, sigma))
-            a = a[which]
+            lu, pivots, seen, s, sigma, a, cov = (
+                v[which] for v in (lu, pivots, seen, s, sigma, a, cov)
+            )
             sol = torch.linalg.lu_solve(lu, pivots, y.unsqueeze(-1)).squeeze(-1)
-        x0 = (a * sol) @ cov
+            x0 = torch.einsum("bi,bij->bj", a * sol, cov)
         return torch.where(seen, 0.0, (s * y - x0) / sigma).to(x.dtype)
 
     def clean(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -81,15 +147,53 @@ class GaussianPrior(nn.Module):
         return (ab.sqrt() * x - (1.0 - ab).sqrt() * v).to(x.dtype)
 
 
-def _pairs(
-    observed: torch.Tensor, steps: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The distinct (observed set, timestep) pairs among the rows of `observed` ((B, D) or
-    one shared (1, D)) and `steps` ((B,) or one shared (1,)): their sets (P, D), their
-    timesteps (P,), and each row's pair (B,), None when every row shares one pair."""
-    if len(steps) == 1 and bool((observed == observed[:1]).all()):
-        return observed[:1], steps, None
-    n = max(len(observed), len(steps))
-    key = torch.cat([observed.expand(n, -1).float(), steps.expand(n).float()[:, None]], 1)
-    pairs, which = torch.unique(key, dim=0, return_inverse=True)
-    return pairs[:, :-1] > 0, pairs[:, -1].long(), which
+def _keys(
+    observed: torch.Tensor, steps: torch.Tensor, levels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The distinct (observed set, timestep, age level) triples among the rows (each of
+    `observed` (B, D), `steps` (B,), `levels` (B,) may have one row shared by all): their
+    sets (P, D), timesteps (P,), levels (P,), and each row's triple (B,), None when every
+    row shares one."""
+    n = max(len(observed), len(steps), len(levels))
+    if (
+        len(steps) == 1
+        and bool((observed == observed[:1]).all())
+        and bool((levels == levels[:1]).all())
+    ):
+        return observed[:1], steps, levels[:1], None
+    key = torch.cat(
+        [
+            observed.expand(n, -1).float(),
+            steps.expand(n).float()[:, None],
+            levels.expand(n).float()[:, None],
+        ],
+        1,
+    )
+    triples, which = torch.unique(key, dim=0, return_inverse=True)
+    return triples[:, :-2] > 0, triples[:, -2].long(), triples[:, -1].long(), which
+
+
+def prior_covariances(scores: np.ndarray, age_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The prior's covariances (ANCHORS, D, D) and anchor ages (ANCHORS,) from the training
+    people's first-stage `scores` (n, D) and standardised ages (n,).
+
+    E[z z^T | age] = sum_k w_k(age) S_k is fitted by least squares over people (the same
+    normal equations for every entry), about 0 (the first stage makes 0 every IDP's mean
+    at every age, sex and site); each S_k's eigenvalues are floored at 5 % of the mean
+    variance so that it stays positive definite."""
+    from sklearn.covariance import LedoitWolf  # fit only
+
+    anchors = np.linspace(float(np.min(age_z)), float(np.max(age_z)), ANCHORS)
+    if anchors[-1] - anchors[0] < 1e-6:
+        anchors = anchors[0] + np.linspace(-1.0, 1.0, ANCHORS)
+    w = anchor_weights(age_z, anchors)
+    pooled = LedoitWolf(assume_centered=True).fit(scores).covariance_
+    gram = w.T @ w + 1e-6 * np.eye(ANCHORS)
+    moments = np.einsum("nk,ni,nj->kij", w, scores, scores)
+    local = np.linalg.solve(gram, moments.reshape(ANCHORS, -1)).reshape(moments.shape)
+    out = np.empty_like(local)
+    floor = 0.05 * float(np.mean(np.diag(pooled)))
+    for k in range(ANCHORS):
+        eigval, eigvec = np.linalg.eigh((local[k] + local[k].T) / 2)
+        out[k] = (eigvec * np.maximum(eigval, floor)) @ eigvec.T
+    return out, anchors

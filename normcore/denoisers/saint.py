@@ -73,8 +73,10 @@ class SAINT(nn.Module):
         self.prior = prior
 
     def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Covariate embedding to pass to `forward` (computed once per sampling run)."""
-        return self.cond.embed_covariates(age, codes)
+        """Covariate embedding to pass to `forward` (computed once per sampling run); with
+        a prior, its last column is the prior's age level."""
+        h = self.cond.embed_covariates(age, codes)
+        return h if self.prior is None else torch.cat([h, self.prior.levels(age)], 1)
 
     def forward(
         self,
@@ -88,7 +90,11 @@ class SAINT(nn.Module):
         x (one person's draws at one shared timestep; `draws_per_row`). `observed` (B, D)
         0/1 marks cells of x that hold clean observed scores instead of x_t (masked
         networks only; None = none observed)."""
-        c = self.cond(t, covariates).repeat_interleave(draws_per_row(x, covariates), dim=0)
+        k = draws_per_row(x, covariates)
+        levels = None
+        if self.prior is not None:
+            covariates, levels = covariates[:, :-1], covariates[:, -1].repeat_interleave(k)
+        c = self.cond(t, covariates).repeat_interleave(k, dim=0)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
         if observed is not None:
             check_masked(self.masked)
@@ -101,4 +107,4 @@ class SAINT(nn.Module):
                 mixed, _ = self.row_attention(rows, rows, rows, need_weights=False)
                 tokens = tokens + mixed.squeeze(0).unsqueeze(1)
         v = self.head(tokens).squeeze(-1)
-        return v if self.prior is None else v + self.prior(x, t, observed)
+        return v if levels is None else v + self.prior(x, t, observed, levels)

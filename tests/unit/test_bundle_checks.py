@@ -168,8 +168,8 @@ def test_draw_offsets_that_would_move_every_draw_far_are_refused(data):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda c: c.__setitem__((0, 1), c[0, 1] + 0.5), "is not symmetric"),
-        (lambda c: c.__setitem__((0, 0), -1.0), "is not positive definite"),
+        (lambda c: c.__setitem__((1, 0, 1), c[1, 0, 1] + 0.5), "is not symmetric"),
+        (lambda c: c.__setitem__((2, 0, 0), -1.0), "is not positive definite"),
         (lambda c: c.__imul__(50.0), "has variances above"),
     ],
 )
@@ -178,6 +178,13 @@ def test_an_edited_gaussian_prior_is_refused(data, change, match):
         change(tensors["net.prior.cov"])
 
     refused(edited(data, change_tensors=edit), f"'net.prior.cov' {match}")
+
+
+def test_prior_anchor_ages_out_of_order_are_refused(data):
+    def swap(tensors):
+        tensors["net.prior.anchors"][:] = tensors["net.prior.anchors"][::-1].copy()
+
+    refused(edited(data, change_tensors=swap), "net.prior.anchors")
 
 
 def test_negative_scale_is_refused(data):

@@ -187,31 +187,61 @@ def test_noise_factor_of_a_covariance_that_is_mostly_zero_rows():
         assert np.all(factor[given] == 0)
 
 
-def test_gaussian_prior_is_the_exact_denoiser_for_any_given_set_and_timesteps():
+def test_gaussian_prior_is_the_exact_denoiser_for_any_given_set_timestep_and_age():
     """GaussianPrior against the oracles above (the Schur-complement form, written
-    independently): with nothing given at a shared timestep, with one given set shared by
-    every row, and with each row's own set and timestep in one batch (training)."""
+    independently), at the covariance its anchors give each age level: with nothing given
+    at a shared timestep, with one given set shared by every row, and with each row's own
+    set, timestep and age in one batch (training)."""
     from normcore.denoisers import GaussianPrior
+    from normcore.denoisers.gaussian_prior import AGE_LEVELS
 
     sched = Schedule("cosine", 1000)
-    cov = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]])
+    young = torch.tensor([[1.0, 0.2, 0.1], [0.2, 1.0, 0.0], [0.1, 0.0, 1.0]])
+    old = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]])
+    middle = (young + old) / 2 + 0.1 * torch.eye(3)
     prior = GaussianPrior(3, sched.alpha_bar)
-    prior.set_covariance(cov.numpy())
+    prior.set_covariance(torch.stack([young, middle, old]).numpy(), np.array([-1.0, 0.0, 1.0]))
+
+    def cov_at(level: int) -> torch.Tensor:  # hat functions over anchors -1, 0, 1
+        at = -1.0 + 2.0 * level / (AGE_LEVELS - 1)
+        w = abs(at)
+        return (1 - w) * middle + w * (young if at < 0 else old)
+
     zero = torch.zeros(3)
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
-    for step in (0, 400, 999):
-        t = torch.tensor([step])
-        assert torch.allclose(prior(x, t), _oracle(sched, zero, cov)(x, t), atol=1e-4)
-        given = torch.tensor([True, False, True])
-        want, _, _ = _given_oracle(sched, zero, cov, given)
-        got = prior(x, t, given.expand(64, -1).float())
-        assert torch.allclose(got, want(x, t), atol=1e-4)
+    for level in (0, 5, AGE_LEVELS - 1):
+        levels = torch.full((64,), level)
+        for step in (0, 400, 999):
+            t = torch.tensor([step])
+            want = _oracle(sched, zero, cov_at(level))(x, t)
+            assert torch.allclose(prior(x, t, None, levels), want, atol=1e-4)
+            given = torch.tensor([True, False, True])
+            oracle, _, _ = _given_oracle(sched, zero, cov_at(level), given)
+            got = prior(x, t, given.expand(64, -1).float(), levels)
+            assert torch.allclose(got, oracle(x, t), atol=1e-4)
     sets = torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) < 0.5
     steps = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(2))
-    batch = prior(x, steps, sets.float())
+    levels = torch.randint(0, AGE_LEVELS, (64,), generator=torch.Generator().manual_seed(3))
+    batch = prior(x, steps, sets.float(), levels)
     for i in range(64):
         if sets[i].all():
             assert torch.all(batch[i] == 0)
             continue
-        one, _, _ = _given_oracle(sched, zero, cov, sets[i])
+        one, _, _ = _given_oracle(sched, zero, cov_at(int(levels[i])), sets[i])
         assert torch.allclose(batch[i], one(x[i : i + 1], steps[i : i + 1])[0], atol=1e-4)
+
+
+def test_prior_covariances_follow_coupling_that_changes_with_age():
+    """Two IDPs whose correlation runs from 0 at the youngest to 0.8 at the oldest: the
+    anchors recover it at the ends and in the middle."""
+    from normcore.denoisers.gaussian_prior import prior_covariances
+
+    rng = np.random.default_rng(0)
+    age = rng.uniform(-1.5, 1.5, 20_000)
+    r = 0.8 * (age + 1.5) / 3.0
+    z1 = rng.standard_normal(len(age))
+    z2 = r * z1 + np.sqrt(1 - r**2) * rng.standard_normal(len(age))
+    cov, anchors = prior_covariances(np.stack([z1, z2], 1), age)
+    assert anchors == pytest.approx([-1.5, 0.0, 1.5], abs=1e-3)
+    assert [c[0, 1] for c in cov] == pytest.approx([0.0, 0.4, 0.8], abs=0.05)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
