@@ -17,9 +17,10 @@ With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network predicts
 correction to the prior's v, and its input keeps apart what a first linear layer cannot
 pull apart itself: the observed cells' clean scores, the other cells' noisy values, the
 mask, and the prior's estimate of the other cells' clean scores. Each step lowered the
-conditional centiles' error on the subgroup truth (benchmarks/RESULTS.md, "Gaussian
-prior"). The head keeps its usual initialisation: started at zero (at the prior), the
+conditional centiles' error on the subgroup truth (benchmarks/RESULTS.md, "Fit
+profile"). The head keeps its usual initialisation: started at zero (at the prior), the
 network learned less of how coupling changes with age before early stopping ended it.
+With a prior, the covariate embedding's last column is the prior's age level (`embed`).
 """
 
 from __future__ import annotations

@@ -37,20 +37,22 @@ many D x D solves per timestep and observed set."""
 
 def anchor_weights(age_z: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """(n, K) weights of the K `anchors` (standardised ages, increasing) at the ages
-    `age_z` (n,) read at AGE_LEVELS levels: hat functions, which sum to 1 (ages beyond
-    the anchors take the nearest end's covariance)."""
-    level = age_level(age_z, anchors)
-    at = anchors[0] + (anchors[-1] - anchors[0]) * level / (AGE_LEVELS - 1)
+    `age_z` (n,), read at their AGE_LEVELS level (`level_weights`)."""
+    return level_weights(age_level(age_z, anchors), anchors)
+
+
+def level_weights(level: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """(n, K) weights of the K `anchors` at age levels (n,): hat functions, which sum to 1
+    (ages beyond the anchors took the nearest end's level)."""
+    at = anchors[0] + (anchors[-1] - anchors[0]) * np.asarray(level) / (AGE_LEVELS - 1)
     k = len(anchors)
     out = np.zeros((len(at), k))
     for j in range(k):
-        left = (at - anchors[j - 1]) / (anchors[j] - anchors[j - 1]) if j > 0 else None
-        right = (anchors[j + 1] - at) / (anchors[j + 1] - anchors[j]) if j + 1 < k else None
         w = np.ones_like(at)
-        if left is not None:
-            w = np.where(at < anchors[j], left, w)
-        if right is not None:
-            w = np.where(at > anchors[j], right, w)
+        if j > 0:
+            w = np.where(at < anchors[j], (at - anchors[j - 1]) / (anchors[j] - anchors[j - 1]), w)
+        if j + 1 < k:
+            w = np.where(at > anchors[j], (anchors[j + 1] - at) / (anchors[j + 1] - anchors[j]), w)
         out[:, j] = np.clip(w, 0.0, 1.0)
     return out
 
@@ -104,8 +106,8 @@ class GaussianPrior(nn.Module):
         never used).
 
         One D x D factorisation per distinct (observed set, timestep, age level) among the
-        rows, in float64, and one triangular solve per row: a sampler's pass has as many
-        as its people's age levels, a training batch about as many as its groups
+        rows, in float64, and triangular solves for its rows: a sampler's pass has as
+        many as its people's age levels, a training batch about as many as its groups
         (train.ROWS_PER_DRAW; a batch is sorted by age)."""
         y = x.to(torch.float64)
         obs = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
@@ -114,37 +116,45 @@ class GaussianPrior(nn.Module):
         seen, steps, level, which = _keys(obs, t.reshape(-1), levels.reshape(-1).long())
         ab = self.alpha_bar[steps].unsqueeze(-1)
         s, sigma = ab.sqrt(), (1.0 - ab).sqrt()
-        weights = torch.as_tensor(
-            anchor_weights(
-                (self.anchors[0] + (self.anchors[-1] - self.anchors[0]) * level / (AGE_LEVELS - 1))
-                .cpu()
-                .numpy(),
-                self.anchors.cpu().numpy(),
-            ),
-            device=x.device,
-        )
+        anchors = self.anchors.cpu().numpy()
+        weights = torch.as_tensor(level_weights(level.cpu().numpy(), anchors), device=x.device)
         cov = torch.einsum("pk,kij->pij", weights, self.cov.to(torch.float64))
         a = torch.where(seen, 1.0, s)
         k = a.unsqueeze(-1) * cov * a.unsqueeze(-2) + torch.diag_embed(
             torch.where(seen, 0.0, sigma**2)
         )
         lu, pivots = torch.linalg.lu_factor(k)
+        terms = zip(lu, pivots, cov, a, s, sigma, seen, strict=True)
         if which is None:
-            sol = torch.linalg.lu_solve(lu[0], pivots[0], y.T).T
-            x0 = (a * sol) @ cov[0]
-        else:
-            lu, pivots, seen, s, sigma, a, cov = (
-                v[which] for v in (lu, pivots, seen, s, sigma, a, cov)
-            )
-            sol = torch.linalg.lu_solve(lu, pivots, y.unsqueeze(-1)).squeeze(-1)
-            x0 = torch.einsum("bi,bij->bj", a * sol, cov)
-        return torch.where(seen, 0.0, (s * y - x0) / sigma).to(x.dtype)
+            return _v(y, *next(terms)).to(x.dtype)
+        v = torch.empty_like(y)
+        for key, term in enumerate(terms):  # no (B, D, D) copies: B may be thousands
+            rows = torch.nonzero(which == key).squeeze(1)
+            v[rows] = _v(y[rows], *term)
+        return v.to(x.dtype)
 
     def clean(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The clean scores sqrt(ab) x - sqrt(1 - ab) v that x (B, D) at timesteps t and
         a v prediction (this prior's) imply (diffusion.sampler's x0 from v)."""
         ab = self.alpha_bar.to(x.device)[t].reshape(-1, 1)
         return (ab.sqrt() * x - (1.0 - ab).sqrt() * v).to(x.dtype)
+
+
+def _v(
+    y: torch.Tensor,
+    lu: torch.Tensor,
+    pivots: torch.Tensor,
+    cov: torch.Tensor,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    sigma: torch.Tensor,
+    seen: torch.Tensor,
+) -> torch.Tensor:
+    """E[v | y] for rows y (n, D) that share one factorised K = A S A + N (`lu`, `pivots`),
+    S (`cov`), A's diagonal `a` and the timestep's s and sigma; `seen` cells get 0."""
+    sol = torch.linalg.lu_solve(lu, pivots, y.T).T
+    x0 = (a * sol) @ cov
+    return torch.where(seen, 0.0, (s * y - x0) / sigma)
 
 
 def _keys(
