@@ -29,6 +29,10 @@ from torch import nn
 ANCHORS = 3
 """Ages at which the prior's covariance is estimated: the youngest, middle and oldest
 training age (standardised); between them it is interpolated linearly."""
+GATHER_CELLS = 2**21
+"""Rows x D x D at most for which each row gets its own copy of its key's factors (one
+batched solve: a training batch); larger passes (a sampler's thousands of rows) loop over
+their few keys instead of copying."""
 AGE_LEVELS = 16
 """Ages are read at this many evenly spaced levels between the youngest and oldest
 anchor, so that a pass over thousands of people of different ages needs at most this
@@ -124,11 +128,13 @@ class GaussianPrior(nn.Module):
             torch.where(seen, 0.0, sigma**2)
         )
         lu, pivots = torch.linalg.lu_factor(k)
-        terms = zip(lu, pivots, cov, a, s, sigma, seen, strict=True)
+        terms = (lu, pivots, cov, a, s, sigma, seen)
         if which is None:
-            return _v(y, *next(terms)).to(x.dtype)
+            return _v(y, *(term[0] for term in terms)).to(x.dtype)
+        if y.numel() * y.shape[1] <= GATHER_CELLS:  # a training batch: one batched pass
+            return _v(y, *(term[which] for term in terms)).to(x.dtype)
         v = torch.empty_like(y)
-        for key, term in enumerate(terms):  # no (B, D, D) copies: B may be thousands
+        for key, term in enumerate(zip(*terms, strict=True)):
             rows = torch.nonzero(which == key).squeeze(1)
             v[rows] = _v(y[rows], *term)
         return v.to(x.dtype)
@@ -150,10 +156,15 @@ def _v(
     sigma: torch.Tensor,
     seen: torch.Tensor,
 ) -> torch.Tensor:
-    """E[v | y] for rows y (n, D) that share one factorised K = A S A + N (`lu`, `pivots`),
-    S (`cov`), A's diagonal `a` and the timestep's s and sigma; `seen` cells get 0."""
-    sol = torch.linalg.lu_solve(lu, pivots, y.T).T
-    x0 = (a * sol) @ cov
+    """E[v | y] for rows y (n, D) given their factorised K = A S A + N (`lu`, `pivots`),
+    S (`cov`), A's diagonal `a`, the timestep's s and sigma and the `seen` cells (which
+    get 0): either one of each shared by all rows, or one per row (a leading n axis)."""
+    if lu.dim() == 2:
+        sol = torch.linalg.lu_solve(lu, pivots, y.T).T
+        x0 = (a * sol) @ cov
+    else:
+        sol = torch.linalg.lu_solve(lu, pivots, y.unsqueeze(-1)).squeeze(-1)
+        x0 = torch.einsum("bi,bij->bj", a * sol, cov)
     return torch.where(seen, 0.0, (s * y - x0) / sigma)
 
 
