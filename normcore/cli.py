@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
+        "--gaussian-prior",
+        action="store_true",
+        help="the denoiser corrects an age-dependent Gaussian prior: better conditional "
+        "centiles (--given) and joint draws, at a longer fit; see the README before using "
+        "the multivariate deviation of such a model at many IDPs",
+    )
+    p.add_argument(
         "--nproc",
         type=count,
         default=1,

@@ -110,7 +110,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
         model = NormativeModel(
-            backbone=args.backbone, max_epochs=args.epochs, seed=args.seed, device=args.device
+            backbone=args.backbone, max_epochs=args.epochs, seed=args.seed, device=args.device,
+            gaussian_prior=args.gaussian_prior,
         )
         model.fit(
             df, schema, progress=print_progress if is_main else None,

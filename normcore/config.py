@@ -57,9 +57,13 @@ class ModelConfig:
     seed: int = 0
     conditional: bool = True
     """The denoiser takes conditioning masks (conditional centiles, people with blank IDPs)."""
-    gaussian_prior: bool = True
+    gaussian_prior: bool = False
     """The denoiser learns a correction to the exact denoiser of a Gaussian law with the
-    training people's score covariance (normcore.denoisers.gaussian_prior)."""
+    training people's score covariance at each age (normcore.denoisers.gaussian_prior).
+    Off by default: it makes conditional centiles and the joint draws much better, but at
+    100 IDPs it left the multivariate deviation miscalibrated in most age bands, made
+    imputed bands worse and tripled the fit (benchmarks/RESULTS.md, "Joint model";
+    README, "Conditional centiles")."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,7 +72,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        # Models saved before conditional scoring (or the Gaussian prior) have no key:
-        # their networks take no mask (or learn the whole denoiser).
-        old = {"conditional": False, "gaussian_prior": False}
-        return cls(**{**old, **d, "train": TrainConfig(**d["train"])})
+        # Models saved before conditional scoring have no key: their networks take no mask.
+        return cls(**{"conditional": False, **d, "train": TrainConfig(**d["train"])})

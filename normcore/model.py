@@ -101,13 +101,14 @@ class NormativeModel(FittedViews):
         schedule: str = "cosine", diffusion_steps: int = 1000, sampling_steps: int = 20,
         eta: float = 1.0, reference_samples: int = 10_000, grid_points: int = 41,
         max_seconds: float | None = None, network: dict | None = None,
-        threads: int | None = None, device: str = "auto",
+        threads: int | None = None, device: str = "auto", gaussian_prior: bool = False,
     ) -> None:  # fmt: skip
         self.config = ModelConfig(
             backbone=backbone, schedule=schedule, diffusion_steps=diffusion_steps,
             sampling_steps=sampling_steps, eta=eta, network=dict(network or {}),
             train=TrainConfig(max_epochs=max_epochs, max_seconds=max_seconds),
             reference_samples=reference_samples, grid_points=grid_points, seed=seed,
+            gaussian_prior=gaussian_prior,
         )  # fmt: skip
         self.threads = threads
         self.device = device

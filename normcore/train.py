@@ -34,32 +34,17 @@ checkpoints 100 steps apart differ little, and the default patience still sees f
 
 
 ROWS_PER_DRAW = 8
-"""Training rows share their timestep and conditioning mask in groups of this many (each
-row keeps its own person and noise), and a batch is sorted by age, so that a group's
-people are of about the same age. A Gaussian prior (denoisers.gaussian_prior) factorises
-one D x D matrix per distinct (mask, timestep, age level), so a batch of 256 rows costs
-about 32-48 factorisations instead of 256: what keeps its cost small next to the
-network's at 100 IDPs and more (benchmarks/RESULTS.md, "Fit profile")."""
+"""With a Gaussian prior, training rows share their timestep and conditioning mask in
+groups of this many (each row keeps its own person and noise), and a batch is sorted by
+age, so that a group's people are of about the same age. The prior
+(denoisers.gaussian_prior) factorises one D x D matrix per distinct (mask, timestep, age
+level), so a batch of 256 rows costs about 32-48 factorisations instead of 256 (without
+a prior every row draws its own, as before it)."""
 
 
-def grouped_draws(
-    n: int, dim: int, steps: int, masked: bool, unconditional_share: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Timesteps (n,) and observation masks (n, dim) for n training rows, shared by
-    consecutive groups of ROWS_PER_DRAW rows (`conditioning_masks`; all zero when not
-    `masked`)."""
-    groups = math.ceil(n / ROWS_PER_DRAW)
-    t = torch.randint(0, steps, (groups,), generator=generator)
-    mask = (
-        conditioning_masks(groups, dim, unconditional_share, generator)
-        if masked
-        else torch.zeros(groups, dim)
-    )
-    return (
-        t.repeat_interleave(ROWS_PER_DRAW)[:n],
-        mask.repeat_interleave(ROWS_PER_DRAW, dim=0)[:n],
-    )
+def shared(values: torch.Tensor, group: int, n: int) -> torch.Tensor:
+    """n rows of `values`, each of its rows repeated for `group` consecutive rows."""
+    return values.repeat_interleave(group, dim=0)[:n]
 
 
 def conditioning_masks(
@@ -80,13 +65,22 @@ def conditioning_masks(
 
 
 def _validation_draws(
-    n_val: int, dim: int, steps: int, draws: int, seed: int, unconditional_share: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed (t, noise, mask) draws so that the validation loss is comparable across epochs."""
+    n_val: int, dim: int, steps: int, draws: int, seed: int, unconditional_share: float,
+    group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Fixed (t, noise, mask) draws so that the validation loss is comparable across epochs,
+    t and mask shared by `group` consecutive rows (ROWS_PER_DRAW)."""
     g = torch.Generator().manual_seed(seed + 7919)
-    pairs = [grouped_draws(n_val, dim, steps, True, unconditional_share, g) for _ in range(draws)]
+    rows = math.ceil(n_val / group)
+    t = shared(torch.randint(0, steps, (draws, rows), generator=g).T, group, n_val).T
     noise = torch.randn(draws, n_val, dim, generator=g)
-    return torch.stack([t for t, _ in pairs]), noise, torch.stack([m for _, m in pairs])
+    masks = torch.stack(
+        [
+            shared(conditioning_masks(rows, dim, unconditional_share, g), group, n_val)
+            for _ in range(draws)
+        ]
+    )
+    return t, noise, masks
 
 
 def masked_loss(
@@ -162,9 +156,10 @@ def train_denoiser(
     params, ema_params = list(net.parameters()), list(ema.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     masked = bool(getattr(net, "masked", False))
+    group = 1 if getattr(net, "prior", None) is None else ROWS_PER_DRAW
     val_t, val_noise, val_masks = _validation_draws(
         n_val, dim, schedule.steps, draws=8, seed=seed,
-        unconditional_share=config.unconditional_share if masked else 1.0,
+        unconditional_share=config.unconditional_share if masked else 1.0, group=group,
     )  # fmt: skip
     val_t, val_noise, val_masks = val_t.to(device), val_noise.to(device), val_masks.to(device)
     predict = parallel.wrap(net) if parallel is not None else net
@@ -211,16 +206,21 @@ def train_denoiser(
             idx = perm[b * batch : (b + 1) * batch]
             if len(idx) < min_rows:
                 continue
-            idx = idx[torch.argsort(A[idx.to(device)].cpu())].to(device)  # see ROWS_PER_DRAW
+            if group > 1:  # see ROWS_PER_DRAW
+                idx = idx[torch.argsort(A[idx.to(device)].cpu())]
+            idx = idx.to(device)
             x0, a, c = Y[idx], A[idx], C[idx].clone()
             if c.shape[1] and config.covariate_dropout > 0:
                 drop = torch.rand(c.shape, generator=g) < config.covariate_dropout
                 c[drop.to(device)] = 0
-            t, m = grouped_draws(
-                len(idx), dim, schedule.steps, masked, config.unconditional_share, g
-            )
-            t, m = t.to(device), m.to(device)
+            rows = math.ceil(len(idx) / group)
+            t = shared(torch.randint(0, schedule.steps, (rows,), generator=g), group, len(idx))
+            t = t.to(device)
             noise = torch.randn(x0.shape, generator=g).to(device)
+            m = torch.zeros_like(x0)
+            if masked:
+                masks = conditioning_masks(rows, dim, config.unconditional_share, g)
+                m = shared(masks, group, len(idx)).to(device)
             if parallel is not None:
                 x0, a, c, t, noise, m = (parallel.shard(v) for v in (x0, a, c, t, noise, m))
             observed = m if masked else None

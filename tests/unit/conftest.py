@@ -45,3 +45,9 @@ def schema() -> Schema:
 def fitted(train_df: pd.DataFrame, schema: Schema) -> NormativeModel:
     """A tiny model: enough to exercise every code path, not to be accurate."""
     return NormativeModel(**TINY).fit(train_df, schema)
+
+
+@pytest.fixture(scope="session")
+def fitted_prior(train_df: pd.DataFrame, schema: Schema) -> NormativeModel:
+    """The tiny model with the denoiser's Gaussian prior (`gaussian_prior=True`)."""
+    return NormativeModel(**TINY, gaussian_prior=True).fit(train_df, schema)

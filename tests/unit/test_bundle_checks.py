@@ -173,18 +173,20 @@ def test_draw_offsets_that_would_move_every_draw_far_are_refused(data):
         (lambda c: c.__imul__(50.0), "has variances above"),
     ],
 )
-def test_an_edited_gaussian_prior_is_refused(data, change, match):
+def test_an_edited_gaussian_prior_is_refused(fitted_prior, change, match):
     def edit(tensors):
         change(tensors["net.prior.cov"])
 
+    data = fitted_prior.to_bytes()
+    NormativeModel.from_bytes(data, device="cpu")  # unedited: loads
     refused(edited(data, change_tensors=edit), f"'net.prior.cov' {match}")
 
 
-def test_prior_anchor_ages_out_of_order_are_refused(data):
+def test_prior_anchor_ages_out_of_order_are_refused(fitted_prior):
     def swap(tensors):
         tensors["net.prior.anchors"][:] = tensors["net.prior.anchors"][::-1].copy()
 
-    refused(edited(data, change_tensors=swap), "net.prior.anchors")
+    refused(edited(fitted_prior.to_bytes(), change_tensors=swap), "net.prior.anchors")
 
 
 def test_negative_scale_is_refused(data):

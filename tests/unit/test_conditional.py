@@ -151,10 +151,12 @@ def test_cli_scores_given_and_blank_tables_and_refuses_bad_given_sets(
         assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_draws_of_a_person_share_covariates_to_rounding(fitted):
+@pytest.mark.parametrize("model", ["fitted", "fitted_prior"])
+def test_draws_of_a_person_share_covariates_to_rounding(model, request):
     """K draws per person with the covariates read once per person equal one draw per row
-    of the person repeated K times (same seed, same noise)."""
-    joint, k = fitted.joint_, 7
+    of the person repeated K times (same seed, same noise), with and without the
+    denoiser's Gaussian prior (whose age level rides in the covariate embedding)."""
+    joint, k = request.getfixturevalue(model).joint_, 7
     rng = np.random.default_rng(0)
     age_z = rng.standard_normal(3).astype(np.float32)
     codes = np.array([[1, 1], [2, 2], [1, 0]])
@@ -172,13 +174,16 @@ def test_draws_of_a_person_share_covariates_to_rounding(fitted):
 
 
 @pytest.mark.parametrize("backbone", ["film", "saint"])
-def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone):
+@pytest.mark.parametrize("prior", [False, True])
+def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone, prior):
     import torch
 
     from normcore.denoisers import build_denoiser
+    from normcore.diffusion import Schedule
 
     torch.manual_seed(0)
-    net = build_denoiser(backbone, 5, [3], 1000, masked=True).eval()
+    schedule = Schedule("cosine", 1000) if prior else None
+    net = build_denoiser(backbone, 5, [3], 1000, masked=True, prior=schedule).eval()
     for p in net.parameters():  # zero-initialised layers would hide the conditioning
         torch.nn.init.normal_(p, std=0.2)
     k = 4
@@ -193,6 +198,22 @@ def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone):
         torch.testing.assert_close(per_person, per_row, atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="cannot share"):
             net(x[:-1], t, h, observed[:-1])
+
+
+def test_a_model_with_the_gaussian_prior_scores_the_same_after_a_round_trip(
+    fitted_prior, test_df
+):
+    """Its prior (covariances at anchor ages) is saved with the weights: the reloaded
+    model's conditional centiles and imputed bands equal the fitted model's."""
+    idp = fitted_prior.idps[0]
+    blank = test_df.head(12).copy()
+    blank.loc[:3, fitted_prior.idps[1]] = np.nan
+    loaded = NormativeModel.from_bytes(fitted_prior.to_bytes(), device="cpu")
+    assert loaded.config.gaussian_prior
+    before = fitted_prior.score(blank, given=[idp])
+    after = loaded.score(blank, given=[idp])
+    pd.testing.assert_frame_equal(before, after)
+    assert before["centile"].notna().any() and before.filter(like="imputed_").notna().any().any()
 
 
 def test_deviation_over_present_idps_is_finite_and_calibrated(subgroup_model):
