@@ -13,10 +13,14 @@ def model_path(fitted, tmp_path_factory):
     return path
 
 
-def test_fit_writes_a_loadable_model(train_df, tmp_path, capsys, monkeypatch, tiny_settings):
+@pytest.mark.parametrize("prior", [False, True])
+def test_fit_writes_a_loadable_model(
+    train_df, tmp_path, capsys, monkeypatch, tiny_settings, prior
+):
     import functools
 
     import normcore.commands
+    from normcore.model import NormativeModel
 
     tiny = {k: v for k, v in tiny_settings.items() if k != "max_epochs"}
     monkeypatch.setattr(
@@ -27,11 +31,11 @@ def test_fit_writes_a_loadable_model(train_df, tmp_path, capsys, monkeypatch, ti
     table = tmp_path / "train.csv"
     train_df.to_csv(table, index=False)
     out = tmp_path / "m.normcore"
-    code = main(
-        ["fit", str(table), "--out", str(out), "--epochs", "2", "--idps", "idp_000,idp_001"]
-    )
+    args = ["fit", str(table), "--out", str(out), "--epochs", "2", "--idps", "idp_000,idp_001"]
+    code = main(args + (["--gaussian-prior"] if prior else []))
     assert code == 0 and out.exists()
     assert "2 IDPs" in capsys.readouterr().err
+    assert NormativeModel.load(out, device="cpu").config.gaussian_prior is prior
 
 
 def test_score_writes_the_long_table(model_path, test_df, tmp_path):
