@@ -387,6 +387,13 @@ if job is None or job.done:
         with a3:
             width = st.selectbox("Network width", ["default", 32, 64, 128, 256], key="train_width")
             depth = st.selectbox("Network depth", ["default", 1, 2, 3, 4, 6], key="train_depth")
+            prior = st.checkbox(
+                "Gaussian prior",
+                key="train_prior",
+                help="The network corrects an age-dependent Gaussian: conditional centiles "
+                "about half a copula's error, but a longer fit, and at many IDPs a "
+                "multivariate deviation that needs checking (README, 'Conditional centiles').",
+            )
     ready = bool(idps)
     if not idps:
         st.warning("Choose at least one IDP (brain measure) to model.")
@@ -415,6 +422,7 @@ if job is None or job.done:
             reference_samples=int(reference),
             sampling_steps=int(steps),
             network={k: int(v) for k, v in (("width", width), ("depth", depth)) if v != "default"},
+            gaussian_prior=bool(prior),
         )
         st.session_state["train_job"] = common.TrainingJob(
             train_df,

@@ -146,6 +146,7 @@ def test_training_in_the_background_activates_the_new_model(tiny_demo):
     at.number_input(key="train_steps").set_value(10)
     at.selectbox(key="train_width").set_value(64)
     at.selectbox(key="train_depth").set_value(2)
+    at.checkbox(key="train_prior").check()
     at.button(key="train_start").click().run()
     no_exception(at)
     deadline = time.monotonic() + 120
@@ -156,6 +157,7 @@ def test_training_in_the_background_activates_the_new_model(tiny_demo):
         no_exception(at)
         assert not at.error, at.error[0].value
     assert at.session_state["model_choice"] == "trained"
+    assert at.session_state["models"]["trained"][0].config.gaussian_prior
     at.run()
     assert any("Training finished" in s.value for s in at.success)
 
