@@ -86,7 +86,7 @@ class FiLMMLP(nn.Module):
         """Covariate embedding to pass to `forward` (computed once per sampling run); with
         a prior, its last column is the prior's age level."""
         h = self.cond.embed_covariates(age, codes)
-        return h if self.prior is None else torch.cat([h, self.prior.levels(age)], 1)
+        return h if self.prior is None else self.prior.tag(h, age)
 
     def forward(
         self,
@@ -102,8 +102,7 @@ class FiLMMLP(nn.Module):
         networks only; None = none observed)."""
         levels = None
         if self.prior is not None:
-            covariates, levels = covariates[:, :-1], covariates[:, -1]
-            levels = levels.repeat_interleave(draws_per_row(x, covariates))
+            covariates, levels = self.prior.untag(covariates, draws_per_row(x, covariates))
         c = self.cond(t, covariates)
         inputs, prior_v = self._inputs(x, t, observed, levels)
         h = self.inp(inputs)
@@ -121,7 +120,7 @@ class FiLMMLP(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first layer's input, and the prior's v (None without a prior) at the rows'
         age `levels`."""
-        if self.prior is None or levels is None:
+        if levels is None:
             return with_mask(self.masked, x, observed), None
         if observed is not None:
             check_masked(self.masked)

@@ -98,6 +98,17 @@ class GaussianPrior(nn.Module):
             device=age.device, dtype=torch.float32
         )[:, None]
 
+    def tag(self, h: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """A network's covariate embedding h (B, dim) with the ages' levels as a last
+        column: how the levels reach `forward` through the networks' call signature."""
+        return torch.cat([h, self.levels(age)], 1)
+
+    @staticmethod
+    def untag(covariates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the embedding, each of B = P k rows' level) from a `tag`ged (P, dim + 1)
+        embedding whose rows each serve k consecutive rows (`draws_per_row`)."""
+        return covariates[:, :-1], covariates[:, -1].repeat_interleave(k)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -202,18 +213,15 @@ def prior_covariances(scores: np.ndarray, age_z: np.ndarray) -> tuple[np.ndarray
     normal equations for every entry), about 0 (the first stage makes 0 every IDP's mean
     at every age, sex and site); each S_k's eigenvalues are floored at 5 % of the mean
     variance so that it stays positive definite."""
-    from sklearn.covariance import LedoitWolf  # fit only
-
     anchors = np.linspace(float(np.min(age_z)), float(np.max(age_z)), ANCHORS)
     if anchors[-1] - anchors[0] < 1e-6:
         anchors = anchors[0] + np.linspace(-1.0, 1.0, ANCHORS)
     w = anchor_weights(age_z, anchors)
-    pooled = LedoitWolf(assume_centered=True).fit(scores).covariance_
     gram = w.T @ w + 1e-6 * np.eye(ANCHORS)
     moments = np.einsum("nk,ni,nj->kij", w, scores, scores)
     local = np.linalg.solve(gram, moments.reshape(ANCHORS, -1)).reshape(moments.shape)
     out = np.empty_like(local)
-    floor = 0.05 * float(np.mean(np.diag(pooled)))
+    floor = 0.05 * float(np.mean(scores**2))
     for k in range(ANCHORS):
         eigval, eigvec = np.linalg.eigh((local[k] + local[k].T) / 2)
         out[k] = (eigvec * np.maximum(eigval, floor)) @ eigvec.T

@@ -76,7 +76,7 @@ class SAINT(nn.Module):
         """Covariate embedding to pass to `forward` (computed once per sampling run); with
         a prior, its last column is the prior's age level."""
         h = self.cond.embed_covariates(age, codes)
-        return h if self.prior is None else torch.cat([h, self.prior.levels(age)], 1)
+        return h if self.prior is None else self.prior.tag(h, age)
 
     def forward(
         self,
@@ -93,7 +93,7 @@ class SAINT(nn.Module):
         k = draws_per_row(x, covariates)
         levels = None
         if self.prior is not None:
-            covariates, levels = covariates[:, :-1], covariates[:, -1].repeat_interleave(k)
+            covariates, levels = self.prior.untag(covariates, k)
         c = self.cond(t, covariates).repeat_interleave(k, dim=0)
         tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
         if observed is not None:
