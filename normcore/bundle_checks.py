@@ -28,7 +28,7 @@ import numpy as np
 from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion.schedule import KINDS
 from normcore.errors import BundleError
-from normcore.first_stage import FirstStage, NewPersonSpread
+from normcore.first_stage import MAX_SITE_TERM, FirstStage, NewPersonSpread
 from normcore.options import BACKBONES
 from normcore.preprocessing import CovariateEncoder
 from normcore.reference import BANDWIDTH, ReferenceTable
@@ -199,6 +199,9 @@ def check_header(meta: Any) -> None:
     _check_training(_mapping(_get(meta, "training", "header"), "training"), schema, levels)
     for key in ("transform", "location_scale", "shape", "predictive"):
         _mapping(_get(meta, key, "header"), key)
+    for k, counts in enumerate(_list(meta["predictive"].get("level_counts", []), "level_counts")):
+        for n in _list(counts, f"predictive.level_counts[{k}]", 1_000_000):
+            _number(n, f"predictive.level_counts[{k}]", integer=True)
     for key in ("train_seconds", "fit_seconds"):
         _number(_get(meta, key, "header"), key, lo=0.0)
     _number(_get(meta, "reference_bandwidth", "header"), "reference_bandwidth", above=0.0)
@@ -456,6 +459,21 @@ def check_network_tensors(
 
 
 # ------------------------------------------------------------------- after parsing
+def _check_site_term(spread: NewPersonSpread, encoder: CovariateEncoder) -> None:
+    """The new-person spread's site term within what a fit measures, and its training
+    counts one whole number per level of each categorical column."""
+    if spread.site_term == 0.0:
+        return
+    _number(spread.site_term, "predictive.site_term", above=0.0, hi=MAX_SITE_TERM)
+    sizes = [len(v) for v in encoder.levels.values()]
+    counted = [len(c) for c in spread.level_counts]
+    # levels added by adaptation come after the training ones and have no count
+    if len(counted) != len(sizes) or any(c > s for c, s in zip(counted, sizes, strict=True)):
+        raise _fail("'predictive.level_counts'", "disagree with the covariates' levels")
+    if any(n < 0 for counts in spread.level_counts for n in counts):
+        raise _fail("'predictive.level_counts'", "hold a negative count of people")
+
+
 def check_parts(
     schema: Schema,
     encoder: CovariateEncoder,
@@ -498,6 +516,7 @@ def check_parts(
     _number(spread.scale, "predictive.scale", above=0.0)
     if spread.dof is not None:
         _number(spread.dof, "predictive.dof", above=0.0)
+    _check_site_term(spread, encoder)
     if moment_offset.shape != (d,):
         raise _fail("'moment_map_offset'", f"has {moment_offset.size} values for {d} IDPs")
     _finite(moment_offset, "moment_map_offset")

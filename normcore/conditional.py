@@ -35,7 +35,7 @@ from normcore.joint import JointModel
 from normcore.reference import Z_BOUND
 
 if TYPE_CHECKING:
-    from normcore.first_stage import FirstStage
+    from normcore.first_stage import NewPeopleStage
 
 DRAWS = 400
 """Conditional draws per person: with the smoothed CDF, a centile's Monte-Carlo standard
@@ -247,7 +247,7 @@ def score_table_given(
     table: pd.DataFrame,
     idps: Sequence[str],
     joint: JointModel,
-    stage: FirstStage,
+    stage: NewPeopleStage,
     age_z: np.ndarray,
     codes: np.ndarray,
     values: np.ndarray,
@@ -257,8 +257,8 @@ def score_table_given(
     seed: int,
 ) -> pd.DataFrame:
     """`with_conditional_columns` of the long score `table` for raw `values` (n, D), nan
-    where a person lacks an IDP, scored through the first `stage` at standardised ages
-    `age_z` and `codes`.
+    where a person lacks an IDP, scored through the first `stage` as it maps new people,
+    at standardised ages `age_z` and `codes`.
 
     An `implausible` (n, D) cell (`plausibility.implausible_cells`) is treated as
     missing: it is neither conditioned on (a value no real person has would drag every

@@ -24,6 +24,7 @@ from normcore.preprocessing import UNKNOWN
 from normcore.schema import ID_CANDIDATES, Problem, Schema, coerce_categories, numeric_columns
 
 if TYPE_CHECKING:
+    from normcore.first_stage import NewPersonSpread
     from normcore.reference import DeviationCalibration
 
 __all__ = [
@@ -838,10 +839,16 @@ def _moment_map_text(matrix: np.ndarray) -> str:
     )
 
 
-def _predictive_text(predictive: Sequence[float | None]) -> str:
-    scale, dof = predictive
+def _predictive_text(spread: NewPersonSpread) -> str:
+    dof = spread.dof
     tails = "normal tails" if dof is None else f"Student-t tails, {dof:.0f} degrees of freedom"
-    return f"x{scale:.2f}, {tails} (5-fold cross-validation of the first stage)"
+    text = f"x{spread.scale:.2f}, {tails} (5-fold cross-validation of the first stage)"
+    if spread.largest_factor() > 1.0:
+        text += (
+            f"; wider for sites with few training people, up to x{spread.largest_factor():.2f}"
+            " more for the smallest"
+        )
+    return text
 
 
 def _deviation_calibration_text(calibration: DeviationCalibration) -> str:

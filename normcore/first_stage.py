@@ -145,7 +145,8 @@ def lowest_score(spread: NewPersonSpread | None = None) -> float:
 
     spread = spread or NewPersonSpread(1.0, None)
     margin = spread.quantiles(PROBABILITY_LEVELS)[None, :, None]
-    return float(scores_at(margin, np.array([stats.norm.cdf(-Z_BOUND)]))[0, 0, 0])
+    lowest = scores_at(margin, np.array([stats.norm.cdf(-Z_BOUND)]))[0, 0, 0]
+    return float(lowest * spread.largest_factor())
 
 
 def choose_log_scale(
@@ -251,24 +252,64 @@ def lowest_centile(
 
 class NewPersonSpread(NamedTuple):
     """How the first stage's scores of people it did not see are spread: a scale and, for
-    heavy tails, the degrees of freedom of a Student-t (None: normal)."""
+    heavy tails, the degrees of freedom of a Student-t (None: normal), for a person of a
+    level the first stage learned from many people; and `site_term`, the extra variance
+    per 1 / (training people of the person's level), summed over the categorical columns
+    (`level_counts`: training people per level code 1..m of each column).
+
+    Why the site term: a site's mean and spread are learned from its own people, so a
+    new person of a site with 9 training people is scored with far more error than one
+    of a site with 99. One pooled spread is then too wide for the big sites and too
+    narrow for the small ones: on fcon1000's held-out half, 3 % of the big sites' scores
+    fell outside the 95 % band and up to 18 % of a small site's (benchmarks/RESULTS.md,
+    "New people by site size"). The error of an estimate from n people shrinks as 1 / n,
+    hence a variance scale^2 (1 + site_term * sum_c 1 / n_c). Unknown levels (code 0) and
+    levels added by adaptation (beyond `level_counts`) add nothing: the first stage has
+    no effect of theirs to be wrong about (an adapted site has its own posterior
+    predictive, `joint.with_site_uncertainty`)."""
 
     scale: float
     dof: float | None
+    site_term: float = 0.0
+    level_counts: tuple[tuple[int, ...], ...] = ()
 
     def quantiles(self, probs: np.ndarray) -> np.ndarray:
-        """Quantiles at `probs` of standard normal draws given this spread: what the model
-        draws if its denoiser adds nothing to the first stage's margins."""
+        """Quantiles at `probs` of standard normal draws given this spread, for a level
+        learned from many people: what the model draws if its denoiser adds nothing to
+        the first stage's margins."""
         from scipy import stats
 
         if self.dof is None:
             return self.scale * stats.norm.ppf(probs)
         return self.scale * stats.t.ppf(probs, self.dof)
 
+    def site_factor(self, codes: np.ndarray) -> np.ndarray:
+        """(n,) the factor sqrt(1 + site_term * sum_c 1 / n_c) by which new people of the
+        level combinations `codes` (n, K) are spread beyond `quantiles`' (see the class)."""
+        codes = np.asarray(codes)
+        inverse = np.zeros(len(codes))
+        if self.site_term > 0.0:
+            inverse = inverse_level_counts(codes, self.level_counts)
+        return np.sqrt(1.0 + self.site_term * inverse)
+
+    def largest_factor(self) -> float:
+        """The site factor of the level with the fewest training people (1 without a
+        site term): how far beyond `quantiles` any new person's score may reach."""
+        if self.site_term <= 0.0 or not self.level_counts:
+            return 1.0
+        fewest = sum(
+            1.0 / min(n for n in counts if n > 0)
+            for counts in self.level_counts
+            if any(n > 0 for n in counts)
+        )
+        return float(np.sqrt(1.0 + self.site_term * fewest))
+
     def widen(self, draws: np.ndarray, seed: int) -> np.ndarray:
-        """`draws` (n, D) spread as new people's scores are: the scale, and for heavy tails
-        a Student-t scale mixture with one chi-squared factor per draw, shared by its IDPs
-        (a multivariate t: each IDP's margin is the same Student-t).
+        """`draws` (n, D) spread as new people's scores of a well-learned level are: the
+        scale, and for heavy tails a Student-t scale mixture with one chi-squared factor
+        per draw, shared by its IDPs (a multivariate t: each IDP's margin is the same
+        Student-t). The site factor is applied where scores meet raw values
+        (`NewPeopleStage`), so that the reference table stays one for every site.
 
         Why one factor per draw: a factor per IDP would leave the margins as they are but
         scramble the relations between IDPs. Real IDPs hold near-exact linear ones (a
@@ -283,11 +324,62 @@ class NewPersonSpread(NamedTuple):
         return draws * self.scale * factor
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "dof": self.dof}
+        out: dict = {"scale": self.scale, "dof": self.dof}
+        if self.site_term > 0.0:  # files of models without one stay as they were
+            out["site_term"] = self.site_term
+            out["level_counts"] = [list(c) for c in self.level_counts]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> NewPersonSpread:
-        return cls(float(d["scale"]), None if d["dof"] is None else float(d["dof"]))
+        return cls(
+            float(d["scale"]),
+            None if d["dof"] is None else float(d["dof"]),
+            float(d.get("site_term", 0.0)),
+            tuple(tuple(int(n) for n in counts) for counts in d.get("level_counts", ())),
+        )
+
+
+def level_counts(codes: np.ndarray, n_levels: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """People per level code 1 .. n_levels[k] - 1 of each categorical column k of `codes`
+    (n, K); `n_levels` counts the unknown code 0 (`CovariateEncoder.n_levels`)."""
+    return tuple(
+        tuple(int(c) for c in np.bincount(codes[:, k], minlength=m)[1:m])
+        for k, m in enumerate(n_levels)
+    )
+
+
+def inverse_level_counts(codes: np.ndarray, counts: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n,) sum over categorical columns of 1 / (people of the row's level in `counts`);
+    an unknown level, one beyond `counts` or one with nobody adds nothing."""
+    out = np.zeros(len(codes))
+    for k, per_level in enumerate(counts):
+        n = np.concatenate([[0], np.asarray(per_level, dtype=np.float64)])
+        code = codes[:, k]
+        known = (code >= 1) & (code < len(n))
+        seen = np.zeros(len(codes))
+        seen[known] = n[code[known]]
+        out += np.where(seen > 0, 1.0 / np.maximum(seen, 1.0), 0.0)
+    return out
+
+
+class NewPeopleStage(NamedTuple):
+    """The first stage as it maps *new* people: scores divided by their level's site
+    factor (`NewPersonSpread.site_factor`), so that a new person of any site is on the
+    reference table's one scale, and table scores multiplied by it on the way back to raw
+    values (centiles, draws, imputed bands). The training people's own scores, which the
+    denoiser learns from, go through the plain first stage."""
+
+    stage: FirstStage
+    spread: NewPersonSpread
+
+    def transform(self, values: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        scores = self.stage.transform(values, age_z, codes)
+        return scores / self.spread.site_factor(codes)[:, None]
+
+    def inverse(self, scores: np.ndarray, age_z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        scaled = scores * self.spread.site_factor(codes)[:, None]
+        return self.stage.inverse(scaled, age_z, codes)
 
 
 def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
@@ -320,14 +412,19 @@ def new_person_spread(
     inside: np.ndarray | None = None,
     log_positive: bool | Sequence[bool] | None = None,
 ) -> NewPersonSpread:
-    """How the first stage's scores of new people are spread (a scaled Student-t).
+    """How the first stage's scores of new people are spread (a scaled Student-t, wider
+    for a level learned from few people: `NewPersonSpread`).
 
-    K-fold: each person is scored by a first stage fitted without them. Their |score|
-    median and 95th percentile, pooled over people and IDPs and taken relative to the
-    in-sample ones (so that only what is due to not being seen counts), give the t. The
-    excess over normal is scaled by (K - 1) / K: the model's own first stage sees all n
-    people, and estimation error shrinks about as 1 / n. `inside`: the in-sample scores,
-    if the caller already has them; `log_positive`: the model's scale per IDP (see
+    K-fold: each person is scored by a first stage fitted without them. The site term
+    comes first (`site_term`): how much more widely the scores of people whose level
+    had few people in their fold are spread. Then, with each score divided by its site
+    factor, the |score| median and 95th percentile, pooled over people and IDPs and taken
+    relative to the in-sample ones (so that only what is due to not being seen counts),
+    give the t; its excess over normal is scaled by (K - 1) / K: the model's own first
+    stage sees all n people, and estimation error shrinks about as 1 / n (the site term
+    is applied with the model's own counts). People whose level had nobody in their
+    fold's training are left out: the model has seen their level. `inside`: the in-sample
+    scores, if the caller already has them; `log_positive`: the model's scale per IDP (see
     `FirstStage`), which every fold keeps.
     """
     from scipy import stats
@@ -343,19 +440,59 @@ def new_person_spread(
     inside = np.abs(inside)
     fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
     outside = np.empty_like(inside)
+    inverse = np.zeros(n)
     for k in range(FOLDS):
         held = fold == k
         stage = FirstStage(log_positive).fit(
             values, age_z, codes, n_levels, np.flatnonzero(~held)
         )
         outside[held] = np.abs(stage.transform(values[held], age_z[held], codes[held]))
+        counts = level_counts(codes[~held], n_levels)
+        inverse[held] = inverse_level_counts(codes[held], counts)
+        unseen = np.zeros(int(held.sum()), dtype=bool)
+        for j, per_level in enumerate(counts):
+            code = codes[held, j]
+            unseen |= (code >= 1) & (np.array([1, *per_level])[code] == 0)
+        inverse[np.flatnonzero(held)[unseen]] = np.nan
+    kept = np.isfinite(inverse)
+    term = site_term(inside[kept], outside[kept], inverse[kept])
+    outside = outside[kept] / np.sqrt(1.0 + term * inverse[kept])[:, None]
     shrink = (FOLDS - 1) / FOLDS
     targets = []
     for level in (0.5, 0.95):
         normal = stats.norm.ppf(0.5 + level / 2)
-        ratio = np.quantile(outside, level) / np.quantile(inside, level)
+        ratio = np.quantile(outside, level) / np.quantile(inside[kept], level)
         targets.append(normal * max(1.0, 1.0 + (ratio - 1.0) * shrink))
-    return NewPersonSpread(*t_match(*targets))
+    return NewPersonSpread(*t_match(*targets), term, level_counts(codes, n_levels) if term else ())
+
+
+SITE_BINS = 10
+"""Groups of people, by their level's size, in which `site_term` compares spreads."""
+MAX_SITE_TERM = 20.0
+"""Largest site term measured or accepted from a file: a site of 5 people then has its
+new people's scores spread 2.2 times as wide as a big site's."""
+
+
+def site_term(inside: np.ndarray, outside: np.ndarray, inverse: np.ndarray) -> float:
+    """The extra variance of new people's scores per 1 / (training people of their level):
+    people are put in SITE_BINS groups by `inverse` (n,), the sum of 1 / count of their
+    levels; in each, the squared ratio of the out-of-fold to the in-sample median |score|
+    ((n, D) each) is fitted as c (1 + term * inverse) by weighted least squares. The
+    median, not the mean square, so that a few gross errors in a small site do not set
+    everyone's spread (the Student-t takes the tails). 0 when the levels' sizes hardly
+    differ or the fit finds no growth."""
+    order = np.argsort(inverse, kind="stable")
+    groups = [g for g in np.array_split(order, min(SITE_BINS, len(order) // 20)) if len(g)]
+    if len(groups) < 3 or np.ptp(inverse) < 1e-3:
+        return 0.0
+    x = np.array([inverse[g].mean() for g in groups])
+    y = np.array([(np.median(outside[g]) / np.median(inside[g])) ** 2 for g in groups])
+    w = np.array([len(g) for g in groups], dtype=np.float64)
+    design = np.column_stack([np.ones_like(x), x]) * np.sqrt(w)[:, None]
+    (c0, c1), *_ = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)
+    if c0 <= 0.0 or c1 <= 0.0:
+        return 0.0
+    return float(min(c1 / c0, MAX_SITE_TERM))
 
 
 class ModelStages(NamedTuple):

@@ -33,7 +33,7 @@ from normcore import bundle, conditional, outputs, plausibility, provenance
 from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.errors import DataError
-from normcore.first_stage import FirstStage, fit_model_stages
+from normcore.first_stage import FirstStage, NewPeopleStage, fit_model_stages, level_counts
 from normcore.joint import CHUNK, DenoiserSpec, JointModel
 from normcore.model_views import FittedViews
 from normcore.options import DEFAULT_QUANTILES
@@ -179,8 +179,14 @@ class NormativeModel(FittedViews):
                 progress=None if progress is None
                 else lambda f: progress({"phase": "reference", "fraction": f}),
             )  # fmt: skip
-            # Split-stage scores: the kept first stage has seen the validation people.
-            calibration = _calibrate_deviation(reference, split_scores, ages, codes, val_rows)
+            # Split-stage scores: the kept first stage has seen the validation people. They
+            # are new to it as scored people are to the kept one, with the split's counts.
+            split_spread = joint.spread._replace(
+                level_counts=level_counts(codes[train_rows], n_levels)
+                if joint.spread.site_term else ()
+            )
+            new_scores = split_scores / split_spread.site_factor(codes)[:, None]
+            calibration = _calibrate_deviation(reference, new_scores, ages, codes, val_rows)
         self.schema_, self.encoder_, self.first_stage_, self.joint_ = schema, encoder, stage, joint
         self.reference_, self.deviation_calibration_ = reference, calibration
         self.training_, self.history_, self.adaptations_ = _summary(df, schema), history, []
@@ -199,8 +205,14 @@ class NormativeModel(FittedViews):
         seed = self.config.seed + 1 if seed is None else seed
         return _sampler(self.joint_, self.encoder_, adapted)(ages, codes, seed)
 
+    @property
+    def _new_people(self) -> NewPeopleStage:
+        """The first stage as it maps people it was not fitted on (their level's site
+        factor included): every score, centile, draw and band of the model goes through it."""
+        return NewPeopleStage(self.first_stage_, self.joint_.spread)
+
     def _to_values(self, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return self.first_stage_.inverse(scores, self.encoder_.encode_age(ages), codes)
+        return self._new_people.inverse(scores, self.encoder_.encode_age(ages), codes)
 
     def sample(self, covariates: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
         """Draw `n` IDP vectors from the model at each row's exact covariates (wide table).
@@ -287,7 +299,7 @@ class NormativeModel(FittedViews):
     ) -> tuple[np.ndarray, np.ndarray]:
         """z (n, D) of raw `values` within the reference table at `ages` (years) and
         `codes`, and the table's effective sample sizes there."""
-        scores = self.first_stage_.transform(values, self.encoder_.encode_age(ages), codes)
+        scores = self._new_people.transform(values, self.encoder_.encode_age(ages), codes)
         rescore = _rescorer(self.first_stage_, self.encoder_)
         return _reference_z(self.reference_, scores, ages, codes, rescore)
 
@@ -312,7 +324,7 @@ class NormativeModel(FittedViews):
         with torch_threads(self.threads) if drawing else contextlib.nullcontext():
             return conditional.score_table_given(
                 outputs.score_table(df, self.schema_, placed), self.idps, self.joint_,
-                self.first_stage_, self.encoder_.encode_age(ages), codes, placed.values,
+                self._new_people, self.encoder_.encode_age(ages), codes, placed.values,
                 placed.implausible, chosen, np.asarray(DEFAULT_QUANTILES), self.config.seed + 2,
             )  # fmt: skip
 

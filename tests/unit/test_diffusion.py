@@ -245,3 +245,28 @@ def test_prior_covariances_follow_coupling_that_changes_with_age():
     assert anchors == pytest.approx([-1.5, 0.0, 1.5], abs=1e-3)
     assert [c[0, 1] for c in cov] == pytest.approx([0.0, 0.4, 0.8], abs=0.05)
     assert np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+def test_prior_covariances_are_shrunk_where_people_are_few_for_the_idps():
+    """300 people and 60 IDPs with one covariance at every age: the anchors, each from
+    about a third of the people, are shrunk (towards the pooled covariance), and new
+    people of the same law are likelier under them than under the unshrunk ones."""
+    from normcore.denoisers import gaussian_prior as gp
+
+    rng = np.random.default_rng(1)
+    d = 60
+    a = rng.standard_normal((d, d)) / np.sqrt(d)
+    truth = a @ a.T + 0.5 * np.eye(d)
+    age, new_age = rng.uniform(-1.5, 1.5, 300), rng.uniform(-1.5, 1.5, 2000)
+    scores = rng.multivariate_normal(np.zeros(d), truth, len(age))
+    new = rng.multivariate_normal(np.zeros(d), truth, len(new_age))
+    cov, anchors = gp.prior_covariances(scores, age)
+    plain = gp._shrunk(gp._moments(scores, age, anchors), 0.0, 0.0)
+    assert not np.allclose(cov, plain)
+    at_level = gp.level_weights(np.arange(gp.AGE_LEVELS), anchors)
+    levels = gp.age_level(new_age, anchors)
+
+    def fit(c: np.ndarray) -> float:
+        return gp._log_likelihood(np.einsum("lk,kij->lij", at_level, c), new, levels)
+
+    assert fit(cov) > fit(plain) + 5.0 * len(new)

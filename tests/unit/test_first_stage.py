@@ -25,22 +25,69 @@ def _table(n: int, n_sites: int, site_sd: float, seed: int = 0):
 
 
 def test_new_person_spread_is_close_to_the_fit_when_people_are_many():
-    scale, dof = first_stage.new_person_spread(*_table(3000, 3, 0.3), seed=0)
-    assert scale == pytest.approx(1.0, abs=0.03)
-    assert dof is None or dof > 20
+    values, age_z, codes, levels = _table(3000, 3, 0.3)
+    spread = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
+    assert spread.scale == pytest.approx(1.0, abs=0.03)
+    assert spread.dof is None or spread.dof > 20
+    assert spread.site_factor(codes).max() < 1.01
+
+
+def _sites_of_two_sizes(n: int, seed: int, effect: np.ndarray | None = None):
+    """Two sites of ~40 % of the people each and 15 of ~1.3 % each (8 people in 600),
+    with a mean and a spread of their own; `effect` reuses the sites of another draw."""
+    rng = np.random.default_rng(seed)
+    share = np.r_[0.4, 0.4, np.full(15, 0.2 / 15)]
+    site = rng.choice(len(share), size=n, p=share) + 1
+    if effect is None:
+        effect = np.column_stack(
+            [rng.normal(0.0, 0.7, (len(share) + 1, 3)), rng.normal(0.0, 0.3, len(share) + 1)]
+        )
+    age_z = rng.uniform(-1.5, 1.5, n)
+    noise = rng.standard_normal((n, 3)) * np.exp(effect[site, 3])[:, None]
+    values = 0.5 * age_z[:, None] + effect[site, :3] + noise
+    return values, age_z, site[:, None], [len(share) + 1], effect
+
+
+def test_new_people_of_small_sites_get_their_wider_spread():
+    """A site's mean and spread learned from 4 people are known poorly: its new people's
+    scores are spread wider than a big site's. The site term says so, and new people of
+    the same sites fall outside the 95 % band as often at the small sites as at the big
+    ones once scored through `NewPeopleStage`, within a few points; with the pooled spread
+    alone (no site term) the small sites' new people fall outside more often still."""
+    values, age_z, codes, levels, effect = _sites_of_two_sizes(600, 0)
+    spread = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
+    assert spread.site_term > 1.0
+    small = codes[:, 0] > 2
+    assert spread.site_factor(codes[small]).min() > 1.05 > spread.site_factor(codes[~small]).max()
+    stage = first_stage.FirstStage().fit(values, age_z, codes, levels)
+    new_values, new_age, new_codes, *_ = _sites_of_two_sizes(20_000, 1, effect)
+    band = spread.quantiles(np.array([0.975]))[0]
+    new_small = new_codes[:, 0] > 2
+
+    def outside(s: first_stage.NewPersonSpread) -> tuple[float, float]:
+        z = first_stage.NewPeopleStage(stage, s).transform(new_values, new_age, new_codes)
+        far = np.abs(z) > band
+        return far[new_small].mean(), far[~new_small].mean()
+
+    at_small, at_big = outside(spread)
+    assert at_small < 0.075 and 0.02 < at_big < 0.08
+    pooled_small, _ = outside(spread._replace(site_term=0.0))
+    assert pooled_small > at_small + 0.015
 
 
 def test_new_person_spread_widens_when_new_people_carry_the_error_of_small_sites():
     """60 sites of ~7 people: a held-out person's site mean is known poorly, so scores of
     people the first stage did not see are wider than those of people it did."""
     values, age_z, codes, levels = _table(400, 60, 0.7)
-    scale, dof = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
+    spread = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
+    scale, dof = spread.scale * spread.site_factor(codes).mean(), spread.dof
     wide = scale * (stats.t.ppf(0.975, dof) if dof else stats.norm.ppf(0.975))
     assert wide > 1.05 * stats.norm.ppf(0.975)
 
 
 def test_new_person_spread_needs_enough_people():
-    assert first_stage.new_person_spread(*_table(30, 3, 0.3), seed=0) == (1.0, None)
+    spread = first_stage.new_person_spread(*_table(30, 3, 0.3), seed=0)
+    assert spread == first_stage.NewPersonSpread(1.0, None)
 
 
 def test_first_stage_keeps_its_log_scale_through_the_bundle_dict():

@@ -202,7 +202,7 @@ def test_fitted_model_draws_have_the_first_stage_spread_and_correlation(fitted, 
         train_df[fitted.idps].to_numpy(dtype=np.float64), age_z, codes
     )
     draws = fitted._sample_scores(np.repeat(ages, 20), np.repeat(codes, 20, axis=0), seed=9)
-    scale, dof = fitted.corrections["new_person_spread"]
+    scale, dof, *_ = fitted.corrections["new_person_spread"]
     widening = scale * (1.0 if dof is None else np.sqrt(dof / (dof - 2)))
     ratio = draws.std(axis=0) / (scores.std(axis=0) * widening)
     assert ratio == pytest.approx(np.ones(len(ratio)), abs=0.1)
