@@ -346,3 +346,46 @@ def test_demo_model_passes_every_check(demo_model):
     model = NormativeModel.load(demo_model, device="cpu")
     assert len(model.origin.fingerprint) == 64
     assert not model.joint_.net.training  # built from its weights, which pass their check
+
+
+# ------------------------------------------------------------ the new-person site factor
+def _site_counts(meta) -> list[list[int]]:
+    return [[40] * len(levels) for levels in meta["encoder"]["levels"].values()]
+
+
+def test_a_site_factor_in_the_file_widens_new_peoples_bands(data, test_df):
+    """A file whose new-person spread has a site term scores the same people less far out
+    (|z| smaller) and gives wider centile fans: its sites are known from fewer people."""
+
+    def small_sites(meta):
+        meta["predictive"]["site_term"] = 8.0
+        meta["predictive"]["level_counts"] = _site_counts(meta)
+
+    honest = NormativeModel.from_bytes(data, device="cpu")
+    wide = NormativeModel.from_bytes(edited(data, small_sites), device="cpu")
+    z, z_wide = (m.score(test_df)["z"].abs().to_numpy() for m in (honest, wide))
+    assert np.all(z_wide <= z + 1e-9) and z_wide.mean() < 0.95 * z.mean()
+    grid = test_df[["age", "sex", "site"]].head(3)
+    span = [
+        m.centiles(grid, [0.05, 0.95]).groupby(["idp", "age"])["value"].agg(np.ptp).mean()
+        for m in (honest, wide)
+    ]
+    assert span[1] > 1.05 * span[0]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda p, m: p.update(site_term=1e6, level_counts=_site_counts(m)), "site_term"),
+        (lambda p, m: p.update(site_term=2.0, level_counts=[[5]]), "level_counts"),
+        (lambda p, m: p.update(site_term=2.0, level_counts=[["many"]]), "level_counts"),
+        (
+            lambda p, m: p.update(
+                site_term=2.0, level_counts=[[-3] * len(c) for c in _site_counts(m)]
+            ),
+            "negative count",
+        ),
+    ],
+)
+def test_an_edited_site_factor_is_refused(data, change, match):
+    refused(edited(data, lambda meta: change(meta["predictive"], meta)), match)
