@@ -176,7 +176,7 @@ def first_stage_run(name: str, log_positive: bool | None) -> dict:
     values, age_z, codes = arrays(train)
     if log_positive is None:
         _, train_rows = validation_split(len(values), NormativeModel().config.train, 0)
-        _, stage, spread = fit_model_stages(
+        _, stage, spread, _ = fit_model_stages(
             values, age_z, codes, encoder.n_levels, train_rows, 0
         )
     else:

@@ -269,6 +269,9 @@ def pack(model: SavedModel) -> bytes:
         "deviation_calibration": model.deviation_calibration.to_list(),
         "adaptations": model.adaptations,
     }
+    sites = model.deviation_calibration.sites_to_dict()
+    if sites is not None:  # files of models without site shifts stay as they were
+        meta["deviation_site_shifts"] = sites
     return to_bytes(tensors, meta)
 
 
@@ -329,7 +332,9 @@ def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.dev
             reference=ReferenceTable.from_arrays(
                 arrays, encoder.n_levels, meta["reference_bandwidth"]
             ),
-            deviation_calibration=DeviationCalibration.from_list(meta["deviation_calibration"]),
+            deviation_calibration=DeviationCalibration.from_list(
+                meta["deviation_calibration"], meta.get("deviation_site_shifts")
+            ),
             training=meta["training"],
             history=meta["history"],
             adaptations=list(meta.get("adaptations", [])),

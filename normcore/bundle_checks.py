@@ -219,6 +219,8 @@ def check_header(meta: Any) -> None:
             _number(calibration[i], f"deviation_calibration {name}", lo=-bound, hi=bound)
         lo = _number(calibration[4], "deviation_calibration youngest age")
         _number(calibration[5], "deviation_calibration oldest age", lo=lo)
+    if "deviation_site_shifts" in meta:
+        _check_site_shifts(meta["deviation_site_shifts"], schema, levels)
     for i, entry in enumerate(_list(_get(meta, "history", "header"), "history", 1_000_000)):
         for name, value in _mapping(entry, f"history[{i}]").items():
             if value is not None and (
@@ -456,6 +458,20 @@ def check_network_tensors(
             for k in wrong[:3]
         ]
         raise _fail("the network's weights", "do not match its settings: " + "; ".join(parts))
+
+
+def _check_site_shifts(value: Any, schema: Schema, levels: Mapping) -> None:
+    """The deviation's site shifts: a categorical column, and a bounded shift for at most
+    each of its levels."""
+    sites = _mapping(value, "deviation_site_shifts")
+    column = _number(
+        _get(sites, "column", "deviation_site_shifts"), "deviation_site_shifts.column",
+        lo=0, hi=len(schema.categorical) - 1, integer=True,
+    )  # fmt: skip
+    size = len(levels[schema.categorical[int(column)]])
+    where = "deviation_site_shifts.shifts"
+    for shift in _list(_get(sites, "shifts", "deviation_site_shifts"), where, size):
+        _number(shift, where, lo=-MAX_CALIBRATION, hi=MAX_CALIBRATION)
 
 
 # ------------------------------------------------------------------- after parsing

@@ -853,8 +853,15 @@ def _predictive_text(spread: NewPersonSpread) -> str:
 
 def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
     c = calibration
+    sites = ""
+    if c.site_shifts:
+        sites = (
+            f"; per site, shifts from {min(c.site_shifts):+.2f} to {max(c.site_shifts):+.2f}"
+            " (out-of-fold training people)"
+        )
     if (c.shift, c.spread, c.shift_slope, c.log_spread_slope) == (0.0, 1.0, 0.0, 0.0):
-        return "none (validation people matched the model within noise, or were too few)"
+        none = "none (validation people matched the model within noise, or were too few)"
+        return none + sites
     text = f"shift {c.shift:+.2f}, spread x{c.spread:.2f}"
     if c.shift_slope or c.log_spread_slope:
         lo, hi = c.ages
@@ -863,7 +870,7 @@ def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
             f" at age {0.5 * (lo + hi):.0f}; over ages {lo:.0f}-{hi:.0f} the shift changes by "
             f"{c.shift_slope * span:+.2f} and the spread x{np.exp(c.log_spread_slope * span):.2f}"
         )
-    return text + " (measured on validation people)"
+    return text + " (measured on validation people)" + sites
 
 
 def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:

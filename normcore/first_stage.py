@@ -403,6 +403,52 @@ def t_match(median_abs: float, q95_abs: float) -> tuple[float, float | None]:
     return median_abs / stats.t.ppf(0.75, dof), float(dof)
 
 
+class OutOfFold(NamedTuple):
+    """Every person's scores (n, D) under a first stage fitted without them (K-fold), and
+    the sum over categorical columns of 1 / (people of their level in that fold's
+    training) (n,): nan for a person whose level had nobody there (the model has seen
+    their level, so their score says nothing of the model's own error)."""
+
+    scores: np.ndarray
+    inverse: np.ndarray
+
+    def new_people(self, spread: NewPersonSpread) -> np.ndarray:
+        """The scores as a new person's are read (divided by the site factor with the
+        fold's counts), nan for the people left out."""
+        factor = np.sqrt(1.0 + spread.site_term * self.inverse)
+        return self.scores / factor[:, None]
+
+
+def out_of_fold(
+    values: np.ndarray,
+    age_z: np.ndarray,
+    codes: np.ndarray,
+    n_levels: list[int],
+    seed: int,
+    log_positive: bool | Sequence[bool] | None = None,
+) -> OutOfFold:
+    """The K-fold scores of `OutOfFold`; `log_positive`: the model's scale per IDP (see
+    `FirstStage`), which every fold keeps."""
+    n = len(values)
+    fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
+    scores = np.empty(values.shape, dtype=np.float64)
+    inverse = np.zeros(n)
+    for k in range(FOLDS):
+        held = fold == k
+        stage = FirstStage(log_positive).fit(
+            values, age_z, codes, n_levels, np.flatnonzero(~held)
+        )
+        scores[held] = stage.transform(values[held], age_z[held], codes[held])
+        counts = level_counts(codes[~held], n_levels)
+        inverse[held] = inverse_level_counts(codes[held], counts)
+        unseen = np.zeros(int(held.sum()), dtype=bool)
+        for j, per_level in enumerate(counts):
+            code = codes[held, j]
+            unseen |= (code >= 1) & (np.array([1, *per_level])[code] == 0)
+        inverse[np.flatnonzero(held)[unseen]] = np.nan
+    return OutOfFold(scores, inverse)
+
+
 def new_person_spread(
     values: np.ndarray,
     age_z: np.ndarray,
@@ -411,21 +457,21 @@ def new_person_spread(
     seed: int,
     inside: np.ndarray | None = None,
     log_positive: bool | Sequence[bool] | None = None,
+    folds: OutOfFold | None = None,
 ) -> NewPersonSpread:
     """How the first stage's scores of new people are spread (a scaled Student-t, wider
     for a level learned from few people: `NewPersonSpread`).
 
-    K-fold: each person is scored by a first stage fitted without them. The site term
-    comes first (`site_term`): how much more widely the scores of people whose level
+    From the out-of-fold scores (`out_of_fold`; `folds`, if the caller has them), the
+    site term first (`site_term`): how much more widely the scores of people whose level
     had few people in their fold are spread. Then, with each score divided by its site
     factor, the |score| median and 95th percentile, pooled over people and IDPs and taken
     relative to the in-sample ones (so that only what is due to not being seen counts),
     give the t; its excess over normal is scaled by (K - 1) / K: the model's own first
     stage sees all n people, and estimation error shrinks about as 1 / n (the site term
     is applied with the model's own counts). People whose level had nobody in their
-    fold's training are left out: the model has seen their level. `inside`: the in-sample
-    scores, if the caller already has them; `log_positive`: the model's scale per IDP (see
-    `FirstStage`), which every fold keeps.
+    fold's training are left out. `inside`: the in-sample scores, if the caller already
+    has them; `log_positive`: the model's scale per IDP (see `FirstStage`).
     """
     from scipy import stats
 
@@ -437,31 +483,17 @@ def new_person_spread(
             FirstStage(log_positive).fit(values, age_z, codes, n_levels)
             .transform(values, age_z, codes)
         )
-    inside = np.abs(inside)
-    fold = np.random.default_rng([seed, 11]).permutation(n) % FOLDS
-    outside = np.empty_like(inside)
-    inverse = np.zeros(n)
-    for k in range(FOLDS):
-        held = fold == k
-        stage = FirstStage(log_positive).fit(
-            values, age_z, codes, n_levels, np.flatnonzero(~held)
-        )
-        outside[held] = np.abs(stage.transform(values[held], age_z[held], codes[held]))
-        counts = level_counts(codes[~held], n_levels)
-        inverse[held] = inverse_level_counts(codes[held], counts)
-        unseen = np.zeros(int(held.sum()), dtype=bool)
-        for j, per_level in enumerate(counts):
-            code = codes[held, j]
-            unseen |= (code >= 1) & (np.array([1, *per_level])[code] == 0)
-        inverse[np.flatnonzero(held)[unseen]] = np.nan
-    kept = np.isfinite(inverse)
-    term = site_term(inside[kept], outside[kept], inverse[kept])
-    outside = outside[kept] / np.sqrt(1.0 + term * inverse[kept])[:, None]
+    if folds is None:
+        folds = out_of_fold(values, age_z, codes, n_levels, seed, log_positive)
+    kept = np.isfinite(folds.inverse)
+    inside, outside, inverse = np.abs(inside[kept]), np.abs(folds.scores[kept]), folds.inverse[kept]
+    term = site_term(inside, outside, inverse)
+    outside = outside / np.sqrt(1.0 + term * inverse)[:, None]
     shrink = (FOLDS - 1) / FOLDS
     targets = []
     for level in (0.5, 0.95):
         normal = stats.norm.ppf(0.5 + level / 2)
-        ratio = np.quantile(outside, level) / np.quantile(inside[kept], level)
+        ratio = np.quantile(outside, level) / np.quantile(inside, level)
         targets.append(normal * max(1.0, 1.0 + (ratio - 1.0) * shrink))
     return NewPersonSpread(*t_match(*targets), term, level_counts(codes, n_levels) if term else ())
 
@@ -499,11 +531,14 @@ class ModelStages(NamedTuple):
     """A model's first stages, one scale per IDP: `split` fitted on the training split
     (the network and its calibration see scores of validation people it did not fit),
     `kept` on every row (the margins the model keeps: each IDP's mean, spread and shape
-    gain from more people), and the new-person `spread` of the kept one."""
+    gain from more people), the new-person `spread` of the kept one, and `new_scores`
+    (n, D): every person's scores as a new person's (`OutOfFold.new_people`; nan for
+    those left out), None below MIN_ROWS people."""
 
     split: FirstStage
     kept: FirstStage
     spread: NewPersonSpread
+    new_scores: np.ndarray | None
 
 
 def fit_model_stages(
@@ -529,11 +564,17 @@ def fit_model_stages(
         split = FirstStage(log).fit(values, age_z, codes, n_levels, train_rows)
         log = split.transform_.log
         kept = FirstStage(log).fit(values, age_z, codes, n_levels)
+        folds = (
+            out_of_fold(values, age_z, codes, n_levels, seed, log)
+            if len(values) >= MIN_ROWS
+            else None
+        )
         spread = new_person_spread(
             values, age_z, codes, n_levels, seed,
-            inside=kept.transform(values, age_z, codes), log_positive=log,
+            inside=kept.transform(values, age_z, codes), log_positive=log, folds=folds,
         )  # fmt: skip
         unsafe = unsafe_raw(kept, positive, age_z, codes, lowest_score(spread))
         if not unsafe.any():
-            return ModelStages(split, kept, spread)
+            new_scores = None if folds is None else folds.new_people(spread)
+            return ModelStages(split, kept, spread, new_scores)
         log = log | unsafe

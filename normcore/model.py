@@ -33,7 +33,13 @@ from normcore import bundle, conditional, outputs, plausibility, provenance
 from normcore.config import ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.errors import DataError
-from normcore.first_stage import FirstStage, NewPeopleStage, fit_model_stages, level_counts
+from normcore.first_stage import (
+    FirstStage,
+    NewPeopleStage,
+    NewPersonSpread,
+    fit_model_stages,
+    level_counts,
+)
 from normcore.joint import CHUNK, DenoiserSpec, JointModel
 from normcore.model_views import FittedViews
 from normcore.options import DEFAULT_QUANTILES
@@ -48,6 +54,7 @@ from normcore.reference import (
     build_reference,
     deviation_calibration,
     deviation_over_present,
+    deviation_site_shifts,
     scores_at,
     with_level,
     z_of_scores,
@@ -64,8 +71,9 @@ __version__ = "0.1.0"
 __all__ = ["DEFAULT_QUANTILES", "ModelConfig", "NormativeModel", "torch_threads"]
 
 MIN_DEVIATION_ROWS = 60
-"""Fewer validation rows than this leave the deviation centile uncalibrated: a mean and a
-standard deviation from fewer people are too loose to correct anything."""
+"""Fewer validation rows than this leave the deviation centile's shift and spread
+uncalibrated: a mean and a standard deviation from fewer people are too loose to correct
+anything."""
 
 
 @contextlib.contextmanager
@@ -145,7 +153,7 @@ class NormativeModel(FittedViews):
             # The network, the sampler's corrections and the deviation calibration are
             # measured on validation rows through a first stage that has not seen them, so
             # that those estimates are not optimistic (benchmarks/RESULTS.md).
-            split_stage, stage, spread = fit_model_stages(
+            split_stage, stage, spread, new_scores = fit_model_stages(
                 values, age_z, codes, n_levels, train_rows, cfg.seed
             )
             split_scores = split_stage.transform(values, age_z, codes)
@@ -179,14 +187,10 @@ class NormativeModel(FittedViews):
                 progress=None if progress is None
                 else lambda f: progress({"phase": "reference", "fraction": f}),
             )  # fmt: skip
-            # Split-stage scores: the kept first stage has seen the validation people. They
-            # are new to it as scored people are to the kept one, with the split's counts.
-            split_spread = joint.spread._replace(
-                level_counts=level_counts(codes[train_rows], n_levels)
-                if joint.spread.site_term else ()
-            )
-            new_scores = split_scores / split_spread.site_factor(codes)[:, None]
-            calibration = _calibrate_deviation(reference, new_scores, ages, codes, val_rows)
+            calibration = _calibrate_deviation(
+                reference, schema, split_scores, new_scores, ages, codes, train_rows, val_rows,
+                joint.spread, n_levels,
+            )  # fmt: skip
         self.schema_, self.encoder_, self.first_stage_, self.joint_ = schema, encoder, stage, joint
         self.reference_, self.deviation_calibration_ = reference, calibration
         self.training_, self.history_, self.adaptations_ = _summary(df, schema), history, []
@@ -333,9 +337,10 @@ class NormativeModel(FittedViews):
 
         `mahalanobis`: the squared Mahalanobis distance of the person's z under the model's
         IDP correlation at their age; `deviation_centile` ranks it among model samples of
-        the same levels and age (100 = more unusual than every sample), recalibrated on
-        validation people at fit time. A person lacking IDPs is measured over the `n_idps`
-        they have (`missing` names the others; `reference.deviation_over_present`).
+        the same levels and age (100 = more unusual than every sample), recalibrated at fit
+        time (per site, and in age; `reference.DeviationCalibration`). A person lacking
+        IDPs is measured over the `n_idps` they have (`missing` names the others;
+        `reference.deviation_over_present`).
         """
         placed = self._place(df)
         ages, _, _ = _covariates(df, self.schema_, self.encoder_)
@@ -502,16 +507,36 @@ def _reference_z(
 
 
 def _calibrate_deviation(
-    reference: ReferenceTable, scores: np.ndarray, ages: np.ndarray, codes: np.ndarray,
-    val_rows: np.ndarray,
+    reference: ReferenceTable, schema: Schema, split_scores: np.ndarray,
+    new_scores: np.ndarray | None, ages: np.ndarray, codes: np.ndarray,
+    train_rows: np.ndarray, val_rows: np.ndarray, spread: NewPersonSpread, n_levels: list[int],
 ) -> DeviationCalibration:  # fmt: skip
-    """The deviation centile's correction measured on validation people's `scores`
-    (see `reference.deviation_calibration`); none from too few people."""
+    """The deviation centile's correction (`reference.DeviationCalibration`).
+
+    Site shifts (`reference.deviation_site_shifts`) from every person's scores under a
+    first stage fitted without them (`new_scores`): a site's shift needs that site's
+    people, and the validation people are a few per site (about 3 on fcon1000). Most of
+    those people trained the network, which makes them look more typical than new
+    people, but alike at every site, and a site's shift is its difference from everyone
+    else's. The shift and spread in age (`reference.deviation_calibration`) then come from
+    the validation people only, whom the network did not train on, under the split stage
+    that has not seen them, read as a new person's are (the site factor with the training
+    split's counts): measured on every person instead, the shift at 100 IDPs came out 0
+    instead of 0.26 and held-out people were over-flagged (benchmarks/RESULTS.md, "New
+    people by site size"). None from too few validation people."""
+    sites = DeviationCalibration()
+    if new_scores is not None and schema.categorical:
+        rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1))
+        column = schema.categorical.index(adaptation.site_column(schema))
+        z, _ = _reference_z(reference, new_scores[rows], ages[rows], codes[rows])
+        sites = deviation_site_shifts(reference, codes[rows], ages[rows], z, column)
     if len(val_rows) < MIN_DEVIATION_ROWS:
-        return DeviationCalibration()
+        return sites
     v = val_rows
-    z, _ = _reference_z(reference, scores[v], ages[v], codes[v])
-    return deviation_calibration(reference, codes[v], ages[v], z)
+    counts = level_counts(codes[train_rows], n_levels) if spread.site_term else ()
+    factor = spread._replace(level_counts=counts).site_factor(codes[v])
+    z, _ = _reference_z(reference, split_scores[v] / factor[:, None], ages[v], codes[v])
+    return deviation_calibration(reference, codes[v], ages[v], z, sites)
 
 
 def _known(n_levels: list[int]) -> np.ndarray:

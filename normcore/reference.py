@@ -996,13 +996,17 @@ def _raw_deviation_scores(
 @dataclass(frozen=True)
 class DeviationCalibration:
     """The deviation centile's correction for people the model did not train on: its
-    normal score r becomes (r - shift(age)) / spread(age) (see `deviation_calibration`).
+    normal score r becomes (r - site shift - shift(age)) / spread(age) (see
+    `deviation_calibration` and `deviation_site_shifts`).
 
     shift(age) = shift + shift_slope * (a - centre) and spread(age) = spread *
     exp(log_spread_slope * (a - centre)), slopes per year, with a the age held within
     `ages` (the validation people's youngest and oldest: the trend is not carried beyond
-    the people it was measured on) and centre the middle of `ages`. The default changes
-    nothing; a file from before the age trend holds the shift and spread only.
+    the people it was measured on) and centre the middle of `ages`. `site_shifts` holds
+    one shift per level code 1.. of categorical column `site_column` (a level beyond them,
+    the unknown one or one added by adaptation, has none). The default changes nothing;
+    a file from before the age trend holds the shift and spread only, one from before the
+    site shifts none.
     """
 
     shift: float = 0.0
@@ -1010,30 +1014,58 @@ class DeviationCalibration:
     shift_slope: float = 0.0
     log_spread_slope: float = 0.0
     ages: tuple[float, float] = (0.0, 0.0)
+    site_column: int = 0
+    site_shifts: tuple[float, ...] = ()
 
-    def apply(self, r: np.ndarray, ages: np.ndarray) -> np.ndarray:
-        """The calibrated normal scores of raw scores `r` of people aged `ages`."""
+    def site_shift(self, codes: np.ndarray) -> np.ndarray:
+        """(n,) the site shift of each row of category `codes` (n, K)."""
+        out = np.zeros(len(codes))
+        if self.site_shifts:
+            code = np.asarray(codes)[:, self.site_column]
+            known = (code >= 1) & (code <= len(self.site_shifts))
+            out[known] = np.asarray(self.site_shifts)[code[known] - 1]
+        return out
+
+    def apply(self, r: np.ndarray, ages: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The calibrated normal scores of raw scores `r` of people aged `ages` with
+        category `codes`."""
         lo, hi = self.ages
         x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)
         spread = self.spread * np.exp(self.log_spread_slope * x)
-        return (r - self.shift - self.shift_slope * x) / spread
+        return (r - self.site_shift(codes) - self.shift - self.shift_slope * x) / spread
 
     def to_list(self) -> list[float]:
         """As stored in a bundle: [shift, spread, shift_slope, log_spread_slope, lo, hi],
         or [shift, spread] when nothing changes with age (as every file before the age
-        trend holds, so such a file reads and saves unchanged)."""
+        trend holds, so such a file reads and saves unchanged). The site shifts are
+        stored apart (`sites_to_dict`)."""
         if self.shift_slope == 0.0 and self.log_spread_slope == 0.0:
             return [self.shift, self.spread]
         return [self.shift, self.spread, self.shift_slope, self.log_spread_slope, *self.ages]
 
+    def sites_to_dict(self) -> dict | None:
+        """The site shifts as stored in a bundle, None when there are none."""
+        if not self.site_shifts:
+            return None
+        return {"column": self.site_column, "shifts": list(self.site_shifts)}
+
     @classmethod
-    def from_list(cls, values: list[float] | tuple[float, ...]) -> DeviationCalibration:
-        """From `to_list`'s six numbers, or an older file's (shift, spread)."""
+    def from_list(
+        cls, values: list[float] | tuple[float, ...], sites: dict | None = None
+    ) -> DeviationCalibration:
+        """From `to_list`'s six numbers, or an older file's (shift, spread), and
+        `sites_to_dict`'s site shifts, if any."""
         shift, spread, *trend = (float(v) for v in values)
+        site = {}
+        if sites:
+            site = {
+                "site_column": int(sites["column"]),
+                "site_shifts": tuple(float(v) for v in sites["shifts"]),
+            }
         if not trend:
-            return cls(shift, spread)
+            return cls(shift, spread, **site)
         shift_slope, log_spread_slope, lo, hi = trend
-        return cls(shift, spread, shift_slope, log_spread_slope, (lo, hi))
+        return cls(shift, spread, shift_slope, log_spread_slope, (lo, hi), **site)
 
 
 def mahalanobis_centile(
@@ -1053,7 +1085,7 @@ def mahalanobis_centile(
     """
     ages = np.asarray(ages, dtype=np.float64)
     d2, r = _raw_deviation_scores(table, codes, ages, z)
-    return d2, 100.0 * special.ndtr(calibration.apply(r, ages))
+    return d2, 100.0 * special.ndtr(calibration.apply(r, ages, codes))
 
 
 def deviation_over_present(
@@ -1114,8 +1146,53 @@ BEYOND_NOISE = 3.0
 differ from (0, 1) to be applied."""
 
 
+def deviation_site_shifts(
+    table: ReferenceTable, codes: np.ndarray, ages: np.ndarray, z: np.ndarray, column: int
+) -> DeviationCalibration:
+    """The site shifts (`DeviationCalibration.site_shifts`) of categorical column `column`,
+    from people's normal-score vectors z (n, D) as a new person's are read (out of fold),
+    the rest of the calibration left as none.
+
+    Why: the denoiser learns the dependence between IDPs mostly from the big sites, and
+    a site's scanner and protocol change it, so a small site's new people came out
+    atypical (median deviation centile 80 on fcon1000's held-out half) and a big site's
+    typical (42), whatever the pooled calibration did (benchmarks/RESULTS.md, "New people
+    by site size"). Each site's mean raw normal score, less everyone's, is shrunk towards
+    0 as a random effect (the between-site variance by the method of moments; Searle,
+    Casella & McCulloch, Variance Components, 1992, ch. 3): a site of a few people keeps
+    little of its own mean, a big one most of it. The people are the model's training
+    people scored by first stages fitted without them; the network trained on most of
+    them, which makes them look more typical than new people, but alike at every site,
+    and a site's shift is its difference from everyone else's (on fcon1000 the training
+    people's site means correlated 0.78 with the held-out people's). None where sites do
+    not differ beyond noise.
+    """
+    _, r = _raw_deviation_scores(table, codes, ages, z)
+    r = np.clip(r, -4.0, 4.0)
+    level = codes[:, column]
+    m = int(level.max()) if len(level) else 0
+    counts = np.bincount(level, minlength=m + 1)[1:].astype(np.float64)
+    sums = np.bincount(level, weights=r - r.mean(), minlength=m + 1)[1:]
+    seen = counts > 0
+    if seen.sum() < 2:
+        return DeviationCalibration()
+    means = np.where(seen, sums / np.maximum(counts, 1.0), 0.0)
+    within = float(np.sum((r - r.mean() - np.r_[0.0, means][level]) ** 2)) / max(
+        len(r) - int(seen.sum()), 1
+    )
+    between = float(np.var(means[seen], ddof=1) - np.mean(within / counts[seen]))
+    if between <= 0.0:
+        return DeviationCalibration()
+    kept = counts * between / (counts * between + within)
+    return DeviationCalibration(site_column=column, site_shifts=tuple((kept * means).tolist()))
+
+
 def deviation_calibration(
-    table: ReferenceTable, codes: np.ndarray, ages: np.ndarray, z: np.ndarray
+    table: ReferenceTable,
+    codes: np.ndarray,
+    ages: np.ndarray,
+    z: np.ndarray,
+    sites: DeviationCalibration = DeviationCalibration(),
 ) -> DeviationCalibration:
     """The correction that makes held-out people's deviation centiles uniform, at every age.
 
@@ -1132,11 +1209,12 @@ def deviation_calibration(
     residuals on age (whose slope is the log spread's). Each of the four numbers is
     applied only if it is BEYOND_NOISE standard errors from no correction: a few hundred
     validation people are themselves a sample, and correcting by their noise
-    miscalibrates everyone else (README, "How it works", 5).
+    miscalibrates everyone else (README, "How it works", 5). `sites`: the site shifts
+    (`deviation_site_shifts`), taken off first and kept in the result.
     """
     ages = np.asarray(ages, dtype=np.float64)
     _, r = _raw_deviation_scores(table, codes, ages, z)
-    r = np.clip(r, -4.0, 4.0)
+    r = np.clip(r, -4.0, 4.0) - sites.site_shift(codes)
     n = len(r)
     lo, hi = float(ages.min()), float(ages.max())
     x = ages - 0.5 * (lo + hi)
@@ -1160,4 +1238,7 @@ def deviation_calibration(
         shift = 0.0
     if abs(np.log(spread)) * np.sqrt(2.0 * (n - 1)) < BEYOND_NOISE:
         spread = 1.0
-    return DeviationCalibration(shift, spread, shift_slope, log_spread_slope, (lo, hi))
+    return dataclasses.replace(
+        sites, shift=shift, spread=spread, shift_slope=shift_slope,
+        log_spread_slope=log_spread_slope, ages=(lo, hi),
+    )  # fmt: skip

@@ -9,6 +9,7 @@ from normcore.reference import (
     ReferenceTable,
     build_reference,
     deviation_calibration,
+    deviation_site_shifts,
     mahalanobis_centile,
     mixture_quantiles,
     scores_at,
@@ -199,7 +200,9 @@ def test_deviation_calibration_is_stored_as_older_files_hold_it_when_flat():
     trended = DeviationCalibration(0.1, 1.2, 0.01, -0.02, (20.0, 80.0))
     assert DeviationCalibration.from_list(trended.to_list()) == trended
     # held flat beyond the validation ages: 10 and 20 get the same correction
-    young, edge, middle = trended.apply(np.ones(3), np.array([10.0, 20.0, 50.0]))
+    young, edge, middle = trended.apply(
+        np.ones(3), np.array([10.0, 20.0, 50.0]), np.zeros((3, 1), dtype=np.int64)
+    )
     assert young == edge != middle
 
 
@@ -575,3 +578,39 @@ def test_the_deviation_of_an_unknown_sex_ranks_among_people_of_the_mixture():
     z = z_of_scores(q, (raw - mean[:, None]) / sd[:, None])
     _, centile = mahalanobis_centile(table, codes, ages, z)
     assert stats.kstest(centile / 100, "uniform").statistic < 0.04
+
+
+def test_site_shifts_follow_sites_whose_people_the_model_reads_unlike_others():
+    """A big site read as the model draws and two small ones whose people are spread 30 %
+    wider and 25 % narrower than the model's: each small site gets a shift of its sign
+    (shrunk, it has few people), the big one about none, and fresh people of the small
+    sites are then ranked nearer the middle. Where sites do not differ, no shift is
+    worth more than noise."""
+    rng = np.random.default_rng(6)
+    table = build_reference(
+        _exact_sampler(rng), (20, 80), [4], NORMAL, samples_per_combination=20_000, grid_points=11
+    )
+
+    def people(sizes: dict[int, int], factors: dict[int, float]):
+        codes = np.concatenate([np.full(n, site) for site, n in sizes.items()])[:, None]
+        ages = rng.uniform(20, 80, len(codes))
+        q, _ = table.lookup(codes, ages)
+        y = _exact_sampler(rng)(ages, codes)
+        mean = (0.5 * ages + 3.0 * codes[:, 0])[:, None]
+        factor = np.array([factors[c] for c in codes[:, 0]])[:, None]
+        return codes, ages, z_of_scores(q, mean + factor * (y - mean))
+
+    sizes, factors = {1: 2000, 2: 60, 3: 60}, {1: 1.0, 2: 1.3, 3: 0.75}
+    sites = deviation_site_shifts(table, *people(sizes, factors), column=0)
+    big, wide, narrow = sites.site_shifts
+    assert wide > 0.2 and narrow < -0.2 and abs(big) < 0.05
+    codes, ages, z = people({2: 500, 3: 500}, factors)
+    _, raw = mahalanobis_centile(table, codes, ages, z)
+    _, shifted = mahalanobis_centile(table, codes, ages, z, sites)
+    for site in (2, 3):
+        here = codes[:, 0] == site
+        assert abs(np.median(shifted[here]) - 50) < abs(np.median(raw[here]) - 50) - 10
+    alike = deviation_site_shifts(table, *people(sizes, {1: 1.0, 2: 1.0, 3: 1.0}), column=0)
+    assert np.all(np.abs(alike.site_shifts) < 0.1)
+    restored = DeviationCalibration.from_list(sites.to_list(), sites.sites_to_dict())
+    assert restored == sites
