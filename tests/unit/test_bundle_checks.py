@@ -389,3 +389,31 @@ def test_a_site_factor_in_the_file_widens_new_peoples_bands(data, test_df):
 )
 def test_an_edited_site_factor_is_refused(data, change, match):
     refused(edited(data, lambda meta: change(meta["predictive"], meta)), match)
+
+
+@pytest.mark.parametrize(
+    "shifts, match",
+    [
+        ({"column": 9, "shifts": [0.1]}, "deviation_site_shifts.column"),
+        ({"column": 1, "shifts": [50.0]}, "deviation_site_shifts.shifts"),
+        ({"column": 1, "shifts": [0.1] * 500}, "deviation_site_shifts.shifts"),
+        ({"column": 1, "shifts": "0.1"}, "deviation_site_shifts.shifts"),
+    ],
+)
+def test_edited_deviation_site_shifts_are_refused(data, shifts, match):
+    refused(edited(data, lambda meta: meta.update(deviation_site_shifts=shifts)), match)
+
+
+def test_deviation_site_shifts_round_trip_and_move_a_sites_deviation(data, test_df):
+    """Shifts read back as written; a site shifted up has its people ranked less unusual."""
+
+    def shifted(meta):
+        meta["deviation_site_shifts"] = {"column": 1, "shifts": [1.0] * 2}
+
+    honest = NormativeModel.from_bytes(data, device="cpu")
+    moved = NormativeModel.from_bytes(edited(data, shifted), device="cpu")
+    assert moved.deviation_calibration_.site_shifts == (1.0, 1.0)
+    again = NormativeModel.from_bytes(moved.to_bytes(), device="cpu")
+    assert again.deviation_calibration_ == moved.deviation_calibration_
+    before, after = (m.deviation(test_df)["deviation_centile"].to_numpy() for m in (honest, moved))
+    assert np.all(after <= before + 1e-9) and after.mean() < before.mean() - 5
