@@ -9,10 +9,11 @@ over everyone. Measured on two truths, each with a fit of the package defaults (
 - *fcon1000*: the demo's halves (assets/demo), fitted with the demo's own settings
   (`normcore.demo.build`'s), scored on the held-out people of the training sites.
 
-For each, the deviation centiles of the held-out people under three calibrations of the
-same fitted model: *as fitted* (the fit's calibration, with its age trend where one was
-measured beyond noise), *pooled* (the same shift and spread, the age slopes dropped: one
-correction for every age, as before the age trend) and *none*. Per age band: the people,
+For each, the deviation centiles of the held-out people under four calibrations of the
+same fitted model: *as fitted* (the fit's calibration: its site shifts, and its age trend
+where one was measured beyond noise), *without site shifts* (the same, the site shifts
+dropped), *pooled* (the same shift and spread only: one correction for every age and
+site, as before the age trend) and *none*. Per age band: the people,
 the KS distance to uniform (the 5 % critical value beside it) and the share above the
 95th centile.
 
@@ -78,6 +79,7 @@ def measure(name: str) -> dict:
     own = model.deviation_calibration_
     variants = {
         "as fitted": own,
+        "without site shifts": dataclasses.replace(own, site_shifts=()),
         "pooled": DeviationCalibration(own.shift, own.spread),
         "none": DeviationCalibration(),
     }
@@ -93,9 +95,10 @@ def markdown(results: dict) -> str:
         "## Deviation by age (`benchmarks/deviation_by_age.py`, issue 17 item 5)",
         "",
         "Held-out controls' deviation centiles per age band (quintiles of age), under the "
-        "fitted model's calibration (*as fitted*), the same shift and spread without the "
-        "age slopes (*pooled*), and none. KS to uniform with the 5 % critical value; share "
-        "above the 95th centile (5 % expected). Truths and settings: the script's docstring.",
+        "fitted model's calibration (*as fitted*), the same without its site shifts, the same "
+        "shift and spread without the age slopes or site shifts (*pooled*), and none. KS to "
+        "uniform with the 5 % critical value; share above the 95th centile (5 % expected). "
+        "Truths and settings: the script's docstring.",
         "",
     ]
     for name, result in results.items():
@@ -104,7 +107,13 @@ def markdown(results: dict) -> str:
             f"**{name}**: calibration as fitted: shift {c['shift']:+.3f}, spread "
             f"{c['spread']:.3f}, shift slope {c['shift_slope']:+.4f} per year, log-spread "
             f"slope {c['log_spread_slope']:+.4f} per year, over ages "
-            f"{c['ages'][0]:.0f}-{c['ages'][1]:.0f}.",
+            f"{c['ages'][0]:.0f}-{c['ages'][1]:.0f}"
+            + (
+                f"; site shifts from {min(c['site_shifts']):+.2f} to "
+                f"{max(c['site_shifts']):+.2f} over {len(c['site_shifts'])} sites."
+                if c["site_shifts"]
+                else "; no site shifts."
+            ),
             "",
             "| calibration | " + " | ".join(r["ages"] for r in result["bands"]["none"]) + " |",
             "| --- |" + " ---: |" * BANDS,
