@@ -105,9 +105,14 @@ def markdown(results: dict) -> str:
         c = result["calibration"]
         lines += [
             f"**{name}**: calibration as fitted: shift {c['shift']:+.3f}, spread "
-            f"{c['spread']:.3f}, shift slope {c['shift_slope']:+.4f} per year, log-spread "
-            f"slope {c['log_spread_slope']:+.4f} per year, over ages "
-            f"{c['ages'][0]:.0f}-{c['ages'][1]:.0f}"
+            f"{c['spread']:.3f}"
+            + (
+                f", shift slope {c['shift_slope']:+.4f} per year, log-spread slope "
+                f"{c['log_spread_slope']:+.4f} per year, over ages "
+                f"{c['ages'][0]:.0f}-{c['ages'][1]:.0f}"
+                if c["shift_slope"] or c["log_spread_slope"]
+                else ", no age trend"
+            )
             + (
                 f"; site shifts from {min(c['site_shifts']):+.2f} to "
                 f"{max(c['site_shifts']):+.2f} over {len(c['site_shifts'])} sites."
