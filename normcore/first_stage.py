@@ -287,10 +287,13 @@ class NewPersonSpread(NamedTuple):
         """(n,) the factor sqrt(1 + site_term * sum_c 1 / n_c) by which new people of the
         level combinations `codes` (n, K) are spread beyond `quantiles`' (see the class)."""
         codes = np.asarray(codes)
-        inverse = np.zeros(len(codes))
-        if self.site_term > 0.0:
-            inverse = inverse_level_counts(codes, self.level_counts)
-        return np.sqrt(1.0 + self.site_term * inverse)
+        if self.site_term <= 0.0:
+            return np.ones(len(codes))
+        return self.factor_at(inverse_level_counts(codes, self.level_counts))
+
+    def factor_at(self, inverse: np.ndarray) -> np.ndarray:
+        """The site factor at sums of 1 / (training people of each level) `inverse`."""
+        return np.sqrt(1.0 + self.site_term * np.asarray(inverse))
 
     def largest_factor(self) -> float:
         """The site factor of the level with the fewest training people (1 without a
@@ -302,7 +305,7 @@ class NewPersonSpread(NamedTuple):
             for counts in self.level_counts
             if any(n > 0 for n in counts)
         )
-        return float(np.sqrt(1.0 + self.site_term * fewest))
+        return float(self.factor_at(fewest))
 
     def widen(self, draws: np.ndarray, seed: int) -> np.ndarray:
         """`draws` (n, D) spread as new people's scores of a well-learned level are: the
@@ -415,8 +418,7 @@ class OutOfFold(NamedTuple):
     def new_people(self, spread: NewPersonSpread) -> np.ndarray:
         """The scores as a new person's are read (divided by the site factor with the
         fold's counts), nan for the people left out."""
-        factor = np.sqrt(1.0 + spread.site_term * self.inverse)
-        return self.scores / factor[:, None]
+        return self.scores / spread.factor_at(self.inverse)[:, None]
 
 
 def out_of_fold(
@@ -488,7 +490,7 @@ def new_person_spread(
     kept = np.isfinite(folds.inverse)
     inside, outside, inverse = np.abs(inside[kept]), np.abs(folds.scores[kept]), folds.inverse[kept]
     term = site_term(inside, outside, inverse)
-    outside = outside / np.sqrt(1.0 + term * inverse)[:, None]
+    outside = outside / NewPersonSpread(1.0, None, term).factor_at(inverse)[:, None]
     shrink = (FOLDS - 1) / FOLDS
     targets = []
     for level in (0.5, 0.95):
