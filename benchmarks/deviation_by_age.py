@@ -90,6 +90,21 @@ def measure(name: str) -> dict:
     return out
 
 
+def band_row(label: str, rows: list[dict]) -> str:
+    """One table row: each band's KS (* beyond its 5 % critical value) and share above 95."""
+    cells = [
+        f"KS {r['ks']:.3f}{'*' if r['ks'] > r['critical'] else ''}, "
+        f"{100 * r['above_95']:.1f} % > 95th"
+        for r in rows
+    ]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def critical_line(rows: list[dict]) -> str:
+    critical = ", ".join(f"{r['critical']:.3f} (n {r['n']})" for r in rows)
+    return f"5 % critical KS per band: {critical}; * marks a band beyond it."
+
+
 def markdown(results: dict) -> str:
     lines = [
         "## Deviation by age (`benchmarks/deviation_by_age.py`, issue 17 item 5)",
@@ -124,13 +139,8 @@ def markdown(results: dict) -> str:
             "| --- |" + " ---: |" * BANDS,
         ]
         for label, rows in result["bands"].items():
-            cells = [
-                f"KS {r['ks']:.3f}{'*' if r['ks'] > r['critical'] else ''}, "
-                f"{100 * r['above_95']:.1f} % > 95th" for r in rows
-            ]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        critical = ", ".join(f"{r['critical']:.3f} (n {r['n']})" for r in result["bands"]["none"])
-        lines += ["", f"5 % critical KS per band: {critical}; * marks a band beyond it.", ""]
+            lines.append(band_row(label, rows))
+        lines += ["", critical_line(result["bands"]["none"]), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ import common
 import numpy as np
 import pandas as pd
 from common import ROOT
+from deviation_by_age import BANDS, band_row, by_band, critical_line
 
 from normcore import metrics
 from normcore.model import NormativeModel
@@ -33,7 +34,6 @@ BEFORE = "3473a72"
 MODEL = "assets/demo/fcon1000.normcore"
 SIZES = (0, 12, 20, 60, 10_000)
 """Edges of the groups of sites by training people: 1-12, 13-20, 21-60, over 60."""
-BANDS = 5
 
 
 def load(commit: str | None) -> NormativeModel:
@@ -65,21 +65,7 @@ def measure(model: NormativeModel, train: pd.DataFrame, test: pd.DataFrame) -> d
                 "deviation_median": float(np.median(dev[inside])),
             }
         )
-    ages = test["age"].to_numpy(float)
-    edges = np.quantile(ages, np.linspace(0, 1, BANDS + 1))
-    band = np.clip(np.searchsorted(edges, ages, side="right") - 1, 0, BANDS - 1)
-    by_age = []
-    for b in range(BANDS):
-        inside = band == b
-        by_age.append(
-            {
-                "ages": f"{edges[b]:.0f}-{edges[b + 1]:.0f}",
-                "n": int(inside.sum()),
-                "ks": float(metrics.ks_uniform(dev[inside][:, None])["statistic"].iloc[0]),
-                "critical": common.ks_critical(int(inside.sum())),
-                "above_95": float(np.mean(dev[inside] > 0.95)),
-            }
-        )
+    by_age = by_band(model, test, model.deviation_calibration_)
     spread = model.joint_.spread
     return {
         "spread": {"scale": spread.scale, "dof": spread.dof, "site_term": spread.site_term},
@@ -130,15 +116,11 @@ def markdown(results: dict, before: str) -> str:
         "",
         "| model | " + " | ".join(a["ages"] for a in results["now"]["by_age"]) + " |",
         "| --- |" + " ---: |" * BANDS,
+        *(band_row(label, r["by_age"]) for label, r in results.items()),
+        "",
+        critical_line(results["now"]["by_age"]),
+        "",
     ]
-    for label, r in results.items():
-        cells = [
-            f"{a['ks']:.3f}{'*' if a['ks'] > a['critical'] else ''}, {100 * a['above_95']:.1f} %"
-            for a in r["by_age"]
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    critical = ", ".join(f"{a['critical']:.3f} (n {a['n']})" for a in results["now"]["by_age"])
-    lines += ["", f"5 % critical KS per band: {critical}.", ""]
     return "\n".join(lines) + "\n"
 
 
