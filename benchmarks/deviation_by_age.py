@@ -57,9 +57,11 @@ def by_band(model: NormativeModel, test: pd.DataFrame, calibration: DeviationCal
     u = model.deviation(test)["deviation_centile"].to_numpy() / 100
     ages = test[model.schema.age].to_numpy(float)
     edges = np.quantile(ages, np.linspace(0, 1, BANDS + 1))
+    # each person in one band: [lo, hi) but the last, [lo, hi] (ages are often whole years)
+    band = np.clip(np.searchsorted(edges, ages, side="right") - 1, 0, BANDS - 1)
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (ages >= lo) & (ages <= hi) & np.isfinite(u)
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        inside = (band == b) & np.isfinite(u)
         rows.append({
             "ages": f"{lo:.0f}-{hi:.0f}", "n": int(inside.sum()),
             "ks": float(metrics.ks_uniform(u[inside])["statistic"].iloc[0]),
