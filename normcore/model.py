@@ -258,7 +258,26 @@ class NormativeModel(FittedViews):
         return validate_scoring(
             df, self.schema, self.age_range, self.encoder_.levels,
             idp_centre=self.first_stage_.transform_.centre, site_ages=self._site_ages(),
+            site_factors=self._site_factors(),
         )  # fmt: skip
+
+    def _site_factors(self) -> tuple[str, dict[str, tuple[int, float]]] | None:
+        """The site column and, for each site learned from few enough training people that
+        its new people's bands are widened (`NewPersonSpread.site_factor`), those people
+        and the factor."""
+        spread = self.joint_.spread
+        if not self.schema.categorical or spread.site_term <= 0.0:
+            return None
+        column = adaptation.site_column(self.schema_)
+        k = self.schema.categorical.index(column)
+        counts = spread.level_counts[k]
+        levels = list(self.encoder_.levels[column])[: len(counts)]
+        factors = {
+            level: (n, float(spread.factor_at(1.0 / n)))
+            for level, n in zip(levels, counts, strict=True)
+            if n > 0
+        }
+        return column, factors
 
     def _site_ages(self) -> tuple[str, dict[str, tuple[float, float]]] | None:
         """The site column and the ages each site was seen at (training and adaptation)."""

@@ -495,6 +495,7 @@ def validate_scoring(
     levels: Mapping[str, Sequence[str]],
     idp_centre: Sequence[float] | None = None,
     site_ages: tuple[str, Mapping[str, Sequence[float]]] | None = None,
+    site_factors: tuple[str, Mapping[str, tuple[int, float]]] | None = None,
 ) -> ValidationReport:
     """Check a table before scoring it with a model trained on `schema`.
 
@@ -503,7 +504,9 @@ def validate_scoring(
     the training `age_range` (scored and flagged, an extrapolation), an age outside the
     training ages of the person's own site (`site_ages`: the site column and each site's
     (youngest, oldest)), and a category level absent from `levels` (scored with the
-    model's 'unknown' level). Values no real person has
+    model's 'unknown' level). A site learned from few people (`site_factors`: the site
+    column and each site's training people and band factor) is named, as information:
+    its people's bands are wider. Values no real person has
     (`plausibility.implausible_cells`, with `idp_centre` the IDPs' training means) are
     warnings: the model flags them and gives them no centile. A missing id column is only
     a warning; there is no minimum number of rows beyond one.
@@ -548,6 +551,8 @@ def validate_scoring(
         if site_ages is not None and site_ages[0] in columns:
             inside = ~outside & (ages >= low) & (ages <= high)
             problems += _site_age_problems(df, schema.age, ages, inside, *site_ages)
+    if site_factors is not None and site_factors[0] in columns:
+        problems += _few_people_problems(df, *site_factors)
     scored = [name for name in schema.idps if name in columns and name != schema.age]
     cells = [_cell_problems(df, name, allow_missing=True) for name in scored]
     for name, (cell, _) in zip(scored, cells, strict=True):
@@ -602,6 +607,31 @@ def _site_age_problems(
             f"{_quote_values(ages[rows])}. Their norms come from other sites' people of that "
             "age, so these results are flagged (out_of_site_age_range).",
         ))
+    return problems
+
+
+FEW_PEOPLE_FACTOR = 1.1
+"""A site whose new people's bands are at least this much wider than a big site's is
+named in the validation report."""
+
+
+def _few_people_problems(
+    df: pd.DataFrame, column: str, factors: Mapping[str, tuple[int, float]]
+) -> list[Problem]:
+    """Warnings, as information, for the table's sites learned from few training people."""
+    sites = coerce_categories(df[column])
+    problems = []
+    for site in dict.fromkeys(sites.dropna()):
+        n, factor = factors.get(site, (0, 1.0))
+        if factor < FEW_PEOPLE_FACTOR:
+            continue
+        problems.append(Problem(
+            "warning", column, _rows((sites == site).to_numpy(dtype=bool, na_value=False)),
+            f"{column} '{site}' was learned from {n} training "
+            f"{'person' if n == 1 else 'people'}, so its people's "
+            f"centile bands are {factor:.2f} times as wide as a large site's: the model "
+            "knows this site's mean and spread less well.",
+        ))  # fmt: skip
     return problems
 
 

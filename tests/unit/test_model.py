@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -273,3 +274,20 @@ def test_table_prior_is_what_the_model_draws_from_a_standard_normal_denoiser(fit
     for spread in (NewPersonSpread(1.1, 5.0), NewPersonSpread(0.95, None)):
         drawn = np.quantile(spread.widen(normal, seed=1), PROBABILITY_LEVELS)
         assert drawn == pytest.approx(spread.quantiles(PROBABILITY_LEVELS), rel=0.02, abs=0.01)
+
+
+def test_check_names_sites_learned_from_few_people(fitted, test_df):
+    """With a site term, a site of few training people is named in the validation report
+    (a warning, as information: its rows are still scored), a big one is not."""
+    model = copy.copy(fitted)
+    k = model.schema.categorical.index("site")
+    counts = [[100] * len(levels) for levels in model.encoder_.levels.values()]
+    counts[k][0] = 5  # the first site: 5 training people
+    spread = NewPersonSpread(1.0, None, 2.0, tuple(tuple(c) for c in counts))
+    model.joint_ = dataclasses.replace(fitted.joint_, spread=spread)
+    small, big = list(model.encoder_.levels["site"])[:2]
+    report = model.check(test_df)
+    named = [p.message for p in report.problems if "training people" in p.message]
+    assert len(named) == 1 and f"'{small}'" in named[0] and "1.18 times" in named[0]
+    assert not report.errors
+    assert not any("training people" in p.message for p in fitted.check(test_df).problems)
