@@ -260,9 +260,8 @@ class NewPersonSpread(NamedTuple):
     Why the site term: a site's mean and spread are learned from its own people, so a
     new person of a site with 9 training people is scored with far more error than one
     of a site with 99. One pooled spread is then too wide for the big sites and too
-    narrow for the small ones: on fcon1000's held-out half, 3 % of the big sites' scores
-    fell outside the 95 % band and up to 18 % of a small site's (benchmarks/RESULTS.md,
-    "New people by site size"). The error of an estimate from n people shrinks as 1 / n,
+    narrow for the small ones (benchmarks/RESULTS.md, "New people by site size"). The
+    error of an estimate from n people shrinks as 1 / n,
     hence a variance scale^2 (1 + site_term * sum_c 1 / n_c). Unknown levels (code 0) and
     levels added by adaptation (beyond `level_counts`) add nothing: the first stage has
     no effect of theirs to be wrong about (an adapted site has its own posterior

@@ -534,15 +534,15 @@ def _calibrate_deviation(
 
     Site shifts (`reference.deviation_site_shifts`) from every person's scores under a
     first stage fitted without them (`new_scores`): a site's shift needs that site's
-    people, and the validation people are a few per site (about 3 on fcon1000). Most of
-    those people trained the network, which makes them look more typical than new
-    people, but alike at every site, and a site's shift is its difference from everyone
-    else's. The shift and spread in age (`reference.deviation_calibration`) then come from
-    the validation people only, whom the network did not train on, under the split stage
+    people, and the validation people are a few per site. Most of those people trained
+    the network, which makes them look more typical than new people, but alike at every
+    site, and a site's shift is its difference from everyone else's. The shift and
+    spread in age (`reference.deviation_calibration`) then come from the validation
+    people only, whom the network did not train on, under the split stage
     that has not seen them, read as a new person's are (the site factor with the training
-    split's counts): measured on every person instead, the shift at 100 IDPs came out 0
-    instead of 0.26 and held-out people were over-flagged (benchmarks/RESULTS.md, "New
-    people by site size"). None from too few validation people."""
+    split's counts): measured on every person instead, the training optimism set the
+    level, and at 100 IDPs held-out people were over-flagged (README, "How it works", 5).
+    None from too few validation people."""
     sites = DeviationCalibration()
     if new_scores is not None and schema.categorical:
         rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1))

@@ -1155,17 +1155,15 @@ def deviation_site_shifts(
 
     Why: the denoiser learns the dependence between IDPs mostly from the big sites, and
     a site's scanner and protocol change it, so a small site's new people came out
-    atypical (median deviation centile 80 on fcon1000's held-out half) and a big site's
-    typical (42), whatever the pooled calibration did (benchmarks/RESULTS.md, "New people
-    by site size"). Each site's mean raw normal score, less everyone's, is shrunk towards
-    0 as a random effect (the between-site variance by the method of moments; Searle,
-    Casella & McCulloch, Variance Components, 1992, ch. 3): a site of a few people keeps
-    little of its own mean, a big one most of it. The people are the model's training
-    people scored by first stages fitted without them; the network trained on most of
-    them, which makes them look more typical than new people, but alike at every site,
-    and a site's shift is its difference from everyone else's (on fcon1000 the training
-    people's site means correlated 0.78 with the held-out people's). None where sites do
-    not differ beyond noise.
+    atypical and a big site's typical, whatever the pooled calibration did
+    (benchmarks/RESULTS.md, "New people by site size"). Each site's mean raw normal
+    score, less everyone's, is shrunk towards 0 as a random effect (the between-site
+    variance by the method of moments; Searle, Casella & McCulloch, Variance Components,
+    1992, ch. 3): a site of a few people keeps little of its own mean, a big one most.
+    The people are the model's training people scored by first stages fitted without
+    them; the network trained on most of them, which makes them look more typical than
+    new people, but alike at every site, and a site's shift is its difference from
+    everyone else's. None where sites do not differ beyond noise.
     """
     _, r = _raw_deviation_scores(table, codes, ages, z)
     r = np.clip(r, -4.0, 4.0)
