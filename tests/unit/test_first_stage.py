@@ -104,3 +104,21 @@ def test_first_stage_keeps_its_log_scale_through_the_bundle_dict():
     assert (back[:, 0] > 0).all()
     raw = first_stage.FirstStage(log_positive=False).fit(values, age_z, codes, levels)
     assert not raw.transform_.log.any()
+
+
+def test_out_of_fold_scores_leave_out_people_whose_site_their_fold_never_saw():
+    """A site of one person: no fold that holds them out has seen their site, so their
+    out-of-fold scores say nothing of the model's error and are left out (nan); everyone
+    else has finite scores, divided by the site factor of their fold's counts."""
+    values, age_z, codes, levels = _table(300, 3, 0.3)
+    codes = codes.copy()
+    codes[0, 0] = levels[0]  # a fourth site, of one person
+    levels = [levels[0] + 1]
+    folds = first_stage.out_of_fold(values, age_z, codes, levels, seed=0)
+    assert np.isnan(folds.inverse[0]) and np.isfinite(folds.inverse[1:]).all()
+    assert np.all((folds.inverse[1:] > 1 / 300) & (folds.inverse[1:] < 1 / 50))
+    spread = first_stage.NewPersonSpread(1.0, None, 4.0, ((100, 100, 100, 1),))
+    new = folds.new_people(spread)
+    assert np.isnan(new[0]).all()
+    factor = np.sqrt(1.0 + 4.0 * folds.inverse[1:])
+    assert new[1:] == pytest.approx(folds.scores[1:] / factor[:, None])
