@@ -846,7 +846,7 @@ def _predictive_text(spread: NewPersonSpread) -> str:
     if spread.largest_factor() > 1.0:
         text += (
             f"; wider for sites with few training people, up to x{spread.largest_factor():.2f}"
-            " more for the smallest"
+            " for the smallest"
         )
     return text
 

@@ -341,7 +341,7 @@ def test_model_card_says_how_draws_were_matched_and_widened_for_new_people(fitte
     assert "normal tails" in model_card(model)["new-person spread"]
     small = NewPersonSpread(1.0, None, site_term=2.0, level_counts=((8, 100),))
     model.joint_ = dataclasses.replace(fitted.joint_, spread=small)
-    assert model_card(model)["new-person spread"].endswith("up to x1.12 more for the smallest")
+    assert model_card(model)["new-person spread"].endswith("up to x1.12 for the smallest")
     matrix = np.array([[0.97, 0.02], [0.02, 1.04]])
     model.joint_ = dataclasses.replace(fitted.joint_, moment_map=(matrix, np.zeros(2)))
     assert model_card(model)["moment matching"].startswith("x0.97 to x1.04")
