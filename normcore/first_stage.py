@@ -501,6 +501,14 @@ def new_person_spread(
 
 SITE_BINS = 10
 """Groups of people, by their level's size, in which `site_term` compares spreads."""
+SITE_QUANTILE = 0.75
+"""The quantile of |score| whose growth with 1 / n sets the site term. A small site's
+errors are heavier-tailed than a big one's (its spread, not only its mean, is learned
+from few people), so one factor cannot match every quantile: on sites of 8 and of 240
+people, the median under-corrected a small site's 95 % band and the 90th percentile
+over-corrected it; the 75th, between the 50 % band's edge (the median of |score|) and
+the 95 % band's, came within a point of 5 % at both (benchmarks/RESULTS.md, "New
+people by site size")."""
 MAX_SITE_TERM = 20.0
 """Largest site term measured or accepted from a file: a site of 5 people then has its
 new people's scores spread 2.2 times as wide as a big site's."""
@@ -509,17 +517,20 @@ new people's scores spread 2.2 times as wide as a big site's."""
 def site_term(inside: np.ndarray, outside: np.ndarray, inverse: np.ndarray) -> float:
     """The extra variance of new people's scores per 1 / (training people of their level):
     people are put in SITE_BINS groups by `inverse` (n,), the sum of 1 / count of their
-    levels; in each, the squared ratio of the out-of-fold to the in-sample median |score|
-    ((n, D) each) is fitted as c (1 + term * inverse) by weighted least squares. The
-    median, not the mean square, so that a few gross errors in a small site do not set
-    everyone's spread (the Student-t takes the tails). 0 when the levels' sizes hardly
-    differ or the fit finds no growth."""
+    levels; in each, the squared ratio of the out-of-fold to the in-sample SITE_QUANTILE
+    of |score| ((n, D) each) is fitted as c (1 + term * inverse) by weighted least
+    squares. 0 when the levels' sizes hardly differ or the fit finds no growth."""
     order = np.argsort(inverse, kind="stable")
     groups = [g for g in np.array_split(order, min(SITE_BINS, len(order) // 20)) if len(g)]
     if len(groups) < 3 or np.ptp(inverse) < 1e-3:
         return 0.0
     x = np.array([inverse[g].mean() for g in groups])
-    y = np.array([(np.median(outside[g]) / np.median(inside[g])) ** 2 for g in groups])
+    y = np.array(
+        [
+            (np.quantile(outside[g], SITE_QUANTILE) / np.quantile(inside[g], SITE_QUANTILE)) ** 2
+            for g in groups
+        ]
+    )
     w = np.array([len(g) for g in groups], dtype=np.float64)
     design = np.column_stack([np.ones_like(x), x]) * np.sqrt(w)[:, None]
     (c0, c1), *_ = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)
