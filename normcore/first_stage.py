@@ -487,7 +487,10 @@ def new_person_spread(
     if folds is None:
         folds = out_of_fold(values, age_z, codes, n_levels, seed, log_positive)
     kept = np.isfinite(folds.inverse)
-    inside, outside, inverse = np.abs(inside[kept]), np.abs(folds.scores[kept]), folds.inverse[kept]
+    inverse = folds.inverse
+    if kept.sum() < MIN_ROWS:  # most levels too small to leave out: one spread for all
+        kept, inverse = np.ones(n, dtype=bool), np.zeros(n)
+    inside, outside, inverse = np.abs(inside[kept]), np.abs(folds.scores[kept]), inverse[kept]
     term = site_term(inside, outside, inverse)
     outside = outside / NewPersonSpread(1.0, None, term).factor_at(inverse)[:, None]
     shrink = (FOLDS - 1) / FOLDS
@@ -520,10 +523,10 @@ def site_term(inside: np.ndarray, outside: np.ndarray, inverse: np.ndarray) -> f
     levels; in each, the squared ratio of the out-of-fold to the in-sample SITE_QUANTILE
     of |score| ((n, D) each) is fitted as c (1 + term * inverse) by weighted least
     squares. 0 when the levels' sizes hardly differ or the fit finds no growth."""
-    order = np.argsort(inverse, kind="stable")
-    groups = [g for g in np.array_split(order, min(SITE_BINS, len(order) // 20)) if len(g)]
-    if len(groups) < 3 or np.ptp(inverse) < 1e-3:
+    bins = min(SITE_BINS, len(inverse) // 20)
+    if bins < 3 or np.ptp(inverse) < 1e-3:
         return 0.0
+    groups = np.array_split(np.argsort(inverse, kind="stable"), bins)
     x = np.array([inverse[g].mean() for g in groups])
     y = np.array(
         [

@@ -544,8 +544,8 @@ def _calibrate_deviation(
     level, and at 100 IDPs held-out people were over-flagged (README, "How it works", 5).
     None from too few validation people."""
     sites = DeviationCalibration()
-    if new_scores is not None and schema.categorical:
-        rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1))
+    rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1)) if new_scores is not None else []
+    if len(rows) >= MIN_DEVIATION_ROWS and schema.categorical:
         column = schema.categorical.index(adaptation.site_column(schema))
         z, _ = _reference_z(reference, new_scores[rows], ages[rows], codes[rows])
         sites = deviation_site_shifts(reference, codes[rows], ages[rows], z, column)

@@ -122,3 +122,13 @@ def test_out_of_fold_scores_leave_out_people_whose_site_their_fold_never_saw():
     assert np.isnan(new[0]).all()
     factor = np.sqrt(1.0 + 4.0 * folds.inverse[1:])
     assert new[1:] == pytest.approx(folds.scores[1:] / factor[:, None])
+
+
+def test_a_site_per_person_gets_one_spread_for_all():
+    """When most people's site has nobody else in their fold, too few are left to compare
+    site sizes: no site term, and the spread is measured over everyone as without one."""
+    values, age_z, codes, levels = _table(60, 60, 0.3)
+    spread = first_stage.new_person_spread(values, age_z, codes, levels, seed=0)
+    assert spread.site_term == 0.0 and spread.level_counts == ()
+    folds = first_stage.out_of_fold(values, age_z, codes, levels, seed=0)
+    assert np.isnan(folds.inverse).sum() > 10
