@@ -55,7 +55,12 @@ def fcon_truth() -> tuple[pd.DataFrame, pd.DataFrame, Schema]:
 def by_band(model: NormativeModel, test: pd.DataFrame, calibration: DeviationCalibration) -> list:
     model.deviation_calibration_ = calibration
     u = model.deviation(test)["deviation_centile"].to_numpy() / 100
-    ages = test[model.schema.age].to_numpy(float)
+    return bands(u, test[model.schema.age].to_numpy(float))
+
+
+def bands(u: np.ndarray, ages: np.ndarray) -> list[dict]:
+    """Per age quintile of `ages`: people, KS of deviation centiles `u` (0-1) to uniform,
+    its 5 % critical value and the share above 0.95."""
     edges = np.quantile(ages, np.linspace(0, 1, BANDS + 1))
     # each person in one band: [lo, hi) but the last, [lo, hi] (ages are often whole years)
     band = np.clip(np.searchsorted(edges, ages, side="right") - 1, 0, BANDS - 1)

@@ -24,7 +24,7 @@ import common
 import numpy as np
 import pandas as pd
 from common import ROOT
-from deviation_by_age import BANDS, band_row, by_band, critical_line
+from deviation_by_age import BANDS, band_row, bands, critical_line
 
 from normcore import metrics
 from normcore.model import NormativeModel
@@ -65,7 +65,7 @@ def measure(model: NormativeModel, train: pd.DataFrame, test: pd.DataFrame) -> d
                 "deviation_median": float(np.median(dev[inside])),
             }
         )
-    by_age = by_band(model, test, model.deviation_calibration_)
+    by_age = bands(dev, test["age"].to_numpy(float))
     spread = model.joint_.spread
     return {
         "spread": {"scale": spread.scale, "dof": spread.dof, "site_term": spread.site_term},

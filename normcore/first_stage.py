@@ -351,18 +351,23 @@ def level_counts(codes: np.ndarray, n_levels: Sequence[int]) -> tuple[tuple[int,
     )
 
 
-def inverse_level_counts(codes: np.ndarray, counts: Sequence[Sequence[int]]) -> np.ndarray:
-    """(n,) sum over categorical columns of 1 / (people of the row's level in `counts`);
-    an unknown level, one beyond `counts` or one with nobody adds nothing."""
-    out = np.zeros(len(codes))
+def people_of_levels(codes: np.ndarray, counts: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n, K) the people of each row's level in each categorical column's `counts`; 0 for
+    an unknown level or one beyond `counts`."""
+    out = np.zeros((len(codes), len(counts)))
     for k, per_level in enumerate(counts):
         n = np.concatenate([[0], np.asarray(per_level, dtype=np.float64)])
         code = codes[:, k]
         known = (code >= 1) & (code < len(n))
-        seen = np.zeros(len(codes))
-        seen[known] = n[code[known]]
-        out += np.where(seen > 0, 1.0 / np.maximum(seen, 1.0), 0.0)
+        out[known, k] = n[code[known]]
     return out
+
+
+def inverse_level_counts(codes: np.ndarray, counts: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n,) sum over categorical columns of 1 / (people of the row's level in `counts`);
+    an unknown level, one beyond `counts` or one with nobody adds nothing."""
+    people = people_of_levels(codes, counts)
+    return np.where(people > 0, 1.0 / np.maximum(people, 1.0), 0.0).sum(axis=1)
 
 
 class NewPeopleStage(NamedTuple):
@@ -441,12 +446,9 @@ def out_of_fold(
         )
         scores[held] = stage.transform(values[held], age_z[held], codes[held])
         counts = level_counts(codes[~held], n_levels)
-        inverse[held] = inverse_level_counts(codes[held], counts)
-        unseen = np.zeros(int(held.sum()), dtype=bool)
-        for j, per_level in enumerate(counts):
-            code = codes[held, j]
-            unseen |= (code >= 1) & (np.array([1, *per_level])[code] == 0)
-        inverse[np.flatnonzero(held)[unseen]] = np.nan
+        people = people_of_levels(codes[held], counts)
+        unseen = ((codes[held] >= 1) & (people == 0)).any(axis=1)
+        inverse[held] = np.where(unseen, np.nan, inverse_level_counts(codes[held], counts))
     return OutOfFold(scores, inverse)
 
 
