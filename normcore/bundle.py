@@ -42,14 +42,17 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 """Raised whenever a stored field changes meaning or layout, so that an older or newer
 file is refused with a plain message instead of being read as something else."""
-READABLE_VERSIONS = (6, 7, FORMAT_VERSION)
+READABLE_VERSIONS = (6, 7, 8, FORMAT_VERSION)
 """Formats this normcore reads: 6 tabled every combination with an unknown level, which
 `ReferenceTable.from_arrays` still reads as it is (7 stores the people per combination
 and reads an unknown sex as a mixture; 8 stores the first stage's shape table as a
-binary tensor, `SHAPE_TENSOR`, instead of JSON text)."""
+binary tensor, `SHAPE_TENSOR`, instead of JSON text; 9 changed the SAINT network's
+default sizes, which files before it read as `SAINT_SIZES_BEFORE_9`)."""
+SAINT_SIZES_BEFORE_9 = {"width": 32, "depth": 2, "heads": 4, "ffn": 4}
+"""The SAINT network's default sizes before format 9 (config.SAINT_SIZES now)."""
 SHAPE_TENSOR = "first_stage.shape_quantiles"
 """The AgeShape quantile table (ages, z-levels, IDPs): the first stage's one large array,
 stored as float64 so that it reads back bit for bit."""
@@ -294,10 +297,24 @@ def _first_stage_fields(tensors: dict[str, np.ndarray], meta: dict) -> dict:
     return fields_
 
 
+def _with_sizes_of_its_time(meta: dict) -> dict:
+    """The header with the network sizes its file was written with: a SAINT network
+    saved before format 9 without sizes of its own had that time's defaults. Anything
+    that is not what a header holds is left as it is for the checks to refuse."""
+    config = meta.get("config")
+    if meta.get("format_version", FORMAT_VERSION) >= 9 or not isinstance(config, dict):
+        return meta
+    network = config.get("network", {})
+    if config.get("backbone") != "saint" or not isinstance(network, dict):
+        return meta
+    return {**meta, "config": {**config, "network": {**SAINT_SIZES_BEFORE_9, **network}}}
+
+
 def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.device) -> SavedModel:
     """The model's parts from a verified bundle's tensors and JSON. The header's types and
     sizes are checked before anything is built from them and the numbers' meaning at the
     end; the network's weights are checked against its settings when it is built."""
+    meta = _with_sizes_of_its_time(meta)
     bundle_checks.check_header(meta)
     try:
         config = ModelConfig.from_dict(meta["config"])

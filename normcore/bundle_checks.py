@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from normcore.config import ModelConfig, TrainConfig
+from normcore.config import SAINT_SIZES, ModelConfig, TrainConfig
 from normcore.diffusion.schedule import KINDS
 from normcore.errors import BundleError
 from normcore.first_stage import MAX_SITE_TERM, FirstStage, NewPersonSpread
@@ -70,6 +70,7 @@ NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "width": (1, 4096),
     "depth": (1, 64),
     "heads": (1, 64),
+    "ffn": (1, 16),
     "dropout": (0.0, 1.0),
     "intersample_p": (0.0, 1.0),
 }
@@ -245,7 +246,8 @@ def check_config(config: Mapping) -> None:
             raise _fail("'config.network'", f"has a size this normcore does not know: '{name}'")
         lo, hi = NETWORK_LIMITS[name]
         _number(value, f"config.network.{name}", lo, hi, integer=isinstance(lo, int))
-    if "heads" in network and network.get("width", 32) % network["heads"]:
+    sizes = {**SAINT_SIZES, **network}
+    if config["backbone"] == "saint" and sizes["width"] % sizes["heads"]:
         raise _fail("'config.network'", "has a width that its number of heads does not divide")
     steps = _number(
         config.get("diffusion_steps", 1000), "config.diffusion_steps", 2, MAX_DIFFUSION_STEPS, True

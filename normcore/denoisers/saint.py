@@ -7,11 +7,12 @@ the dimension grows. Intersample attention mixes rows of a batch through their m
 tokens; it is a training-time regulariser (applied to a random half of the batches) and is
 skipped at sampling, so a person's samples never depend on who else is in the batch.
 
-Small by default (width 32, 2 layers): the first stage has taken out each IDP's margins,
-so the network's job is the dependence, and sampling it (the reference table's draws) is
-most of a fit's cost; wider and deeper networks cost fit time without lowering the
-centile error (benchmarks/RESULTS.md, "Smaller networks"). SAINT: Somepalli et al.,
-arXiv 2106.01342 (2021).
+Small by default (`config.SAINT_SIZES`: width 16, 2 heads, a feed-forward twice the
+width, 2 layers): the first stage has taken out each IDP's margins, so the network's job
+is the dependence, and a token per IDP makes every draw cost as many token updates as
+there are IDPs. On this scale per-operation overhead, not arithmetic, sets the cost, and
+a larger network bought no better conditional centiles (benchmarks/RESULTS.md, "SAINT's
+size"). SAINT: Somepalli et al., arXiv 2106.01342 (2021).
 
 `masked=True` adds conditioning on any subset of the IDPs (CSDI, Tashiro et al., NeurIPS
 2021): an observed IDP's token carries its clean score as value plus a learned "observed"
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normcore.config import SAINT_SIZES
 from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
 from normcore.denoisers.gaussian_prior import GaussianPrior
 
@@ -38,9 +40,10 @@ class SAINT(nn.Module):
         n_idps: int,
         n_levels: list[int],
         steps: int,
-        width: int = 32,
-        depth: int = 2,
-        heads: int = 4,
+        width: int = SAINT_SIZES["width"],
+        depth: int = SAINT_SIZES["depth"],
+        heads: int = SAINT_SIZES["heads"],
+        ffn: int = SAINT_SIZES["ffn"],
         dropout: float = 0.0,
         intersample_p: float = 0.5,
         masked: bool = False,
@@ -59,7 +62,7 @@ class SAINT(nn.Module):
             nn.TransformerEncoderLayer(
                 width,
                 heads,
-                4 * width,
+                ffn * width,
                 dropout,
                 activation="gelu",
                 batch_first=True,

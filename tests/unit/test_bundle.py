@@ -1,6 +1,7 @@
 import json
 import pickle
 
+import pandas as pd
 import pytest
 
 from normcore import bundle
@@ -91,14 +92,17 @@ def _within(old, new) -> bool:
 def test_the_demo_model_saves_what_it_read(demo_model):
     """The demo file was written before the reader stopped using torch: loading and saving
     it gives the same tensors, byte for byte, and the same JSON (plus any setting added
-    to normcore since, at its default)."""
+    to normcore since, at its default), in today's format."""
     raw = demo_model.read_bytes()
     header, tensors = _content(NormativeModel.from_bytes(raw, device="cpu").to_bytes())
     old_header, old_tensors = _content(raw)
     assert tensors == old_tensors
     meta, old_meta = header.pop("__metadata__"), old_header.pop("__metadata__")
     assert header == old_header  # every tensor's name, type, shape and offsets
-    assert _within(json.loads(old_meta["normcore"]), json.loads(meta["normcore"]))
+    old, new = json.loads(old_meta["normcore"]), json.loads(meta["normcore"])
+    assert new.pop("format_version") == bundle.FORMAT_VERSION  # saved in today's format
+    old.pop("format_version")
+    assert _within(old, new)
 
 
 class _Payload:
@@ -127,3 +131,32 @@ def test_save_is_atomic_and_leaves_no_partial_file(fitted, tmp_path):
     path = tmp_path / "m.normcore"
     fitted.save(path)
     assert path.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def _as_format_8(data: bytes, network: dict) -> bytes:
+    """The bundle as format 8 wrote it: that version number and `network` as its sizes,
+    with a checksum that matches (as a file saved then has)."""
+    from safetensors.numpy import save as st_save
+
+    tensors, meta = bundle.from_bytes(data)
+    meta = {**meta, "format_version": 8, "config": {**meta["config"], "network": network}}
+    meta_json = json.dumps(meta, sort_keys=True, allow_nan=True)
+    return st_save(
+        tensors, metadata={"normcore": meta_json, "sha256": bundle._digest(tensors, meta_json)}
+    )
+
+
+def test_saint_file_of_format_8_reads_with_the_sizes_of_its_time(train_df, schema, test_df):
+    old_defaults = dict(width=32, heads=4, ffn=4)
+    settings = dict(max_epochs=2, reference_samples=200, grid_points=11, backbone="saint")
+    model = NormativeModel(**settings, network=old_defaults).fit(train_df, schema)
+    old_file = _as_format_8(model.to_bytes(), {})  # format 8 stored no sizes: its defaults
+    again = NormativeModel.from_bytes(old_file)
+    assert again.config.network == {"depth": 2, **old_defaults}
+    draws = again.sample(test_df.head(5), n=3, seed=0)
+    pd.testing.assert_frame_equal(draws, model.sample(test_df.head(5), n=3, seed=0))
+    resaved = NormativeModel.from_bytes(again.to_bytes())  # saved again: names its sizes
+    assert resaved.config.network == again.config.network
+    narrower = NormativeModel.from_bytes(_as_format_8(model.to_bytes(), {"width": 16}))
+    with pytest.raises(BundleError, match="do not match its settings"):
+        narrower.sample(test_df.head(1), n=1)
