@@ -50,8 +50,9 @@ READABLE_VERSIONS = (6, 7, 8, FORMAT_VERSION)
 `ReferenceTable.from_arrays` still reads as it is (7 stores the people per combination
 and reads an unknown sex as a mixture; 8 stores the first stage's shape table as a
 binary tensor, `SHAPE_TENSOR`, instead of JSON text; 9 changed the SAINT network's
-default sizes, which files before it read as `SAINT_SIZES_BEFORE_9`)."""
-SAINT_SIZES_BEFORE_9 = {"width": 32, "depth": 2, "heads": 4, "ffn": 4}
+default sizes and let IDPs share its tokens, which files before it read as
+`SAINT_SIZES_BEFORE_9`)."""
+SAINT_SIZES_BEFORE_9 = {"width": 32, "depth": 2, "heads": 4, "ffn": 4, "idps_per_token": 1}
 """The SAINT network's default sizes before format 9 (config.SAINT_SIZES now)."""
 SHAPE_TENSOR = "first_stage.shape_quantiles"
 """The AgeShape quantile table (ages, z-levels, IDPs): the first stage's one large array,

@@ -71,6 +71,7 @@ NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "depth": (1, 64),
     "heads": (1, 64),
     "ffn": (1, 16),
+    "idps_per_token": (1, MAX_IDPS),
     "dropout": (0.0, 1.0),
     "intersample_p": (0.0, 1.0),
 }

@@ -1,11 +1,15 @@
-"""SAINT-style tabular transformer: one token per IDP, attention across IDPs and rows.
+"""SAINT-style tabular transformer: a token per IDP, attention across IDPs and rows.
 
 Each IDP j becomes a token x_j * w_j + b_j + e_j (value embedding plus a learned feature
-identity) to which the conditioning vector is added. Transformer layers attend across
-IDPs (feature self-attention), which is how the model keeps dependence between IDPs as
-the dimension grows. Intersample attention mixes rows of a batch through their mean
-tokens; it is a training-time regulariser (applied to a random half of the batches) and is
-skipped at sampling, so a person's samples never depend on who else is in the batch.
+identity) to which the conditioning vector is added. Beyond `MAX_TOKENS` IDPs, a token
+holds several neighbouring IDPs (schema order: FreeSurfer tables list a structure's
+measures together), its value embedding the sum of theirs and its head one output per
+IDP, so that a draw's cost stops growing with the square of the IDPs. Transformer layers
+attend across tokens (feature self-attention), which is how the model keeps dependence
+between IDPs as the dimension grows. Intersample attention mixes rows of a batch through
+their mean tokens; it is a training-time regulariser (applied to a random half of the
+batches) and is skipped at sampling, so a person's samples never depend on who else is
+in the batch.
 
 Small by default (`config.SAINT_SIZES`: width 16, 2 heads, a feed-forward twice the
 width, 2 layers): the first stage has taken out each IDP's margins, so the network's job
@@ -31,6 +35,16 @@ from normcore.config import SAINT_SIZES
 from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
 from normcore.denoisers.gaussian_prior import GaussianPrior
 
+MAX_TOKENS = 20
+"""Tokens beyond which IDPs share them (`default_idps_per_token`): at 100 IDPs, one token each
+made a training step and a draw 8-20 times a FiLM network's (benchmarks/RESULTS.md,
+"SAINT's size")."""
+
+
+def default_idps_per_token(n_idps: int) -> int:
+    """How many IDPs share a token by default: as few as keep `MAX_TOKENS` tokens."""
+    return -(-n_idps // MAX_TOKENS)
+
 
 class SAINT(nn.Module):
     """Feature-token transformer denoiser with training-only intersample attention."""
@@ -44,6 +58,7 @@ class SAINT(nn.Module):
         depth: int = SAINT_SIZES["depth"],
         heads: int = SAINT_SIZES["heads"],
         ffn: int = SAINT_SIZES["ffn"],
+        idps_per_token: int | None = None,
         dropout: float = 0.0,
         intersample_p: float = 0.5,
         masked: bool = False,
@@ -53,11 +68,15 @@ class SAINT(nn.Module):
         self.masked = masked
         self.intersample_p = intersample_p
         self.cond = Conditioning(n_levels, steps, width)
-        self.value_w = nn.Parameter(torch.randn(n_idps, width) * 0.1)
-        self.value_b = nn.Parameter(torch.zeros(n_idps, width))
-        self.feature = nn.Parameter(torch.randn(n_idps, width) * 0.1)
+        self.n_idps = n_idps
+        self.group = idps_per_token or default_idps_per_token(n_idps)
+        self.n_tokens = -(-n_idps // self.group)
+        cells = self.n_tokens * self.group  # the last token's cells past the IDPs hold 0
+        self.value_w = nn.Parameter(torch.randn(cells, width) * 0.1)
+        self.value_b = nn.Parameter(torch.zeros(self.n_tokens, width))
+        self.feature = nn.Parameter(torch.randn(self.n_tokens, width) * 0.1)
         if masked:
-            self.observed = nn.Parameter(torch.randn(n_idps, width) * 0.1)
+            self.observed = nn.Parameter(torch.randn(cells, width) * 0.1)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 width,
@@ -72,7 +91,7 @@ class SAINT(nn.Module):
         )
         self.row_attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.row_norm = nn.LayerNorm(width)
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.group))
         self.prior = prior
 
     def embed(self, age: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -98,10 +117,10 @@ class SAINT(nn.Module):
         if self.prior is not None:
             covariates, levels = self.prior.untag(covariates, k)
         c = self.cond(t, covariates).repeat_interleave(k, dim=0)
-        tokens = x.unsqueeze(-1) * self.value_w + self.value_b + self.feature + c.unsqueeze(1)
+        tokens = self._embed_cells(x, self.value_w) + self.value_b + self.feature + c.unsqueeze(1)
         if observed is not None:
             check_masked(self.masked)
-            tokens = tokens + observed.to(x.dtype).unsqueeze(-1) * self.observed
+            tokens = tokens + self._embed_cells(observed.to(x.dtype), self.observed)
         use_rows = self.training and torch.rand(()) < self.intersample_p
         for i, layer in enumerate(self.layers):
             tokens = layer(tokens)
@@ -109,5 +128,17 @@ class SAINT(nn.Module):
                 rows = self.row_norm(tokens.mean(dim=1)).unsqueeze(0)
                 mixed, _ = self.row_attention(rows, rows, rows, need_weights=False)
                 tokens = tokens + mixed.squeeze(0).unsqueeze(1)
-        v = self.head(tokens).squeeze(-1)
+        v = self.head(tokens).flatten(1)[:, : self.n_idps]
         return v if levels is None else v + self.prior(x, t, observed, levels)
+
+    def _embed_cells(self, cells: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(B, D) cells as (B, tokens, width): each token the sum of its IDPs' cells times
+        their rows of `weight` (cells x width)."""
+        if self.group == 1:
+            return cells.unsqueeze(-1) * weight
+        padded = nn.functional.pad(cells, (0, len(weight) - self.n_idps))
+        return torch.einsum(
+            "btg,tgw->btw",
+            padded.view(-1, self.n_tokens, self.group),
+            weight.view(self.n_tokens, self.group, -1),
+        )

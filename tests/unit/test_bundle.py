@@ -152,7 +152,7 @@ def test_saint_file_of_format_8_reads_with_the_sizes_of_its_time(train_df, schem
     model = NormativeModel(**settings, network=old_defaults).fit(train_df, schema)
     old_file = _as_format_8(model.to_bytes(), {})  # format 8 stored no sizes: its defaults
     again = NormativeModel.from_bytes(old_file)
-    assert again.config.network == {"depth": 2, **old_defaults}
+    assert again.config.network == {"depth": 2, "idps_per_token": 1, **old_defaults}
     draws = again.sample(test_df.head(5), n=3, seed=0)
     pd.testing.assert_frame_equal(draws, model.sample(test_df.head(5), n=3, seed=0))
     resaved = NormativeModel.from_bytes(again.to_bytes())  # saved again: names its sizes

@@ -173,9 +173,9 @@ def test_draws_of_a_person_share_covariates_to_rounding(model, request):
     )
 
 
-@pytest.mark.parametrize("backbone", ["film", "saint"])
+@pytest.mark.parametrize(("backbone", "dims"), [("film", 5), ("saint", 5), ("saint", 45)])
 @pytest.mark.parametrize("prior", [False, True])
-def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone, prior):
+def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone, dims, prior):
     import torch
 
     from normcore.denoisers import build_denoiser
@@ -183,12 +183,12 @@ def test_both_backbones_give_the_same_v_with_covariates_per_person(backbone, pri
 
     torch.manual_seed(0)
     schedule = Schedule("cosine", 1000) if prior else None
-    net = build_denoiser(backbone, 5, [3], 1000, masked=True, prior=schedule).eval()
+    net = build_denoiser(backbone, dims, [3], 1000, masked=True, prior=schedule).eval()
     for p in net.parameters():  # zero-initialised layers would hide the conditioning
         torch.nn.init.normal_(p, std=0.2)
     k = 4
-    x = torch.randn(3 * k, 5)
-    observed = (torch.rand(3 * k, 5) < 0.4).float()
+    x = torch.randn(3 * k, dims)
+    observed = (torch.rand(3 * k, dims) < 0.4).float()
     with torch.inference_mode():
         h = net.embed(torch.randn(3), torch.tensor([[0], [1], [2]]))
         t = torch.full((1,), 300)
@@ -257,3 +257,30 @@ def test_an_implausible_given_value_is_treated_as_missing(fitted, test_df):
     assert (scored[scored["row"] != 2]["given"] == "idp_000").all()
     np.testing.assert_allclose(scored["centile"], as_blank["centile"], equal_nan=True)
     np.testing.assert_allclose(scored["imputed_q50"], as_blank["imputed_q50"], equal_nan=True)
+
+
+def test_saint_shares_tokens_between_neighbouring_idps_beyond_max_tokens():
+    """45 IDPs: 15 tokens of 3 neighbours each; every IDP's v answers to its own cell and
+    its mask bit, and the last token's cell past the IDPs is never returned."""
+    import torch
+
+    from normcore.denoisers import build_denoiser
+    from normcore.denoisers.saint import MAX_TOKENS, default_idps_per_token
+
+    assert default_idps_per_token(MAX_TOKENS) == 1 and default_idps_per_token(45) == 3
+    torch.manual_seed(0)
+    net = build_denoiser("saint", 44, [3], 1000, masked=True).eval()
+    assert (net.n_tokens, net.group) == (15, 3)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, observed = torch.randn(6, 44), torch.zeros(6, 44)
+    with torch.inference_mode():
+        h, t = net.embed(torch.randn(6), torch.ones(6, 1, dtype=torch.long)), torch.full((6,), 50)
+        v = net(x, t, h, observed)
+        assert v.shape == (6, 44)
+        for j in (0, 22, 43):
+            moved, seen = x.clone(), observed.clone()
+            moved[:, j] += 1.0
+            seen[:, j] = 1.0
+            assert (net(moved, t, h, observed) - v)[:, j].abs().min() > 1e-4
+            assert (net(x, t, h, seen) - v)[:, j].abs().min() > 1e-4
