@@ -219,11 +219,18 @@ def _stage_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _network(run: dict) -> str:
+    """The run's backbone and the sizes it set ('saint: width 16, heads 2')."""
+    sizes = ", ".join(f"{k} {v}" for k, v in run.get("network", {}).items())
+    return f"{run.get('backbone', 'film')}" + (f": {sizes}" if sizes else "")
+
+
 def _sweep_rows(runs: list[dict]) -> list[dict]:
     return [
         {
             "run": r["label"],
             "code": r["code"],
+            "network": _network(r),
             "truth": f"{r['truth']} {r['dims']}",
             "max_steps": r["train"]["max_steps"],
             "patience": r["train"]["patience_steps"],
@@ -287,6 +294,7 @@ def markdown(data: dict) -> str:
             [
                 ("run", "run"),
                 ("code", "code"),
+                ("network", "network (sizes set)"),
                 ("truth", "truth, IDPs"),
                 ("max_steps", "max_steps"),
                 ("patience", "patience"),

@@ -14,8 +14,8 @@ SAINT_SIZES = {"width": 16, "depth": 2, "heads": 2, "ffn": 2}
 """The SAINT network's default sizes (feed-forward width = `ffn` x width), chosen by
 measurement: on the joint benchmark's subgroup truth (20 IDPs) this network's conditional
 centiles are as good as those of one twice as wide with twice the heads and feed-forward
-(width 32, 4 heads, 4x) at a third of the cost per draw (benchmarks/RESULTS.md, "SAINT's
-size"). Kept here, beside the settings and away from torch, because the bundle checks
+(width 32, 4 heads, 4x) at a third of the cost per draw (benchmarks/RESULTS.md, "Fit
+profile"). Kept here, beside the settings and away from torch, because the bundle checks
 read them too."""
 
 

@@ -13,10 +13,10 @@ in the batch.
 
 Small by default (`config.SAINT_SIZES`: width 16, 2 heads, a feed-forward twice the
 width, 2 layers): the first stage has taken out each IDP's margins, so the network's job
-is the dependence, and a token per IDP makes every draw cost as many token updates as
-there are IDPs. On this scale per-operation overhead, not arithmetic, sets the cost, and
-a larger network bought no better conditional centiles (benchmarks/RESULTS.md, "SAINT's
-size"). SAINT: Somepalli et al., arXiv 2106.01342 (2021).
+is the dependence, and every draw costs a pass of each layer per token. On this scale
+per-operation overhead, not arithmetic, sets the cost, and a larger network bought no
+better conditional centiles (benchmarks/RESULTS.md, "Fit profile"). SAINT: Somepalli et
+al., arXiv 2106.01342 (2021).
 
 `masked=True` adds conditioning on any subset of the IDPs (CSDI, Tashiro et al., NeurIPS
 2021): an observed IDP's token carries its clean score as value plus a learned "observed"
@@ -36,9 +36,9 @@ from normcore.denoisers.conditioning import Conditioning, check_masked, draws_pe
 from normcore.denoisers.gaussian_prior import GaussianPrior
 
 MAX_TOKENS = 20
-"""Tokens beyond which IDPs share them (`default_idps_per_token`): at 100 IDPs, one token each
-made a training step and a draw 8-20 times a FiLM network's (benchmarks/RESULTS.md,
-"SAINT's size")."""
+"""Tokens beyond which IDPs share them (`default_idps_per_token`): at 100 IDPs, a token
+each made a training step and a draw 8-20 times a FiLM network's (benchmarks/RESULTS.md,
+"Fit profile")."""
 
 
 def default_idps_per_token(n_idps: int) -> int:
