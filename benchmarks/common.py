@@ -54,7 +54,7 @@ scripts in a few minutes, whose numbers mean nothing."""
 
 SECTIONS = (
     "engine", "draws", "compare", "adapt", "joint", "deviation_by_age", "site_size", "one_law",
-    "conditional_speed", "fit_profile",
+    "fcon_conditional", "conditional_speed", "fit_profile",
     "edges", "startup", "dashboard", "hostile",
 )
 

@@ -14,7 +14,9 @@ and a table may lack some IDPs of a person. One masked denoiser answers every su
 
 Everything is in the first stage's normal-score units: the first stage maps values to
 scores and bands back to values at the person's own covariates, as for the reference
-table. Why draws and not a table: a given set and its values are the person's own, so
+table, and a new person's scores, spread wider than the training people's the denoiser
+learned from (first_stage.NewPersonSpread), are put on the training people's scale before
+they meet the draws. Why draws and not a table: a given set and its values are the person's own, so
 nothing can be tabulated in advance; the cost is DRAWS x sampling steps network passes per
 person, batched over people (README, "Conditional centiles").
 """
@@ -258,20 +260,22 @@ def score_table_given(
 ) -> pd.DataFrame:
     """`with_conditional_columns` of the long score `table` for raw `values` (n, D), nan
     where a person lacks an IDP, scored through the first `stage` as it maps new people,
-    at standardised ages `age_z` and `codes`.
+    at standardised ages `age_z` and `codes`. The draws are made on the training people's
+    scale, which the denoiser learned, and the person's scores are put on it first
+    (`NewPersonSpread.as_training_scores`), the bands taken back from it.
 
     An `implausible` (n, D) cell (`plausibility.implausible_cells`) is treated as
     missing: it is neither conditioned on (a value no real person has would drag every
     other IDP's conditional law with it) nor scored, and it gets its imputed band.
     """
     scores = np.where(implausible, np.nan, stage.transform(values, age_z, codes))
-    result = score_given(joint, age_z, codes, scores, chosen, probs, seed=seed)
+    trained_scale = stage.spread.as_training_scores(scores)
+    result = score_given(joint, age_z, codes, trained_scale, chosen, probs, seed=seed)
     n, p, d = result.bands.shape
     at = np.repeat(np.arange(n), p)
     flat = result.bands.reshape(n * p, d)
     bands = flat  # all nan when nobody lacks an IDP: nothing to map back to values
     if not np.isnan(flat).all():
-        bands = np.where(
-            np.isnan(flat), np.nan, stage.inverse(np.nan_to_num(flat), age_z[at], codes[at])
-        )
+        new_scale = stage.spread.from_training_scores(np.nan_to_num(flat))
+        bands = np.where(np.isnan(flat), np.nan, stage.inverse(new_scale, age_z[at], codes[at]))
     return with_conditional_columns(table, idps, chosen, result, bands.reshape(n, p, d), probs)

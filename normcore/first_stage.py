@@ -325,6 +325,32 @@ class NewPersonSpread(NamedTuple):
         factor = np.sqrt(self.dof / rng.chisquare(self.dof, size=(len(draws), 1)))
         return draws * self.scale * factor
 
+    def as_training_scores(self, scores: np.ndarray) -> np.ndarray:
+        """New people's scores (their site factor taken out) on the training people's
+        scale, Phi^-1 of this spread's CDF: the scale on which the denoiser learned the
+        joint law, so that conditional draws meet a new person's values as the reference
+        table's margins meet their plain scores (normcore.conditional). Without it, a
+        held-out person's conditional law is too narrow by the spread's scale and tails
+        (benchmarks/RESULTS.md, "Conditional centiles on fcon1000")."""
+        from scipy import special, stats
+
+        scores = np.asarray(scores, dtype=float)
+        if self.dof is None:
+            return scores / self.scale
+        tail = stats.t.sf(np.abs(scores) / self.scale, self.dof)
+        return np.sign(scores) * -special.ndtri(tail)  # each side from its own tail
+
+    def from_training_scores(self, scores: np.ndarray) -> np.ndarray:
+        """The inverse of `as_training_scores`: draws on the training people's scale as
+        a new person's scores (imputed bands)."""
+        from scipy import special, stats
+
+        scores = np.asarray(scores, dtype=float)
+        if self.dof is None:
+            return scores * self.scale
+        tail = special.ndtr(-np.abs(scores))
+        return np.sign(scores) * stats.t.isf(tail, self.dof) * self.scale
+
     def to_dict(self) -> dict:
         out: dict = {"scale": self.scale, "dof": self.dof}
         if self.site_term > 0.0:  # files of models without one stay as they were

@@ -17,7 +17,9 @@ corrects the draws in a fixed order:
 `draw_given` draws the other IDPs given some IDPs' scores (a masked network only; see
 normcore.conditional): the given cells are clamped at every step, and step 1 adds the
 x0 covariance of the other IDPs given them (diffusion.given_x0_covariance). Steps 2-4 are
-corrections of the unconditional law and are not applied to conditional draws.
+corrections of the unconditional law and are not applied to conditional draws: they stay
+on the training people's scale, and normcore.conditional puts a new person's scores on it
+instead (step 3's spread, `NewPersonSpread.as_training_scores`).
 
 A model read from a file holds its denoiser as a `StoredDenoiser` (its settings and its
 weights as numpy arrays) and builds the torch network the first time something draws

@@ -284,3 +284,42 @@ def test_saint_shares_tokens_between_neighbouring_idps_beyond_max_tokens():
             seen[:, j] = 1.0
             assert (net(moved, t, h, observed) - v)[:, j].abs().min() > 1e-4
             assert (net(x, t, h, seen) - v)[:, j].abs().min() > 1e-4
+
+
+@pytest.mark.parametrize("dof", [None, 6.0])
+def test_new_peoples_scores_meet_conditional_draws_on_the_training_scale(dof):
+    """The spread's own quantiles go to the standard normal's and back: a new person at
+    their law's p-th quantile sits at the training people's p-th quantile, which is where
+    the denoiser's draws are made."""
+    from normcore.first_stage import NewPersonSpread
+
+    spread = NewPersonSpread(1.3, dof)
+    p = np.array([1e-9, 0.001, 0.02, 0.3, 0.5, 0.8, 0.999, 1 - 1e-9])
+    new = spread.quantiles(p)
+    np.testing.assert_allclose(spread.as_training_scores(new), stats.norm.ppf(p), atol=1e-6)
+    np.testing.assert_allclose(spread.from_training_scores(stats.norm.ppf(p)), new, rtol=1e-6)
+    assert np.isnan(spread.as_training_scores(np.array([np.nan]))).all()
+
+
+def test_a_wider_new_person_spread_makes_conditional_centiles_less_extreme(fitted, test_df):
+    """Conditional centiles answer for new people: with their scores spread twice as wide
+    as the training people's, the same values are half as far out (the plain centiles'
+    rule), and imputed bands are about twice as wide."""
+    from normcore.first_stage import NewPersonSpread
+
+    wide = NormativeModel.from_bytes(fitted.to_bytes())
+    wide.joint_.spread = NewPersonSpread(2.0, None)
+    narrow = NormativeModel.from_bytes(fitted.to_bytes())
+    narrow.joint_.spread = NewPersonSpread(1.0, None)
+    given = ["idp_000"]
+    z_wide = wide.score(test_df, given=given)["z"].to_numpy()
+    z_narrow = narrow.score(test_df, given=given)["z"].to_numpy()
+    ratio = np.std(z_wide) / np.std(z_narrow)
+    assert 0.4 < ratio < 0.65, ratio
+
+    def band_width(model: NormativeModel) -> np.ndarray:
+        scored = model.score(_with_blanks(test_df))
+        lacking = scored[scored["value"].isna()]
+        return (lacking["imputed_q98"] - lacking["imputed_q02"]).to_numpy()
+
+    assert np.median(band_width(wide) / band_width(narrow)) > 1.6
