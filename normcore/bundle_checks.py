@@ -31,7 +31,7 @@ from normcore.errors import BundleError
 from normcore.first_stage import MAX_SITE_TERM, FirstStage, NewPersonSpread
 from normcore.options import BACKBONES
 from normcore.preprocessing import CovariateEncoder
-from normcore.reference import BANDWIDTH, ReferenceTable
+from normcore.reference import BANDWIDTH, MAX_DRAW_OFFSET, ReferenceTable, offset_reach
 from normcore.schema import Schema
 
 if TYPE_CHECKING:
@@ -49,10 +49,6 @@ MAX_COMBINATIONS = 1_000_000
 MAX_REFERENCE_CELLS = 2**28
 """Cells of the unpacked reference table (combinations x ages x z-levels x IDPs): 2 GB."""
 MAX_DIFFUSION_STEPS = 100_000
-MAX_DRAW_OFFSET = 2.0
-"""Largest coefficient of the denoiser's mean error a file may hold, in standard
-deviations of the normal scores (`ReferenceTable.draw_offsets`); a denoiser off by more
-is broken, and a larger number moves every draw to a confident wrong place."""
 MAX_CALIBRATION = 4.0
 """Largest deviation-calibration shift (normal-score units) or spread factor a file may
 hold: beyond it the 'correction' would overturn the model's own ranking, so the file is
@@ -582,7 +578,7 @@ def _check_reference(
     if (ref.mahalanobis < 0).any():
         raise _fail("'reference.mahalanobis'", "holds negative squared distances")
     _increasing(ref.mahalanobis, "reference.mahalanobis", axis=-1)
-    if (np.abs(ref.draw_offsets) > MAX_DRAW_OFFSET).any():
+    if (offset_reach(ref.draw_offsets) > MAX_DRAW_OFFSET + 1e-6).any():
         raise _fail(
             "'reference.draw_offsets'",
             f"move the model's draws by more than {MAX_DRAW_OFFSET:g} standard deviations",

@@ -567,6 +567,13 @@ def _kept_count(grid: np.ndarray, h: float) -> int:
 
 OFFSET_TERMS = 3
 """Terms of `offset_basis`: a quadratic in age."""
+MAX_DRAW_OFFSET = 2.0
+"""Largest mean error of the denoiser's draws, in standard deviations of the normal
+scores, that `draw_offset` removes at any age of the grid. A network can be that far off
+for a level combination at ages where it has none of its people (SAINT fitted on
+fcon1000's small sites: up to 2.8); beyond the cap the curve is scaled down
+(`capped_offsets`), so a fit never writes what a file may not hold (bundle_checks
+refuses more: an edited file would move every draw to a confident wrong place)."""
 
 
 def offset_basis(ages: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -575,6 +582,21 @@ def offset_basis(ages: np.ndarray, grid: np.ndarray) -> np.ndarray:
     mid, half = (grid[0] + grid[-1]) / 2, max((grid[-1] - grid[0]) / 2, 1e-12)
     t = np.clip((np.asarray(ages, dtype=np.float64) - mid) / half, -1.0, 1.0)
     return np.stack([np.ones_like(t), t, t * t], axis=1)
+
+
+def offset_reach(offsets: np.ndarray) -> np.ndarray:
+    """(..., D) the largest |offset| over the grid's ages of coefficients (..., T, D):
+    the quadratic `offset_basis` spans, evaluated at 201 points of t in [-1, 1]."""
+    t = np.linspace(-1.0, 1.0, 201)
+    basis = np.stack([np.ones_like(t), t, t * t], axis=1)
+    return np.abs(np.einsum("gt,...td->...gd", basis, offsets)).max(axis=-2)
+
+
+def capped_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Coefficients (T, D) with each IDP's curve scaled down to reach MAX_DRAW_OFFSET at
+    most: the part of a larger error beyond it stays in the model's draws."""
+    reach = offset_reach(offsets)
+    return offsets * np.minimum(1.0, MAX_DRAW_OFFSET / np.maximum(reach, 1e-12))
 
 
 def _shrunk_offsets(basis: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -625,7 +647,7 @@ def _first_stage_margins(
     y = sampler(ages, np.tile(codes, (n, 1)), seed)
     basis = offset_basis(ages, grid)
     inside = (ages >= grid[0]) & (ages <= grid[-1])  # where the basis is a quadratic
-    offsets = _shrunk_offsets(basis[inside], y[inside])
+    offsets = capped_offsets(_shrunk_offsets(basis[inside], y[inside]))
     q = np.broadcast_to(prior[None, :, None], (len(grid), len(prior), y.shape[1])).copy()
     return q, np.full(len(grid), np.inf), rank_normal_scores(y - basis @ offsets), ages, offsets
 

@@ -421,3 +421,23 @@ def test_deviation_site_shifts_round_trip_and_move_a_sites_deviation(data, test_
     assert again.deviation_calibration_ == moved.deviation_calibration_
     before, after = (m.deviation(test_df)["deviation_centile"].to_numpy() for m in (honest, moved))
     assert np.all(after <= before + 1e-9) and after.mean() < before.mean() - 5
+
+
+def test_draw_offsets_are_bounded_by_their_curve_over_the_ages_not_by_coefficients(data):
+    """A quadratic's coefficients may exceed the bound while its curve over the grid's
+    ages stays within it (the model loads); a fit caps a larger curve, keeping its shape,
+    so it never writes a file the loader refuses."""
+    from normcore.reference import MAX_DRAW_OFFSET, capped_offsets, offset_reach
+
+    def within(tensors):
+        offsets = tensors["reference.draw_offsets"]
+        offsets[:] = 0.0
+        offsets[:, 0, 0], offsets[:, 2, 0] = -1.0, 2.5  # from -1 at mid-age to 1.5 at the ends
+
+    assert NormativeModel.from_bytes(edited(data, change_tensors=within), device="cpu")
+    far = np.zeros((3, 2))
+    far[:, 0], far[:, 1] = (0.5, 1.0, 1.5), (0.2, 0.1, 0.0)  # reaches 3.0 and 0.3
+    capped = capped_offsets(far)
+    np.testing.assert_allclose(offset_reach(capped), [MAX_DRAW_OFFSET, 0.3])
+    np.testing.assert_allclose(capped[:, 0] / far[:, 0], MAX_DRAW_OFFSET / 3.0)
+    np.testing.assert_array_equal(capped[:, 1], far[:, 1])
