@@ -269,8 +269,9 @@ def score_table_given(
     other IDP's conditional law with it) nor scored, and it gets its imputed band.
     """
     scores = np.where(implausible, np.nan, stage.transform(values, age_z, codes))
-    trained_scale = stage.spread.as_training_scores(scores)
-    result = score_given(joint, age_z, codes, trained_scale, chosen, probs, seed=seed)
+    if chosen.any() or np.isnan(scores).any():  # else nothing is drawn: no scipy.stats
+        scores = stage.spread.as_training_scores(scores)
+    result = score_given(joint, age_z, codes, scores, chosen, probs, seed=seed)
     n, p, d = result.bands.shape
     at = np.repeat(np.arange(n), p)
     flat = result.bands.reshape(n * p, d)
