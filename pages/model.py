@@ -353,9 +353,10 @@ if job is None or job.done:
             BACKBONES,
             key="train_backbone",
             help=(
-                "film: a fast MLP, the default. saint: attention across IDPs; up to a few "
-                "dozen IDPs its conditional centiles and imputed bands are closer to the "
-                "truth, for about 4 times the training time (README, 'What it costs')."
+                "film: a fast MLP, the default. saint: attention across IDPs; its "
+                "conditional centiles and imputed bands are closer to the truth, for 4 "
+                "times the training time at 20 IDPs and far more beyond (README, "
+                "'What it costs')."
             ),
         )
     with c2:

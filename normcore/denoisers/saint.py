@@ -1,10 +1,13 @@
 """SAINT-style tabular transformer: a token per IDP, attention across IDPs and rows.
 
 Each IDP j becomes a token x_j * w_j + b_j + e_j (value embedding plus a learned feature
-identity) to which the conditioning vector is added. Beyond `MAX_TOKENS` IDPs, a token
-holds several neighbouring IDPs (schema order: FreeSurfer tables list a structure's
+identity) to which the conditioning vector is added. With `idps_per_token` k > 1 a
+token holds k neighbouring IDPs (schema order: FreeSurfer tables list a structure's
 measures together), its value embedding the sum of theirs and its head one output per
-IDP, so that a draw's cost stops growing with the square of the IDPs. Transformer layers
+IDP: a draw then costs about as much at 100 IDPs as at 100 / k, but the network loses
+what makes it worth its cost (100 IDPs, 5 per token: conditional centiles no better than
+FiLM's; a token each: far better, at 7 times the fit; benchmarks/RESULTS.md, "Fit
+profile"), so a token per IDP is the default. Transformer layers
 attend across tokens (feature self-attention), which is how the model keeps dependence
 between IDPs as the dimension grows. Intersample attention mixes rows of a batch through
 their mean tokens; it is a training-time regulariser (applied to a random half of the
@@ -35,16 +38,6 @@ from normcore.config import SAINT_SIZES
 from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
 from normcore.denoisers.gaussian_prior import GaussianPrior
 
-MAX_TOKENS = 20
-"""Tokens beyond which IDPs share them (`default_idps_per_token`): at 100 IDPs, a token
-each made a training step and a draw 8-20 times a FiLM network's (benchmarks/RESULTS.md,
-"Fit profile")."""
-
-
-def default_idps_per_token(n_idps: int) -> int:
-    """How many IDPs share a token by default: as few as keep `MAX_TOKENS` tokens."""
-    return -(-n_idps // MAX_TOKENS)
-
 
 class SAINT(nn.Module):
     """Feature-token transformer denoiser with training-only intersample attention."""
@@ -58,7 +51,7 @@ class SAINT(nn.Module):
         depth: int = SAINT_SIZES["depth"],
         heads: int = SAINT_SIZES["heads"],
         ffn: int = SAINT_SIZES["ffn"],
-        idps_per_token: int | None = None,
+        idps_per_token: int = 1,
         dropout: float = 0.0,
         intersample_p: float = 0.5,
         masked: bool = False,
@@ -69,7 +62,7 @@ class SAINT(nn.Module):
         self.intersample_p = intersample_p
         self.cond = Conditioning(n_levels, steps, width)
         self.n_idps = n_idps
-        self.group = idps_per_token or default_idps_per_token(n_idps)
+        self.group = idps_per_token
         self.n_tokens = -(-n_idps // self.group)
         cells = self.n_tokens * self.group  # the last token's cells past the IDPs hold 0
         self.value_w = nn.Parameter(torch.randn(cells, width) * 0.1)

@@ -259,17 +259,16 @@ def test_an_implausible_given_value_is_treated_as_missing(fitted, test_df):
     np.testing.assert_allclose(scored["imputed_q50"], as_blank["imputed_q50"], equal_nan=True)
 
 
-def test_saint_shares_tokens_between_neighbouring_idps_beyond_max_tokens():
-    """45 IDPs: 15 tokens of 3 neighbours each; every IDP's v answers to its own cell and
-    its mask bit, and the last token's cell past the IDPs is never returned."""
+def test_saint_tokens_can_hold_several_neighbouring_idps():
+    """44 IDPs, 3 per token: 15 tokens; every IDP's v answers to its own cell and its
+    mask bit, and the last token's cell past the IDPs is never returned."""
     import torch
 
     from normcore.denoisers import build_denoiser
-    from normcore.denoisers.saint import MAX_TOKENS, default_idps_per_token
 
-    assert default_idps_per_token(MAX_TOKENS) == 1 and default_idps_per_token(45) == 3
     torch.manual_seed(0)
-    net = build_denoiser("saint", 44, [3], 1000, masked=True).eval()
+    assert build_denoiser("saint", 44, [3], 1000).n_tokens == 44  # a token each by default
+    net = build_denoiser("saint", 44, [3], 1000, masked=True, idps_per_token=3).eval()
     assert (net.n_tokens, net.group) == (15, 3)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.2)
