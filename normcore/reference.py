@@ -587,8 +587,7 @@ def offset_basis(ages: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def offset_reach(offsets: np.ndarray) -> np.ndarray:
     """(..., D) the largest |offset| over the grid's ages of coefficients (..., T, D):
     the quadratic `offset_basis` spans, evaluated at 201 points of t in [-1, 1]."""
-    t = np.linspace(-1.0, 1.0, 201)
-    basis = np.stack([np.ones_like(t), t, t * t], axis=1)
+    basis = offset_basis(np.linspace(-1.0, 1.0, 201), np.array([-1.0, 1.0]))
     return np.abs(np.einsum("gt,...td->...gd", basis, offsets)).max(axis=-2)
 
 
