@@ -166,8 +166,10 @@ def score_given(
     draws: int = DRAWS,
     seed: int = 0,
 ) -> ConditionalScores:
-    """Conditional centiles and the bands of missing IDPs for first-stage `scores` (n, D),
-    nan where a person lacks an IDP.
+    """Conditional centiles and the bands of missing IDPs for new people's first-stage
+    `scores` (n, D), nan where a person lacks an IDP. The draws are made on the training
+    people's scale, which the denoiser learned: the scores of the rows drawn are put on it
+    first (`NewPersonSpread.as_training_scores`) and the bands taken back from it.
 
     With a given set (`chosen`, (D,) bool, not all False) every row is conditioned on the
     given IDPs it has, and its other present IDPs get conditional centiles. Without one,
@@ -189,17 +191,18 @@ def score_given(
         # missing IDPs keep their present IDPs' centiles, and the missing ones no band.
         rows = np.empty(0, dtype=int)
     if len(rows):
+        trained = joint.spread.as_training_scores(np.nan_to_num(scores[rows]))
         drawn = conditional_draws(
-            joint, age_z[rows], codes[rows], np.nan_to_num(scores[rows]), condition[rows],
-            draws, seed,
-        )  # fmt: skip
+            joint, age_z[rows], codes[rows], trained, condition[rows], draws, seed
+        )
         if chosen.any():
-            p, e = smoothed_cdf(drawn, np.nan_to_num(scores[rows]))
+            p, e = smoothed_cdf(drawn, trained)
             scored = present[rows] & ~condition[rows]
             probability[rows] = np.where(scored, p, np.nan)
             se[rows] = np.where(scored, e, np.nan)
         missing = ~present[rows]
-        bands[rows] = np.where(missing[:, None, :], draw_quantiles(drawn, probs), np.nan)
+        band = joint.spread.from_training_scores(draw_quantiles(drawn, probs))
+        bands[rows] = np.where(missing[:, None, :], band, np.nan)
     return ConditionalScores(probability, se, bands, condition, ~present)
 
 
@@ -260,23 +263,20 @@ def score_table_given(
 ) -> pd.DataFrame:
     """`with_conditional_columns` of the long score `table` for raw `values` (n, D), nan
     where a person lacks an IDP, scored through the first `stage` as it maps new people,
-    at standardised ages `age_z` and `codes`. The draws are made on the training people's
-    scale, which the denoiser learned, and the person's scores are put on it first
-    (`NewPersonSpread.as_training_scores`), the bands taken back from it.
+    at standardised ages `age_z` and `codes`.
 
     An `implausible` (n, D) cell (`plausibility.implausible_cells`) is treated as
     missing: it is neither conditioned on (a value no real person has would drag every
     other IDP's conditional law with it) nor scored, and it gets its imputed band.
     """
     scores = np.where(implausible, np.nan, stage.transform(values, age_z, codes))
-    if chosen.any() or np.isnan(scores).any():  # else nothing is drawn: no scipy.stats
-        scores = stage.spread.as_training_scores(scores)
     result = score_given(joint, age_z, codes, scores, chosen, probs, seed=seed)
     n, p, d = result.bands.shape
     at = np.repeat(np.arange(n), p)
     flat = result.bands.reshape(n * p, d)
     bands = flat  # all nan when nobody lacks an IDP: nothing to map back to values
     if not np.isnan(flat).all():
-        new_scale = stage.spread.from_training_scores(np.nan_to_num(flat))
-        bands = np.where(np.isnan(flat), np.nan, stage.inverse(new_scale, age_z[at], codes[at]))
+        bands = np.where(
+            np.isnan(flat), np.nan, stage.inverse(np.nan_to_num(flat), age_z[at], codes[at])
+        )
     return with_conditional_columns(table, idps, chosen, result, bands.reshape(n, p, d), probs)

@@ -250,6 +250,13 @@ def lowest_centile(
     return stage.inverse(scores, grid_ages, grid_codes).min(axis=0)
 
 
+def site_factor_at(site_term: float, inverse: np.ndarray) -> np.ndarray:
+    """sqrt(1 + site_term * inverse): how much wider than a big site's a new person's
+    scores are spread, at sums of 1 / (training people of each level) `inverse`
+    (`NewPersonSpread`)."""
+    return np.sqrt(1.0 + site_term * np.asarray(inverse))
+
+
 class NewPersonSpread(NamedTuple):
     """How the first stage's scores of people it did not see are spread: a scale and, for
     heavy tails, the degrees of freedom of a Student-t (None: normal), for a person of a
@@ -292,7 +299,7 @@ class NewPersonSpread(NamedTuple):
 
     def factor_at(self, inverse: np.ndarray) -> np.ndarray:
         """The site factor at sums of 1 / (training people of each level) `inverse`."""
-        return np.sqrt(1.0 + self.site_term * np.asarray(inverse))
+        return site_factor_at(self.site_term, inverse)
 
     def largest_factor(self) -> float:
         """The site factor of the level with the fewest training people (1 without a
@@ -520,7 +527,7 @@ def new_person_spread(
         kept, inverse = np.ones(n, dtype=bool), np.zeros(n)
     inside, outside, inverse = np.abs(inside[kept]), np.abs(folds.scores[kept]), inverse[kept]
     term = site_term(inside, outside, inverse)
-    outside = outside / NewPersonSpread(1.0, None, term).factor_at(inverse)[:, None]
+    outside = outside / site_factor_at(term, inverse)[:, None]
     shrink = (FOLDS - 1) / FOLDS
     targets = []
     for level in (0.5, 0.95):
