@@ -1211,7 +1211,9 @@ def deviation_calibration(
     codes: np.ndarray,
     ages: np.ndarray,
     z: np.ndarray,
-    sites: DeviationCalibration = DeviationCalibration(),
+    start: DeviationCalibration = DeviationCalibration(),
+    age_range: tuple[float, float] | None = None,
+    beyond_noise: float = BEYOND_NOISE,
 ) -> DeviationCalibration:
     """The correction that makes held-out people's deviation centiles uniform, at every age.
 
@@ -1226,23 +1228,33 @@ def deviation_calibration(
     normal scores of the raw centiles (clipped to +-4, where ranks beyond the samples are
     extrapolated) are regressed on age (least squares), and the log of their absolute
     residuals on age (whose slope is the log spread's). Each of the four numbers is
-    applied only if it is BEYOND_NOISE standard errors from no correction: a few hundred
+    applied only if it is `beyond_noise` standard errors from no correction: a few hundred
     validation people are themselves a sample, and correcting by their noise
-    miscalibrates everyone else (README, "How it works", 5). `sites`: the site shifts
-    (`deviation_site_shifts`), taken off first and kept in the result.
+    miscalibrates everyone else (README, "How it works", 5).
+
+    `start`: the calibration these people correct. Its site shifts
+    (`deviation_site_shifts`) are taken off first and kept in the result, and each of the
+    four numbers is tested against its value there (the default: no correction). The
+    model starts from the calibration of its out-of-fold people (`_calibrate_deviation`
+    in normcore.model), measured on many more people but optimistic where the network
+    trained on them. `age_range`: the ages (years) over which the trend is held and
+    centred; by default the start's, or, for a start without one, these people's
+    youngest and oldest.
     """
     ages = np.asarray(ages, dtype=np.float64)
     _, r = _raw_deviation_scores(table, codes, ages, z)
-    r = np.clip(r, -4.0, 4.0) - sites.site_shift(codes)
+    r = np.clip(r, -4.0, 4.0) - start.site_shift(codes)
     n = len(r)
-    lo, hi = float(ages.min()), float(ages.max())
-    x = ages - 0.5 * (lo + hi)
+    if age_range is None:
+        age_range = start.ages if start.ages[1] > start.ages[0] else (ages.min(), ages.max())
+    lo, hi = float(age_range[0]), float(age_range[1])
+    x = np.clip(ages, lo, hi) - 0.5 * (lo + hi)
     sxx = float(((x - x.mean()) ** 2).sum())
     shift_slope = float(((x - x.mean()) * (r - r.mean())).sum() / sxx) if sxx > 0 else 0.0
     residual = r - r.mean() - shift_slope * (x - x.mean())
     sd = max(float(residual.std()), 1e-12)
-    if sxx <= 0 or abs(shift_slope) * np.sqrt(sxx) / sd < BEYOND_NOISE:
-        shift_slope = 0.0
+    if sxx <= 0 or abs(shift_slope - start.shift_slope) * np.sqrt(sxx) / sd < beyond_noise:
+        shift_slope = start.shift_slope
     shift = float((r - shift_slope * x).mean())
     residual = r - shift - shift_slope * x
     log_abs = np.log(np.abs(residual) + 1e-12)
@@ -1250,14 +1262,15 @@ def deviation_calibration(
         float(((x - x.mean()) * (log_abs - log_abs.mean())).sum() / sxx) if sxx > 0 else 0.0
     )
     # var(log|e|) = pi^2 / 8 for normal e, whatever its spread
-    if sxx <= 0 or abs(log_spread_slope) * np.sqrt(sxx / (np.pi**2 / 8)) < BEYOND_NOISE:
-        log_spread_slope = 0.0
+    beyond = abs(log_spread_slope - start.log_spread_slope) * np.sqrt(sxx / (np.pi**2 / 8))
+    if sxx <= 0 or beyond < beyond_noise:
+        log_spread_slope = start.log_spread_slope
     spread = max(float((residual * np.exp(-log_spread_slope * x)).std()), 1e-12)
-    if abs(shift) * np.sqrt(n) / spread < BEYOND_NOISE:
-        shift = 0.0
-    if abs(np.log(spread)) * np.sqrt(2.0 * (n - 1)) < BEYOND_NOISE:
-        spread = 1.0
+    if abs(shift - start.shift) * np.sqrt(n) / spread < beyond_noise:
+        shift = start.shift
+    if abs(np.log(spread / start.spread)) * np.sqrt(2.0 * (n - 1)) < beyond_noise:
+        spread = start.spread
     return dataclasses.replace(
-        sites, shift=shift, spread=spread, shift_slope=shift_slope,
+        start, shift=shift, spread=spread, shift_slope=shift_slope,
         log_spread_slope=log_spread_slope, ages=(lo, hi),
     )  # fmt: skip

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import optimize, stats
@@ -189,6 +191,30 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
     assert stats.kstest(pooled[old] / 100, "uniform").statistic > 0.1  # the age trend matters
     flat_people = deviation_calibration(table, codes[half], ages[half], same[half])
     assert (flat_people.shift_slope, flat_people.log_spread_slope) == (0.0, 0.0)
+
+
+def test_validation_people_correct_the_start_only_beyond_their_noise():
+    """The model measures the deviation's correction on its many out-of-fold people
+    (the start, applied as measured), and its few validation people change a number of it
+    only where they differ from it beyond their noise: 80 validation people keep a start
+    near the truth, whatever their own sample says, and overrule one far from it."""
+    rng = np.random.default_rng(5)
+    n = 3080
+    table, codes, ages, z, _ = _people_spread_unlike_the_model(
+        rng, n, lambda ages: np.exp(rng.normal(0.1, 0.25, size=(n, 1)))
+    )
+    many, few = slice(0, 3000), slice(3000, n)
+    start = deviation_calibration(table, codes[many], ages[many], z[many], beyond_noise=0.0)
+    assert start.shift != 0 and start.spread != 1  # measured, not tested against none
+    own = deviation_calibration(table, codes[few], ages[few], z[few], beyond_noise=0.0)
+    assert (own.shift, own.spread) != (start.shift, start.spread)
+    kept = deviation_calibration(table, codes[few], ages[few], z[few], start)
+    assert (kept.shift, kept.spread) == (start.shift, start.spread)
+    far = dataclasses.replace(start, shift=start.shift + 1.0, spread=start.spread * 2)
+    overruled = deviation_calibration(table, codes[few], ages[few], z[few], far)
+    assert overruled.shift == pytest.approx(start.shift, abs=0.3)  # not far's 1 more
+    assert overruled.spread == pytest.approx(start.spread, rel=0.2)  # nor twice
+    assert overruled.ages == start.ages  # the start's age range, which it measured over
 
 
 def test_deviation_calibration_is_stored_as_older_files_hold_it_when_flat():
