@@ -860,7 +860,7 @@ def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
             " (out-of-fold training people)"
         )
     if (c.shift, c.spread, c.shift_slope, c.log_spread_slope) == (0.0, 1.0, 0.0, 0.0):
-        none = "none (validation people matched the model within noise, or were too few)"
+        none = "none (people matched the model within noise, or were too few to measure it)"
         return none + sites
     text = f"shift {c.shift:+.2f}, spread x{c.spread:.2f}"
     if c.shift_slope or c.log_spread_slope:
@@ -870,7 +870,7 @@ def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
             f" at age {0.5 * (lo + hi):.0f}; over ages {lo:.0f}-{hi:.0f} the shift changes by "
             f"{c.shift_slope * span:+.2f} and the spread x{np.exp(c.log_spread_slope * span):.2f}"
         )
-    return text + " (measured on validation people)" + sites
+    return text + " (out-of-fold training people, checked on validation people)" + sites
 
 
 def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:
