@@ -1004,14 +1004,24 @@ def _raw_deviation_scores(
     samples; the precision is linear in the weights, so the distance is the one under the
     interpolated precision.
     """
-    c = table.combo_index(codes)
     i, w = table._age_weights(ages)
-    d2 = np.empty((2, len(z)))
-    r = np.empty((2, len(z)))
-    for side, g in enumerate((i, i + 1)):
-        d2[side] = np.einsum("ij,ijk,ik->i", z, table.precision[g], z)
-        r[side] = z_of_scores(table.mahalanobis[c, g][:, :, None], d2[side][:, None])[:, 0]
-    return d2[0] * (1 - w) + d2[1] * w, r[0] * (1 - w) + r[1] * w
+    d2 = np.stack([np.einsum("ij,ijk,ik->i", z, table.precision[g], z) for g in (i, i + 1)])
+    return d2[0] * (1 - w) + d2[1] * w, _rank_scores(table, codes, i, w, d2)
+
+
+def _rank_scores(
+    table: ReferenceTable, codes: np.ndarray, i: np.ndarray, w: np.ndarray, d2: np.ndarray
+) -> np.ndarray:
+    """(n,) normal scores of squared distances `d2` ((2, n): under grid ages i and i + 1,
+    or (n,): one for both) ranked among the samples of each row's levels at those grid
+    ages, interpolated with weights `w`."""
+    c = table.combo_index(codes)
+    d2 = np.broadcast_to(d2, (2, len(c)))
+    r = [
+        z_of_scores(table.mahalanobis[c, g][:, :, None], d2[side][:, None])[:, 0]
+        for side, g in enumerate((i, i + 1))
+    ]
+    return r[0] * (1 - w) + r[1] * w
 
 
 @dataclass(frozen=True)
@@ -1126,13 +1136,15 @@ def deviation_over_present(
     (the inverse of the table's precision at each neighbouring grid age, restricted: the
     law of a sub-vector is the marginal, not the conditional, so the full precision cannot
     simply be restricted), and the distance is interpolated between grid ages as the full
-    one is. Its centile is the chi-square law with k degrees of freedom: the table stores
-    quantiles of full-vector distances only, and a sub-profile's own reference would need
-    the draws again for every pattern of missing IDPs. The chi-square law is exact where
-    the normal scores are jointly Gaussian with that correlation (a Gaussian copula) and
-    an approximation otherwise (Mardia, Kent & Bibby 1979, *Multivariate Analysis*, thm
-    2.5.2); the fit-time calibration, measured for full vectors ranked among draws, is not
-    applied to it. Nothing is read from a missing cell, whatever `z` holds there.
+    one is. The table stores quantiles of full-vector distances only (a sub-profile's own
+    reference would need the draws again for every pattern of missing IDPs), so the
+    sub-profile's distance is carried to the full vector's scale where a Gaussian copula
+    with that correlation would put it, the full distance at the same chi-square tail
+    probability (k degrees of freedom to D; Mardia, Kent & Bibby 1979, *Multivariate
+    Analysis*, thm 2.5.2), then ranked among the draws and recalibrated as a full
+    vector's. The chi-square centile alone misses both the draws' own law and the
+    calibration for new people (benchmarks/RESULTS.md, "Joint model", 5). Nothing is
+    read from a missing cell, whatever `z` holds there.
     """
     from scipy import stats
 
@@ -1149,6 +1161,7 @@ def deviation_over_present(
         return d2, centile
     correlation = np.linalg.inv(table.precision)
     i, w = table._age_weights(ages[partial])
+    full = np.empty(len(partial))
     patterns, which = np.unique(present[partial], axis=0, return_inverse=True)
     for k, pattern in enumerate(patterns):
         rows = np.flatnonzero(which.reshape(-1) == k)
@@ -1158,7 +1171,10 @@ def deviation_over_present(
             sub = correlation[g][:, pattern][:, :, pattern]
             sides.append(np.einsum("ij,ij->i", zp, np.linalg.solve(sub, zp[..., None])[..., 0]))
         d2[partial[rows]] = sides[0] * (1 - w[rows]) + sides[1] * w[rows]
-        centile[partial[rows]] = 100.0 * stats.chi2.cdf(d2[partial[rows]], int(pattern.sum()))
+        tail = stats.chi2.sf(d2[partial[rows]], int(pattern.sum()))
+        full[rows] = stats.chi2.isf(np.clip(tail, 1e-300, 1.0), present.shape[1])
+    r = _rank_scores(table, codes[partial], i, w, full)
+    centile[partial] = 100.0 * special.ndtr(calibration.apply(r, ages[partial], codes[partial]))
     return d2, centile
 
 

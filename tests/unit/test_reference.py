@@ -11,6 +11,7 @@ from normcore.reference import (
     ReferenceTable,
     build_reference,
     deviation_calibration,
+    deviation_over_present,
     deviation_site_shifts,
     mahalanobis_centile,
     mixture_quantiles,
@@ -215,6 +216,37 @@ def test_validation_people_correct_the_start_only_beyond_their_noise():
     assert overruled.shift == pytest.approx(start.shift, abs=0.3)  # not far's 1 more
     assert overruled.spread == pytest.approx(start.spread, rel=0.2)  # nor twice
     assert overruled.ages == start.ages  # the start's age range, which it measured over
+
+
+def test_a_profile_with_blank_cells_is_ranked_as_the_model_draws_are():
+    """The deviation over present IDPs ranks a sub-profile among the model's draws, not on
+    the chi-square law, which holds only for a Gaussian copula: where the draws have
+    heavier joint tails (a multivariate t, normal margins after the table's ranks),
+    people of the model's own law with one or two blank cells come out uniform, while
+    their chi-square centiles flag too many."""
+    rng = np.random.default_rng(6)
+    d, nu = 20, 6
+    root = np.linalg.cholesky(0.7 * np.eye(d) + 0.3)
+
+    def heavy_tails(ages, codes, seed=0):
+        g = rng.standard_normal((len(ages), d)) @ root.T
+        return g * np.sqrt(nu / rng.chisquare(nu, len(ages)))[:, None]
+
+    table = build_reference(
+        heavy_tails, (20, 80), [1], NORMAL, samples_per_combination=20_000, grid_points=5
+    )
+    n = 4000
+    codes, ages = np.zeros((n, 1), dtype=np.int64), rng.uniform(20, 80, n)
+    q, _ = table.lookup(codes, ages)
+    z = z_of_scores(q, heavy_tails(ages, codes))
+    present = np.ones((n, d), dtype=bool)
+    present[:, 0] = False
+    present[n // 2 :, 3] = False
+    d2, centile = deviation_over_present(table, codes, ages, z, present)
+    assert stats.kstest(centile / 100, "uniform").statistic < 0.04
+    assert abs(np.mean(centile > 95) - 0.05) < 0.015
+    chi2 = stats.chi2.cdf(d2, present.sum(axis=1))
+    assert stats.kstest(chi2, "uniform").statistic > 0.1  # what the chi-square law gives
 
 
 def test_deviation_calibration_is_stored_as_older_files_hold_it_when_flat():
