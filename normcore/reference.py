@@ -1240,17 +1240,16 @@ def deviation_calibration(
     distance. And how well the model's draws follow real dependence changes with age
     (where coupling grows with age, the young were over-flagged and the old
     under-flagged: benchmarks/RESULTS.md, "Deviation by age"), so shift and log spread may
-    each change linearly with age. On validation people the model never trained on, the
-    normal scores of the raw centiles (clipped to +-4, where ranks beyond the samples are
-    extrapolated) are regressed on age (least squares), and the log of their absolute
+    each change linearly with age. On people scored as new people are, the normal scores
+    of the raw centiles (clipped to +-4, where ranks beyond the samples are extrapolated)
+    are regressed on age (least squares), and the log of their absolute
     residuals on age (whose slope is the log spread's). Each of the four numbers is
-    applied only if it is `beyond_noise` standard errors from no correction: a few hundred
-    validation people are themselves a sample, and correcting by their noise
+    applied only if it is `beyond_noise` standard errors from its value in `start`: a few
+    hundred validation people are themselves a sample, and correcting by their noise
     miscalibrates everyone else (README, "How it works", 5).
 
-    `start`: the calibration these people correct. Its site shifts
-    (`deviation_site_shifts`) are taken off first and kept in the result, and each of the
-    four numbers is tested against its value there (the default: no correction). The
+    `start`: the calibration these people correct (the default: none). Its site shifts
+    (`deviation_site_shifts`) are taken off first and kept in the result. The
     model starts from the calibration of its out-of-fold people (`_calibrate_deviation`
     in normcore.model), measured on many more people but optimistic where the network
     trained on them. `age_range`: the ages (years) over which the trend is held and
