@@ -42,18 +42,21 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "normcore-bundle"
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 """Raised whenever a stored field changes meaning or layout, so that an older or newer
 file is refused with a plain message instead of being read as something else."""
-READABLE_VERSIONS = (6, 7, 8, FORMAT_VERSION)
+READABLE_VERSIONS = (6, 7, 8, 9, FORMAT_VERSION)
 """Formats this normcore reads: 6 tabled every combination with an unknown level, which
 `ReferenceTable.from_arrays` still reads as it is (7 stores the people per combination
 and reads an unknown sex as a mixture; 8 stores the first stage's shape table as a
 binary tensor, `SHAPE_TENSOR`, instead of JSON text; 9 changed the SAINT network's
 default sizes and let IDPs share its tokens, which files before it read as
-`SAINT_SIZES_BEFORE_9`)."""
+`SAINT_SIZES_BEFORE_9`; 10 gave the FiLM network's observed scores and noisy values
+separate input channels, which files before it read as `FILM_SIZES_BEFORE_10`)."""
 SAINT_SIZES_BEFORE_9 = {"width": 32, "depth": 2, "heads": 4, "ffn": 4, "idps_per_token": 1}
 """The SAINT network's default sizes before format 9 (config.SAINT_SIZES now)."""
+FILM_SIZES_BEFORE_10 = {"split_observed": 0}
+"""The FiLM network's input layout before format 10 (denoisers.film_mlp.FiLMMLP)."""
 SHAPE_TENSOR = "first_stage.shape_quantiles"
 """The AgeShape quantile table (ages, z-levels, IDPs): the first stage's one large array,
 stored as float64 so that it reads back bit for bit."""
@@ -299,16 +302,19 @@ def _first_stage_fields(tensors: dict[str, np.ndarray], meta: dict) -> dict:
 
 
 def _with_sizes_of_its_time(meta: dict) -> dict:
-    """The header with the network sizes its file was written with: a SAINT network
-    saved before format 9 without sizes of its own had that time's defaults. Anything
-    that is not what a header holds is left as it is for the checks to refuse."""
-    config = meta.get("config")
-    if meta.get("format_version", FORMAT_VERSION) >= 9 or not isinstance(config, dict):
+    """The header with the network sizes its file was written with: a network saved
+    before the format that changed its backbone's defaults, without sizes of its own,
+    had that time's (SAINT before 9, FiLM before 10). Anything that is not what a header
+    holds is left as it is for the checks to refuse."""
+    config, version = meta.get("config"), meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(config, dict) or not isinstance(config.get("network", {}), dict):
         return meta
-    network = config.get("network", {})
-    if config.get("backbone") != "saint" or not isinstance(network, dict):
+    then = {"saint": (9, SAINT_SIZES_BEFORE_9), "film": (10, FILM_SIZES_BEFORE_10)}
+    changed, sizes = then.get(config.get("backbone"), (0, {}))
+    if not isinstance(version, int) or version >= changed:
         return meta
-    return {**meta, "config": {**config, "network": {**SAINT_SIZES_BEFORE_9, **network}}}
+    network = {**sizes, **config.get("network", {})}
+    return {**meta, "config": {**config, "network": network}}
 
 
 def _rebuild(tensors: dict[str, np.ndarray], meta: dict, device: str | torch.device) -> SavedModel:

@@ -68,6 +68,7 @@ NETWORK_LIMITS: dict[str, tuple[float, float]] = {
     "heads": (1, 64),
     "ffn": (1, 16),
     "idps_per_token": (1, MAX_IDPS),
+    "split_observed": (0, 1),
     "dropout": (0.0, 1.0),
     "intersample_p": (0.0, 1.0),
 }

@@ -9,9 +9,13 @@ costs fit time without lowering the centile error (benchmarks/RESULTS.md, "Small
 networks"). FiLM: Perez et al., AAAI 2018.
 
 `masked=True` adds conditioning on any subset of the IDPs, as in CSDI (Tashiro et al.,
-NeurIPS 2021): the input is the noisy vector with the observed IDPs' clean scores in their
-cells, concatenated with the 0/1 mask saying which cells those are, so one network answers
-for every subset (normcore.conditional).
+NeurIPS 2021), so one network answers for every subset (normcore.conditional). Its input
+keeps apart the observed IDPs' clean scores, the other IDPs' noisy values and the 0/1 mask
+saying which cells are observed (`split_observed`). Joined in one channel (the noisy vector
+with the clean scores in their cells, and the mask), the first linear layer cannot pull
+them apart itself, since that takes a product of a value and the mask: the conditional
+centiles' error on the subgroup truth was 1.5 times as large (benchmarks/RESULTS.md, "Fit
+profile"). Files before format 10 hold networks of that joined layout.
 
 With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network predicts a
 correction to the prior's v, and its input keeps apart what a first linear layer cannot
@@ -60,7 +64,12 @@ class FiLMBlock(nn.Module):
 
 
 class FiLMMLP(nn.Module):
-    """FiLM-conditioned residual MLP denoiser over the whole IDP vector."""
+    """FiLM-conditioned residual MLP denoiser over the whole IDP vector.
+
+    `split_observed`: 1 (the default) gives a masked network without a prior the observed
+    scores, the noisy values and the mask in three channels; 0 joins the first two, as
+    networks saved before format 10 do. With a prior its inputs are always apart.
+    """
 
     def __init__(
         self,
@@ -72,11 +81,13 @@ class FiLMMLP(nn.Module):
         dropout: float = 0.0,
         masked: bool = False,
         prior: GaussianPrior | None = None,
+        split_observed: int = 1,
     ) -> None:
         super().__init__()
         self.masked = masked
+        self.split = bool(split_observed) and masked and prior is None
         self.cond = Conditioning(n_levels, steps, width)
-        channels = (1 + masked) if prior is None else (4 if masked else 2)
+        channels = (1 + masked + self.split) if prior is None else (4 if masked else 2)
         self.inp = nn.Linear(channels * n_idps, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, width, dropout) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_idps))
@@ -121,7 +132,10 @@ class FiLMMLP(nn.Module):
         """The first layer's input, and the prior's v (None without a prior) at the rows'
         age `levels`."""
         if levels is None:
-            return with_mask(self.masked, x, observed), None
+            if not self.split:
+                return with_mask(self.masked, x, observed), None
+            m = torch.zeros_like(x) if observed is None else observed.to(x.dtype)
+            return torch.cat([x * m, x * (1 - m), m], -1), None
         if observed is not None:
             check_masked(self.masked)
         v = self.prior(x, t, observed, levels)

@@ -133,17 +133,41 @@ def test_save_is_atomic_and_leaves_no_partial_file(fitted, tmp_path):
     assert path.exists() and not list(tmp_path.glob("*.partial"))
 
 
-def _as_format_8(data: bytes, network: dict) -> bytes:
-    """The bundle as format 8 wrote it: that version number and `network` as its sizes,
-    with a checksum that matches (as a file saved then has)."""
+def _as_format_8(data: bytes, network: dict, version: int = 8) -> bytes:
+    """The bundle as format 8 (or `version`) wrote it: that version number and `network`
+    as its sizes, with a checksum that matches (as a file saved then has)."""
     from safetensors.numpy import save as st_save
 
     tensors, meta = bundle.from_bytes(data)
-    meta = {**meta, "format_version": 8, "config": {**meta["config"], "network": network}}
+    meta = {**meta, "format_version": version, "config": {**meta["config"], "network": network}}
     meta_json = json.dumps(meta, sort_keys=True, allow_nan=True)
     return st_save(
         tensors, metadata={"normcore": meta_json, "sha256": bundle._digest(tensors, meta_json)}
     )
+
+
+def test_film_file_of_format_9_reads_with_its_joined_inputs(train_df, schema, test_df):
+    """Before format 10 a FiLM network took the observed scores and the noisy values in
+    one channel: such a file builds that network and draws as before; saved again, it
+    names the layout; a file of today's format is the split one, which the old weights do
+    not fit."""
+    settings = dict(max_epochs=2, reference_samples=200, grid_points=11)
+    model = NormativeModel(**settings, network={"split_observed": 0}).fit(train_df, schema)
+    assert model.joint_.net.inp.in_features == 2 * len(schema.idps)
+    old_file = _as_format_8(model.to_bytes(), {}, version=9)
+    again = NormativeModel.from_bytes(old_file)
+    assert again.config.network == {"split_observed": 0}
+    given = [schema.idps[0]]
+    pd.testing.assert_frame_equal(
+        again.score(test_df.head(4), given=given), model.score(test_df.head(4), given=given)
+    )
+    resaved = NormativeModel.from_bytes(again.to_bytes())
+    assert resaved.config.network == {"split_observed": 0}
+    today = NormativeModel.from_bytes(_as_format_8(model.to_bytes(), {}, version=10))
+    with pytest.raises(BundleError, match="do not match its settings"):
+        today.sample(test_df.head(1), n=1)
+    split = NormativeModel(**settings).fit(train_df, schema)  # today's default
+    assert split.joint_.net.inp.in_features == 3 * len(schema.idps)
 
 
 def test_saint_file_of_format_8_reads_with_the_sizes_of_its_time(train_df, schema, test_df):
