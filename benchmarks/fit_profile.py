@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     train = simulate(spec, N_TRAIN, seed=TRAIN_SEED)
     test = simulate(spec, N_TEST, seed=TEST_SEED).iloc[: args.people].reset_index(drop=True)
     schema = Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
-    model = NormativeModel(backbone=args.backbone, seed=0, gaussian_prior=args.prior)
+    model = NormativeModel(backbone=args.backbone, seed=args.seed, gaussian_prior=args.prior)
     defaults = model.config.train
     settings = dataclasses.replace(
         defaults,
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         "code": args.code,
         "backbone": args.backbone,
         "gaussian_prior": args.prior,
+        "seed": args.seed,
         "dims": args.dims,
         "truth": args.truth,
         "people": len(test),
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth", default="subgroup")
     p.add_argument("--backbone", default="film")
     p.add_argument("--prior", action="store_true", help="run: with the Gaussian prior")
+    p.add_argument("--seed", type=int, default=0, help="run: the model's seed")
     p.add_argument("--people", type=int, default=300)
     p.add_argument(
         "--keep-outliers",
