@@ -870,7 +870,7 @@ def _deviation_calibration_text(calibration: DeviationCalibration) -> str:
             f" at age {0.5 * (lo + hi):.0f}; over ages {lo:.0f}-{hi:.0f} the shift changes by "
             f"{c.shift_slope * span:+.2f} and the spread x{np.exp(c.log_spread_slope * span):.2f}"
         )
-    return text + " (out-of-fold training people, checked on validation people)" + sites
+    return text + " (out-of-fold training people, corrected by validation people)" + sites
 
 
 def adapted_sites(adaptations: Sequence[Mapping[str, Any]]) -> str:

@@ -52,6 +52,7 @@ from normcore.reference import (
     Rescorer,
     Sampler,
     build_reference,
+    corrected_calibration,
     deviation_calibration,
     deviation_over_present,
     deviation_site_shifts,
@@ -530,23 +531,21 @@ def _calibrate_deviation(
     new_scores: np.ndarray | None, ages: np.ndarray, codes: np.ndarray,
     train_rows: np.ndarray, val_rows: np.ndarray, spread: NewPersonSpread, n_levels: list[int],
 ) -> DeviationCalibration:  # fmt: skip
-    """The deviation centile's correction (`reference.DeviationCalibration`), in two steps.
+    """The deviation centile's correction (`reference.DeviationCalibration`), measured
+    twice and weighed (`reference.corrected_calibration`).
 
-    1. From every training person's scores under a first stage fitted without them
+    1. On every training person, scored by a first stage fitted without them
        (`new_scores`): the site shifts (`reference.deviation_site_shifts`; a site's
        shift needs that site's people, and the validation people are a few per site),
        then the shift and spread in age (`reference.deviation_calibration`), each as
        measured (hundreds of people). Most of these people trained the network, which
        can make them look more typical than new people.
-    2. The validation people, whom the network did not train on, scored by the split
+    2. On the validation people, whom the network did not train on, scored by the split
        stage that has not seen them and read as a new person's are (the site factor with
-       the training split's counts), correct step 1's shift and spread where they differ
-       from it beyond their noise. Where the training optimism is large (100 IDPs, say)
-       they measure it; where it is small they are too few to move the level by their
-       own noise: on fcon1000 (78 validation people) their shift alone pushed
-       every age band's held-out deviation the same way (benchmarks/RESULTS.md,
-       "Deviation by age").
-    None from too few validation people."""
+       the training split's counts), after the same site shifts.
+
+    Step 1's numbers move towards step 2's by as much as step 2's noise allows. None
+    from too few validation people."""
     start = DeviationCalibration()
     age_range = _age_range(ages)
     rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1)) if new_scores is not None else []
@@ -564,7 +563,10 @@ def _calibrate_deviation(
     counts = level_counts(codes[train_rows], n_levels) if spread.site_term else ()
     factor = spread._replace(level_counts=counts).site_factor(codes[v])
     z, _ = _reference_z(reference, split_scores[v] / factor[:, None], ages[v], codes[v])
-    return deviation_calibration(reference, codes[v], ages[v], z, start, age_range)
+    measured = deviation_calibration(
+        reference, codes[v], ages[v], z, start, age_range, beyond_noise=0.0
+    )
+    return corrected_calibration(start, measured, ages[v])
 
 
 def _known(n_levels: list[int]) -> np.ndarray:

@@ -1227,7 +1227,7 @@ def deviation_calibration(
     codes: np.ndarray,
     ages: np.ndarray,
     z: np.ndarray,
-    start: DeviationCalibration = DeviationCalibration(),
+    sites: DeviationCalibration = DeviationCalibration(),
     age_range: tuple[float, float] | None = None,
     beyond_noise: float = BEYOND_NOISE,
 ) -> DeviationCalibration:
@@ -1242,34 +1242,29 @@ def deviation_calibration(
     under-flagged: benchmarks/RESULTS.md, "Deviation by age"), so shift and log spread may
     each change linearly with age. On people scored as new people are, the normal scores
     of the raw centiles (clipped to +-4, where ranks beyond the samples are extrapolated)
-    are regressed on age (least squares), and the log of their absolute
-    residuals on age (whose slope is the log spread's). Each of the four numbers is
-    applied only if it is `beyond_noise` standard errors from its value in `start`: a few
-    hundred validation people are themselves a sample, and correcting by their noise
-    miscalibrates everyone else (README, "How it works", 5).
+    are regressed on age (least squares), and the log of their absolute residuals on age
+    (whose slope is the log spread's). Each of the four numbers is applied only if it is
+    `beyond_noise` standard errors from no correction: a few hundred people are
+    themselves a sample, and correcting by their noise miscalibrates everyone else
+    (README, "How it works", 5). The model measures with 0 and weighs its two
+    measurements against each other instead (`corrected_calibration`).
 
-    `start`: the calibration these people correct (the default: none). Its site shifts
-    (`deviation_site_shifts`) are taken off first and kept in the result. The
-    model starts from the calibration of its out-of-fold people (`_calibrate_deviation`
-    in normcore.model), measured on many more people but optimistic where the network
-    trained on them. `age_range`: the ages (years) over which the trend is held and
-    centred; by default the start's, or, for a start without one, these people's
-    youngest and oldest.
+    `sites`: the site shifts (`deviation_site_shifts`), taken off first and kept in the
+    result. `age_range`: the ages (years) over which the trend is held and centred (the
+    default: these people's youngest and oldest).
     """
     ages = np.asarray(ages, dtype=np.float64)
     _, r = _raw_deviation_scores(table, codes, ages, z)
-    r = np.clip(r, -4.0, 4.0) - start.site_shift(codes)
+    r = np.clip(r, -4.0, 4.0) - sites.site_shift(codes)
     n = len(r)
-    if age_range is None:
-        age_range = start.ages if start.ages[1] > start.ages[0] else (ages.min(), ages.max())
-    lo, hi = float(age_range[0]), float(age_range[1])
+    lo, hi = age_range or (float(ages.min()), float(ages.max()))
     x = np.clip(ages, lo, hi) - 0.5 * (lo + hi)
     sxx = float(((x - x.mean()) ** 2).sum())
     shift_slope = float(((x - x.mean()) * (r - r.mean())).sum() / sxx) if sxx > 0 else 0.0
     residual = r - r.mean() - shift_slope * (x - x.mean())
     sd = max(float(residual.std()), 1e-12)
-    if sxx <= 0 or abs(shift_slope - start.shift_slope) * np.sqrt(sxx) / sd < beyond_noise:
-        shift_slope = start.shift_slope
+    if sxx <= 0 or abs(shift_slope) * np.sqrt(sxx) / sd < beyond_noise:
+        shift_slope = 0.0
     shift = float((r - shift_slope * x).mean())
     residual = r - shift - shift_slope * x
     log_abs = np.log(np.abs(residual) + 1e-12)
@@ -1277,15 +1272,56 @@ def deviation_calibration(
         float(((x - x.mean()) * (log_abs - log_abs.mean())).sum() / sxx) if sxx > 0 else 0.0
     )
     # var(log|e|) = pi^2 / 8 for normal e, whatever its spread
-    beyond = abs(log_spread_slope - start.log_spread_slope) * np.sqrt(sxx / (np.pi**2 / 8))
-    if sxx <= 0 or beyond < beyond_noise:
-        log_spread_slope = start.log_spread_slope
+    if sxx <= 0 or abs(log_spread_slope) * np.sqrt(sxx / (np.pi**2 / 8)) < beyond_noise:
+        log_spread_slope = 0.0
     spread = max(float((residual * np.exp(-log_spread_slope * x)).std()), 1e-12)
-    if abs(shift - start.shift) * np.sqrt(n) / spread < beyond_noise:
-        shift = start.shift
-    if abs(np.log(spread / start.spread)) * np.sqrt(2.0 * (n - 1)) < beyond_noise:
-        spread = start.spread
+    if abs(shift) * np.sqrt(n) / spread < beyond_noise:
+        shift = 0.0
+    if abs(np.log(spread)) * np.sqrt(2.0 * (n - 1)) < beyond_noise:
+        spread = 1.0
     return dataclasses.replace(
-        start, shift=shift, spread=spread, shift_slope=shift_slope,
-        log_spread_slope=log_spread_slope, ages=(lo, hi),
+        sites, shift=shift, spread=spread, shift_slope=shift_slope,
+        log_spread_slope=log_spread_slope, ages=(float(lo), float(hi)),
     )  # fmt: skip
+
+
+def corrected_calibration(
+    start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray
+) -> DeviationCalibration:
+    """`start` moved towards `measured`, number by number, by the share d^2 / (d^2 + se^2)
+    of their difference d, se being the standard error of `measured`'s number over
+    people aged `ages` (a composite estimator: Rao & Molina 2015, *Small Area
+    Estimation*, 2nd ed., sec. 3.3). Both must share their site shifts and age range.
+
+    Why: the model measures the calibration twice (`_calibrate_deviation` in
+    normcore.model). Its out-of-fold training people (`start`) are many but can look more
+    typical than new people, as the network trained on most of them; its validation
+    people (`measured`) are new to the network but few. A difference far beyond the
+    validation people's noise is the training optimism and is taken whole; one within it
+    is mostly their noise and is taken in part. Either one alone failed somewhere: the
+    validation people alone over-corrected fcon1000's oldest fifth (78 of them), and
+    a start kept unless the validation people differed by 3 standard errors left a
+    synthetic truth's optimism at 100 IDPs uncorrected (benchmarks/RESULTS.md,
+    "Deviation by age", and README, "How it works", 5).
+    """
+    lo, hi = measured.ages
+    x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)
+    n, sxx = len(x), max(float(((x - x.mean()) ** 2).sum()), 1e-12)
+
+    def toward(a: float, b: float, se: float) -> float:
+        d = b - a
+        return a + d * d * d / (d * d + se * se) if d else a
+
+    # standard errors as `deviation_calibration` tests them; var(log|e|) = pi^2 / 8
+    log_spread = toward(
+        np.log(start.spread), np.log(measured.spread), 1.0 / np.sqrt(2.0 * max(n - 1, 1))
+    )
+    return dataclasses.replace(
+        start,
+        shift=toward(start.shift, measured.shift, measured.spread / np.sqrt(n)),
+        spread=float(np.exp(log_spread)),
+        shift_slope=toward(start.shift_slope, measured.shift_slope, measured.spread / np.sqrt(sxx)),
+        log_spread_slope=toward(
+            start.log_spread_slope, measured.log_spread_slope, np.sqrt(np.pi**2 / 8 / sxx)
+        ),
+    )

@@ -353,12 +353,12 @@ def test_model_card_says_how_the_deviation_centile_was_recalibrated(fitted):
     assert model_card(model)["deviation calibration"].startswith("none")
     model.deviation_calibration_ = DeviationCalibration(0.05, 1.21)
     assert model_card(model)["deviation calibration"] == (
-        "shift +0.05, spread x1.21 (out-of-fold training people, checked on validation people)"
+        "shift +0.05, spread x1.21 (out-of-fold training people, corrected by validation people)"
     )
     model.deviation_calibration_ = DeviationCalibration(0.05, 1.21, -0.01, 0.0, (20.0, 80.0))
     assert model_card(model)["deviation calibration"] == (
         "shift +0.05, spread x1.21 at age 50; over ages 20-80 the shift changes by -0.60 "
-        "and the spread x1.00 (out-of-fold training people, checked on validation people)"
+        "and the spread x1.00 (out-of-fold training people, corrected by validation people)"
     )
 
 

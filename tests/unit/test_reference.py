@@ -10,6 +10,7 @@ from normcore.reference import (
     DeviationCalibration,
     ReferenceTable,
     build_reference,
+    corrected_calibration,
     deviation_calibration,
     deviation_over_present,
     deviation_site_shifts,
@@ -194,11 +195,12 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
     assert (flat_people.shift_slope, flat_people.log_spread_slope) == (0.0, 0.0)
 
 
-def test_validation_people_correct_the_start_only_beyond_their_noise():
-    """The model measures the deviation's correction on its many out-of-fold people
-    (the start, applied as measured), and its few validation people change a number of it
-    only where they differ from it beyond their noise: 80 validation people keep a start
-    near the truth, whatever their own sample says, and overrule one far from it."""
+def test_validation_people_move_the_start_by_as_much_as_their_noise_allows():
+    """The model measures the deviation's correction on its many out-of-fold people (the
+    start) and on its few validation people, and moves the start towards the latter by
+    d^2 / (d^2 + se^2) of their difference d: a difference within the validation
+    people's noise moves it little, one far beyond it almost all the way, none not at
+    all; the site shifts and age range stay the start's."""
     rng = np.random.default_rng(5)
     n = 3080
     table, codes, ages, z, _ = _people_spread_unlike_the_model(
@@ -207,15 +209,25 @@ def test_validation_people_correct_the_start_only_beyond_their_noise():
     many, few = slice(0, 3000), slice(3000, n)
     start = deviation_calibration(table, codes[many], ages[many], z[many], beyond_noise=0.0)
     assert start.shift != 0 and start.spread != 1  # measured, not tested against none
-    own = deviation_calibration(table, codes[few], ages[few], z[few], beyond_noise=0.0)
-    assert (own.shift, own.spread) != (start.shift, start.spread)
-    kept = deviation_calibration(table, codes[few], ages[few], z[few], start)
-    assert (kept.shift, kept.spread) == (start.shift, start.spread)
-    far = dataclasses.replace(start, shift=start.shift + 1.0, spread=start.spread * 2)
-    overruled = deviation_calibration(table, codes[few], ages[few], z[few], far)
-    assert overruled.shift == pytest.approx(start.shift, abs=0.3)  # not far's 1 more
-    assert overruled.spread == pytest.approx(start.spread, rel=0.2)  # nor twice
-    assert overruled.ages == start.ages  # the start's age range, which it measured over
+    measured = deviation_calibration(
+        table, codes[few], ages[few], z[few], start, start.ages, beyond_noise=0.0
+    )
+    assert measured.ages == start.ages
+    se = measured.spread / np.sqrt(80)
+    near = dataclasses.replace(measured, shift=start.shift + 0.5 * se)
+    far = dataclasses.replace(measured, shift=start.shift + 10 * se)
+    moved = corrected_calibration(start, near, ages[few]).shift - start.shift
+    assert moved == pytest.approx(0.5 * se * 0.25 / 1.25)  # a fifth of the way
+    assert corrected_calibration(start, far, ages[few]).shift == pytest.approx(
+        far.shift, abs=0.02 * se * 10
+    )
+    same = dataclasses.replace(measured, shift=start.shift)
+    kept = corrected_calibration(start, same, ages[few])
+    assert kept.shift == start.shift and kept.ages == start.ages
+    spread_far = dataclasses.replace(measured, spread=start.spread * 2)
+    assert corrected_calibration(start, spread_far, ages[few]).spread == pytest.approx(
+        2 * start.spread, rel=0.02
+    )
 
 
 def test_a_profile_with_blank_cells_is_ranked_as_the_model_draws_are():
