@@ -198,9 +198,9 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
 def test_validation_people_move_the_start_by_as_much_as_their_noise_allows():
     """The model measures the deviation's correction on its many out-of-fold people (the
     start) and on its few validation people, and moves the start towards the latter by
-    d^2 / (d^2 + se^2) of their difference d: a difference within the validation
-    people's noise moves it little, one far beyond it almost all the way, none not at
-    all; the site shifts and age range stay the start's."""
+    d^2 / (d^2 + se^2) of their difference d: a difference of half the validation
+    people's standard error moves it a fifth of the way, one of twice it four fifths, one
+    far beyond it almost all the way; the site shifts and age range stay the start's."""
     rng = np.random.default_rng(5)
     n = 3080
     table, codes, ages, z, _ = _people_spread_unlike_the_model(
@@ -215,9 +215,12 @@ def test_validation_people_move_the_start_by_as_much_as_their_noise_allows():
     assert measured.ages == start.ages
     se = measured.spread / np.sqrt(80)
     near = dataclasses.replace(measured, shift=start.shift + 0.5 * se)
+    twice = dataclasses.replace(measured, shift=start.shift + 2 * se)
     far = dataclasses.replace(measured, shift=start.shift + 10 * se)
     moved = corrected_calibration(start, near, ages[few]).shift - start.shift
-    assert moved == pytest.approx(0.5 * se * 0.25 / 1.25)  # a fifth of the way
+    assert moved == pytest.approx(0.5 * se / 5)
+    moved = corrected_calibration(start, twice, ages[few]).shift - start.shift
+    assert moved == pytest.approx(2 * se * 4 / 5)
     assert corrected_calibration(start, far, ages[few]).shift == pytest.approx(
         far.shift, abs=0.02 * se * 10
     )
