@@ -53,7 +53,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 scripts in a few minutes, whose numbers mean nothing."""
 
 SECTIONS = (
-    "engine", "draws", "compare", "adapt", "joint", "deviation_by_age", "site_size", "one_law",
+    "engine", "draws", "compare", "adapt", "joint", "deviation_by_age", "calibration_rules",
+    "site_size", "one_law",
     "fcon_conditional", "conditional_speed", "fit_profile",
     "edges", "startup", "dashboard", "hostile",
 )

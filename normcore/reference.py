@@ -1304,8 +1304,8 @@ def corrected_calibration(
     within it is mostly their noise and is taken in part. Either one alone failed somewhere: the
     validation people alone over-corrected fcon1000's oldest fifth (78 of them), and
     a start kept unless the validation people differed by 3 standard errors left a
-    synthetic truth's optimism at 100 IDPs uncorrected (benchmarks/RESULTS.md,
-    "Deviation by age", and README, "How it works", 5).
+    synthetic truth's optimism at 100 IDPs uncorrected (benchmarks/RESULTS.md, "How the
+    deviation's calibration is measured").
     """
     lo, hi = measured.ages
     x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)

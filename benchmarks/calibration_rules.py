@@ -1,0 +1,179 @@
+"""How the deviation's calibration is measured: three rules on the same fitted models.
+
+The model measures the deviation centile's shift and spread (and their age slopes) twice:
+on its out-of-fold training people (many, but the network trained on most of them) and on
+its validation people (new to the network, but few). This compares, on the same fits and
+the same held-out people, what each way of using them gives (normcore.model's
+`_calibrate_deviation`):
+
+- *validation people only*: each number measured on the validation people, applied when
+  3 standard errors from no correction (the rule before 2026-12-03);
+- *out of fold unless 3 SE*: the out-of-fold numbers, replaced by the validation people's
+  where they differ by more than 3 standard errors (code 5c2ec4a);
+- *weighed*: the out-of-fold numbers moved towards the validation people's by
+  d^2 / (d^2 + se^2) of their difference (`reference.corrected_calibration`, the model's).
+
+Truths: the side by side's copula truth at 100 IDPs (`compare.py`'s synth100 fit), the
+joint benchmark's subgroup truth at 100 IDPs (`joint.py`'s fit), and fcon1000 with the
+demo's settings (`deviation_by_age.py`'s fit, the shipped demo's).
+
+    python benchmarks/calibration_rules.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import common
+import numpy as np
+import pandas as pd
+from common import ROOT, log
+from deviation_by_age import BANDS, bands
+from scipy import stats
+
+from normcore.demo import SCHEMA, SETTINGS
+from normcore.first_stage import fit_model_stages, level_counts
+from normcore.model import NormativeModel, _calibrate_deviation, _idp_values, _reference_z
+from normcore.reference import DeviationCalibration, deviation_calibration
+from normcore.schema import Schema
+from normcore.synthetic import SyntheticSpec, idp_names, simulate
+from normcore.train import validation_split
+
+
+def truths() -> dict[str, tuple[NormativeModel, pd.DataFrame, pd.DataFrame]]:
+    out = {}
+    subgroup = SyntheticSpec(n_idps=100, dependence="subgroup")
+    for label, name, spec in (
+        ("copula truth, 100 IDPs", "synth100", SyntheticSpec(n_idps=100)),
+        ("subgroup truth, 100 IDPs", "joint_subgroup100", subgroup),
+    ):
+        train, test = simulate(spec, 3000, seed=1), simulate(spec, 1000, seed=2)
+        schema = Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
+        model = common.fit_or_load(name, "film", train, schema, keep_outliers=True).model
+        out[label] = (model, train, test)
+    train = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_train.csv")
+    test = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_test.csv")
+    test = test[test["site"].isin(train["site"].unique())]
+    fit = common.fit_or_load("fcon1000_demo", "film", train, SCHEMA, settings=SETTINGS)
+    out["fcon1000 (the demo's fit)"] = (fit.model, train, test)
+    return out
+
+
+def rules(model: NormativeModel, train: pd.DataFrame) -> dict[str, DeviationCalibration]:
+    """The three calibrations of one fitted model, from its own training table."""
+    schema, encoder, config = model.schema, model.encoder_, model.config
+    values = _idp_values(train, schema)
+    ages = train[schema.age].to_numpy(float)
+    age_z, (codes, _) = encoder.encode_age(ages), encoder.encode_categories(train)
+    val, rows_train = validation_split(len(values), config.train, config.seed)
+    split, _, spread, new_scores = fit_model_stages(
+        values, age_z, codes, encoder.n_levels, rows_train, config.seed
+    )
+    split_scores = split.transform(values, age_z, codes)
+    table = model.reference_
+    weighed = _calibrate_deviation(
+        table, schema, split_scores, new_scores, ages, codes, rows_train, val, spread,
+        encoder.n_levels,
+    )  # fmt: skip
+    sites = DeviationCalibration(
+        site_column=weighed.site_column, site_shifts=weighed.site_shifts
+    )
+    counts = level_counts(codes[rows_train], encoder.n_levels) if spread.site_term else ()
+    factor = spread._replace(level_counts=counts).site_factor(codes[val])
+    z_val, _ = _reference_z(table, split_scores[val] / factor[:, None], ages[val], codes[val])
+    alone = deviation_calibration(table, codes[val], ages[val], z_val, sites)
+    rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1))
+    z_oof, _ = _reference_z(table, new_scores[rows], ages[rows], codes[rows])
+    age_range = (float(ages.min()), float(ages.max()))
+    start = deviation_calibration(
+        table, codes[rows], ages[rows], z_oof, sites, age_range, beyond_noise=0.0
+    )
+    measured = deviation_calibration(
+        table, codes[val], ages[val], z_val, sites, age_range, beyond_noise=0.0
+    )
+    return {
+        "validation people only": alone,
+        "out of fold unless 3 SE": _unless_beyond(start, measured, ages[val]),
+        "weighed (the model's)": weighed,
+    }
+
+
+def _unless_beyond(
+    start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray
+) -> DeviationCalibration:
+    """`start`'s numbers, each replaced by `measured`'s where they differ by more than 3
+    of its standard errors (the standard errors `reference.corrected_calibration` uses)."""
+    lo, hi = measured.ages
+    x = np.clip(ages, lo, hi) - 0.5 * (lo + hi)
+    n, sxx = len(x), float(((x - x.mean()) ** 2).sum())
+
+    def pick(a: float, b: float, se: float) -> float:
+        return b if abs(b - a) > 3 * se else a
+
+    return dataclasses.replace(
+        start,
+        shift=pick(start.shift, measured.shift, measured.spread / np.sqrt(n)),
+        spread=float(np.exp(pick(
+            np.log(start.spread), np.log(measured.spread), 1 / np.sqrt(2 * (n - 1))
+        ))),
+        shift_slope=pick(start.shift_slope, measured.shift_slope, measured.spread / np.sqrt(sxx)),
+        log_spread_slope=pick(
+            start.log_spread_slope, measured.log_spread_slope, np.sqrt(np.pi**2 / 8 / sxx)
+        ),
+    )  # fmt: skip
+
+
+def measure() -> list[dict]:
+    out = []
+    for label, (model, train, test) in truths().items():
+        log(f"calibration rules: {label}")
+        ages = test[model.schema.age].to_numpy(float)
+        own = model.deviation_calibration_
+        for rule, calibration in rules(model, train).items():
+            model.deviation_calibration_ = calibration
+            u = model.deviation(test)["deviation_centile"].to_numpy(float) / 100
+            ok = np.isfinite(u)
+            out.append({
+                "truth": label, "rule": rule, "shift": calibration.shift,
+                "spread": calibration.spread, "n": int(ok.sum()),
+                "ks": float(stats.kstest(u[ok], "uniform").statistic),
+                "critical": common.ks_critical(int(ok.sum())),
+                "above_95": float(np.mean(u[ok] > 0.95)), "bands": bands(u, ages),
+            })  # fmt: skip
+        model.deviation_calibration_ = own
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "## How the deviation's calibration is measured (`benchmarks/calibration_rules.py`)",
+        "",
+        "Three rules for the deviation centile's shift and spread, on the same fitted "
+        "models and held-out people (the script's docstring): held-out KS to uniform "
+        "(5 % critical value), share above the 95th centile, and the age fifths beyond "
+        f"their critical value (of {BANDS}; the worst band's KS and critical value).",
+        "",
+        "| truth | rule | shift | spread | KS (crit.) | > 95th | bands beyond noise "
+        "| worst band |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        worst = max(r["bands"], key=lambda b: b["ks"] - b["critical"])
+        beyond = sum(b["ks"] > b["critical"] for b in r["bands"])
+        lines.append(
+            f"| {r['truth']} | {r['rule']} | {r['shift']:+.3f} | {r['spread']:.3f} "
+            f"| {r['ks']:.3f} ({r['critical']:.3f}) | {100 * r['above_95']:.1f} % | {beyond} "
+            f"| {worst['ks']:.3f} at {worst['ages']} ({worst['critical']:.3f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    rows = measure()
+    common.write_section("calibration_rules", markdown(rows), {"rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
