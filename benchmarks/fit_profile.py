@@ -18,6 +18,7 @@ The choice of the default training length is read from these runs (results/fit_p
 
     python benchmarks/fit_profile.py run LABEL [--max-steps N] [--patience N] [--batch N]
         [--dims 20] [--truth subgroup|copula] [--people 300] [--code TEXT]
+    python benchmarks/fit_profile.py ensemble LABEL [--seeds 0,1,2,3]   # fits' variance
     python benchmarks/fit_profile.py step [--steps 400]   # ms per training step, both backbones
     python benchmarks/fit_profile.py report      # results/fit_profile.md from the runs
 
@@ -132,11 +133,16 @@ def _settings(text: str) -> dict:
     return {k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in pairs}
 
 
-def run(args: argparse.Namespace) -> dict:
+def _data(args: argparse.Namespace) -> tuple:
+    """The truth, its training people, the first `--people` held-out people and the schema."""
     spec = SyntheticSpec(n_idps=args.dims, dependence=args.truth)
     train = simulate(spec, N_TRAIN, seed=TRAIN_SEED)
     test = simulate(spec, N_TEST, seed=TEST_SEED).iloc[: args.people].reset_index(drop=True)
-    schema = Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
+    return spec, train, test, Schema("age", ("sex", "site"), tuple(idp_names(spec)), "subject_id")
+
+
+def run(args: argparse.Namespace) -> dict:
+    spec, train, test, schema = _data(args)
     model = NormativeModel(backbone=args.backbone, seed=args.seed, gaussian_prior=args.prior)
     defaults = model.config.train
     settings = dataclasses.replace(
@@ -182,6 +188,39 @@ def run(args: argparse.Namespace) -> dict:
         out["copula_err"] = cond["rows"][1]["centile_err"]
     log(f"{args.label}: {json.dumps({k: v for k, v in out.items() if 'err' in k})}")
     return out
+
+
+def ensemble(args: argparse.Namespace) -> dict:
+    """Conditional error of default fits with each of `--seeds`, and of the mixture of the
+    first k of them (the average of their conditional CDFs, which is what a k-network
+    ensemble sharing the draws would give): how much of the error is one fit's variance,
+    which averaging removes, and how much is left in every fit."""
+    spec, train, test, schema = _data(args)
+    given = joint.given_idps(idp_names(spec))
+    truth = true_conditional_cdf(spec, test, given)
+    free = ~np.isin(np.array(idp_names(spec)), given)
+
+    def error(p: np.ndarray) -> float:
+        return 100 * float(np.nanmean(np.abs(p[:, free] - truth[:, free])))
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    pits = []
+    for seed in seeds:
+        model = NormativeModel(backbone=args.backbone, seed=seed)
+        model.fit(train, schema, keep_outliers=args.keep_outliers)
+        pits.append(common.pit_matrix(model.score(test, given=given), model.idps, len(test)))
+        log(f"{args.label}: seed {seed}: {error(pits[-1]):.2f}")
+    return {
+        "label": args.label,
+        "code": args.code,
+        "backbone": args.backbone,
+        "dims": args.dims,
+        "truth": args.truth,
+        "people": len(test),
+        "seeds": seeds,
+        "single": [error(p) for p in pits],
+        "mixture": [error(np.mean(pits[:k], axis=0)) for k in range(1, len(pits) + 1)],
+    }
 
 
 def step_cost(backbone: str, steps: int, dims: int = 20, n: int = 3000) -> dict:
@@ -250,6 +289,37 @@ def _sweep_rows(runs: list[dict]) -> list[dict]:
     ]
 
 
+def _ensemble_part(entries: list[dict]) -> list[str]:
+    """The ensemble runs' table (nothing without runs)."""
+    if not entries:
+        return []
+    rows = [
+        {
+            "run": e["label"],
+            "code": e["code"],
+            "fits": f"{e['backbone']}, {e['truth']} {e['dims']}, seeds "
+            + ", ".join(map(str, e["seeds"])),
+            "single": ", ".join(f"{v:.2f}" for v in e["single"]),
+            "mixture": ", ".join(f"{v:.2f}" for v in e["mixture"]),
+        }
+        for e in entries
+    ]
+    return [
+        "### Fits of several seeds, and their mixtures",
+        "",
+        "`fit_profile.py ensemble`: the conditional error (`cond_err`) of default fits with "
+        "each seed, and of the mixture of the first 1, 2, ... of them (their conditional "
+        "CDFs averaged, each from its own 400 draws).",
+        "",
+        common.markdown_table(
+            rows,
+            [("run", "run"), ("code", "code"), ("fits", "fits"), ("single", "each fit"),
+             ("mixture", "mixture of the first 1, 2, ...")],
+        ),  # fmt: skip
+        "",
+    ]
+
+
 def markdown(data: dict) -> str:
     runs = data["runs"]
     people = sorted({r["people"] for r in runs})
@@ -312,6 +382,7 @@ def markdown(data: dict) -> str:
             ],
         ),
         "",
+        *_ensemble_part(data.get("ensembles", [])),
         *notes,
         "",
         "Commands: " + "; ".join(f"`{c}`" for c in data.get("commands", [])),
@@ -322,7 +393,7 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "step", "report"))
+    p.add_argument("command", choices=("run", "ensemble", "step", "report"))
     p.add_argument("--steps", type=int, default=400, help="step: FiLM steps (SAINT: a quarter)")
     p.add_argument("label", nargs="?", default="")
     p.add_argument("--max-steps", type=int, default=0, help="0 = the package default")
@@ -335,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="film")
     p.add_argument("--prior", action="store_true", help="run: with the Gaussian prior")
     p.add_argument("--seed", type=int, default=0, help="run: the model's seed")
+    p.add_argument("--seeds", default="0,1,2,3", help="ensemble: the fits' seeds")
     p.add_argument("--people", type=int, default=300)
     p.add_argument(
         "--keep-outliers",
@@ -350,6 +422,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error("run needs a LABEL")
         result = run(args)
         data["runs"] = [r for r in data["runs"] if r["label"] != args.label] + [result]
+        data.setdefault("commands", []).append("fit_profile.py " + shlex.join(argv))
+        args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
+        return 0
+    if args.command == "ensemble":
+        if not args.label:
+            p.error("ensemble needs a LABEL")
+        result = ensemble(args)
+        kept = [e for e in data.get("ensembles", []) if e["label"] != args.label]
+        data["ensembles"] = kept + [result]
         data.setdefault("commands", []).append("fit_profile.py " + shlex.join(argv))
         args.json.write_text(json.dumps(data, indent=2, default=common._json_default))
         return 0

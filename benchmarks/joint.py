@@ -379,12 +379,17 @@ def copula_conditional(
     return mean, sd
 
 
+def given_idps(names: list[str]) -> list[str]:
+    """The benchmark's given set: GIVEN IDPs (at most a quarter) spread evenly over `names`."""
+    count = min(GIVEN, len(names) // 4)
+    return names[:: len(names) // count][:count]
+
+
 def conditional(
     model: NormativeModel, spec: SyntheticSpec, test: pd.DataFrame, train_z: np.ndarray
 ) -> dict:
     names = model.idps
-    count = min(GIVEN, len(names) // 4)
-    given = names[:: len(names) // count][:count]
+    given = given_idps(names)
     truth = true_conditional_cdf(spec, test, given)
     t0, c0 = time.perf_counter(), time.process_time()
     scored = model.score(test, given=given)
