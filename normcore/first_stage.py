@@ -545,7 +545,7 @@ errors are heavier-tailed than a big one's (its spread, not only its mean, is le
 from few people), so one factor cannot match every quantile: on sites of 8 and of 240
 people, the median under-corrected a small site's 95 % band and the 90th percentile
 over-corrected it; the 75th, between the 50 % band's edge (the median of |score|) and
-the 95 % band's, came within a point of 5 % at both (benchmarks/RESULTS.md, "New
+the 95 % band's, came close to 5 % at both (benchmarks/RESULTS.md, "New
 people by site size")."""
 MAX_SITE_TERM = 20.0
 """Largest site term measured or accepted from a file: a site of 5 people then has its

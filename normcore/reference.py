@@ -1293,7 +1293,8 @@ def corrected_calibration(
     `measured`'s number over people aged `ages`: the composite estimator's weight, with
     the start's squared bias taken as d^2 (Rao & Molina 2015, *Small Area Estimation*,
     2nd ed., sec. 3.3; estimated as d^2 - se^2 instead, it moved fcon1000's shift not
-    at all but its spread most of the way, and held-out KS was 0.090 against 0.056).
+    at all but its spread most of the way, and held-out calibration was worse:
+    benchmarks/RESULTS.md, "How the deviation's calibration is measured").
     Both must share their site shifts and age range.
 
     Why: the model measures the calibration twice (`_calibrate_deviation` in

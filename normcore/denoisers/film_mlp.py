@@ -14,7 +14,7 @@ keeps apart the observed IDPs' clean scores, the other IDPs' noisy values and th
 saying which cells are observed (`split_observed`). Joined in one channel (the noisy vector
 with the clean scores in their cells, and the mask), the first linear layer cannot pull
 them apart itself, since that takes a product of a value and the mask: the conditional
-centiles' error on the subgroup truth was 1.5 times as large (benchmarks/RESULTS.md, "Fit
+centiles' error on the subgroup truth was much larger (benchmarks/RESULTS.md, "Fit
 profile"). Files before format 10 hold networks of that joined layout.
 
 With a Gaussian `prior` (normcore.denoisers.gaussian_prior) the network predicts a

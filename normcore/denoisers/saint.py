@@ -6,7 +6,7 @@ token holds k neighbouring IDPs (schema order: FreeSurfer tables list a structur
 measures together), its value embedding the sum of theirs and its head one output per
 IDP: a draw then costs about as much at 100 IDPs as at 100 / k, but the network loses
 what makes it worth its cost (100 IDPs, 5 per token: conditional centiles no better than
-FiLM's; a token each: far better, at 7 times the fit; benchmarks/RESULTS.md, "Fit
+FiLM's; a token each: far better, at several times the fit; benchmarks/RESULTS.md, "Fit
 profile"), so a token per IDP is the default. Transformer layers
 attend across tokens (feature self-attention), which is how the model keeps dependence
 between IDPs as the dimension grows. Intersample attention mixes rows of a batch through
