@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from normcore.config import SAINT_SIZES
 from normcore.denoisers.conditioning import Conditioning, check_masked, draws_per_row
@@ -116,7 +117,7 @@ class SAINT(nn.Module):
             tokens = tokens + self._embed_cells(observed.to(x.dtype), self.observed)
         use_rows = self.training and torch.rand(()) < self.intersample_p
         for i, layer in enumerate(self.layers):
-            tokens = layer(tokens)
+            tokens = training_layer(layer, tokens) if self.training else layer(tokens)
             if use_rows and i == len(self.layers) - 2:
                 rows = self.row_norm(tokens.mean(dim=1)).unsqueeze(0)
                 mixed, _ = self.row_attention(rows, rows, rows, need_weights=False)
@@ -135,3 +136,26 @@ class SAINT(nn.Module):
             padded.view(-1, self.n_tokens, self.group),
             weight.view(self.n_tokens, self.group, -1),
         )
+
+
+def training_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """What `layer(x)` computes in training for SAINT's pre-norm layers, with the same
+    parameters, through `scaled_dot_product_attention`.
+
+    Why: at these sizes a training step's cost is per-operation overhead, not arithmetic,
+    and `nn.TransformerEncoderLayer` in training goes through the general
+    `multi_head_attention_forward` (input checks, reshapes, separate head splits); this
+    path does the same products in fewer operations (benchmarks/RESULTS.md, "Fit
+    profile", per training step). At inference the layer's own fused fast path is the
+    faster, so `SAINT.forward` calls the layer itself there.
+    """
+    attention = layer.self_attn
+    b, n, width = x.shape
+    heads = attention.num_heads
+    qkv = F.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    drop = attention.dropout if layer.training else 0.0
+    mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+    x = x + layer.dropout1(attention.out_proj(mixed.transpose(1, 2).reshape(b, n, width)))
+    hidden = layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))
+    return x + layer.dropout2(layer.linear2(hidden))
