@@ -18,6 +18,12 @@ centiles are as good as those of one twice as wide with twice the heads and feed
 profile"). Kept here, beside the settings and away from torch, because the bundle checks
 read them too."""
 
+BACKBONE_LR = {"film": 1e-3, "saint": 3e-3}
+"""Each backbone's default learning rate. SAINT's small network learns slowly at 1e-3
+(its validation loss still fell at the 8,000-step cap); at 3e-3 it stops by itself, in
+fewer steps, with conditional centiles as good. FiLM at 3e-3 trains no faster and no
+better (benchmarks/RESULTS.md, "Fit profile", learning rate)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from normcore import adapt as adaptation
 from normcore import bundle, conditional, outputs, plausibility, provenance
-from normcore.config import ModelConfig, TrainConfig
+from normcore.config import BACKBONE_LR, ModelConfig, TrainConfig
 from normcore.diffusion import Schedule
 from normcore.errors import DataError
 from normcore.first_stage import (
@@ -115,7 +115,10 @@ class NormativeModel(FittedViews):
         self.config = ModelConfig(
             backbone=backbone, schedule=schedule, diffusion_steps=diffusion_steps,
             sampling_steps=sampling_steps, eta=eta, network=dict(network or {}),
-            train=TrainConfig(max_epochs=max_epochs, max_seconds=max_seconds),
+            train=TrainConfig(
+                lr=BACKBONE_LR.get(backbone, TrainConfig.lr), max_epochs=max_epochs,
+                max_seconds=max_seconds,
+            ),
             reference_samples=reference_samples, grid_points=grid_points, seed=seed,
             gaussian_prior=gaussian_prior,
         )  # fmt: skip
