@@ -13,7 +13,7 @@ the same held-out people, what each way of using them gives (normcore.model's
 - *weighed*: the out-of-fold numbers moved towards the validation people's by
   d^2 / (d^2 + se^2) of their difference (`reference.corrected_calibration`, the model's).
 
-Truths: the side by side's copula truth at 100 IDPs (`compare.py`'s synth100 fit), the
+Truths: the side by side's copula truth at 2, 20 and 100 IDPs (`compare.py`'s fits), the
 joint benchmark's subgroup truth at 100 IDPs (`joint.py`'s fit), and fcon1000 with the
 demo's settings (`deviation_by_age.py`'s fit, the shipped demo's).
 
@@ -45,6 +45,8 @@ def truths() -> dict[str, tuple[NormativeModel, pd.DataFrame, pd.DataFrame]]:
     out = {}
     subgroup = SyntheticSpec(n_idps=100, dependence="subgroup")
     for label, name, spec in (
+        ("copula truth, 2 IDPs", "synth2", SyntheticSpec(n_idps=2)),
+        ("copula truth, 20 IDPs", "synth20", SyntheticSpec(n_idps=20)),
         ("copula truth, 100 IDPs", "synth100", SyntheticSpec(n_idps=100)),
         ("subgroup truth, 100 IDPs", "joint_subgroup100", subgroup),
     ):
