@@ -20,9 +20,9 @@ read them too."""
 
 BACKBONE_LR = {"film": 1e-3, "saint": 3e-3}
 """Each backbone's default learning rate. SAINT's small network learns slowly at 1e-3
-(its validation loss still fell at the 8,000-step cap); at 3e-3 it stops by itself, in
-fewer steps, with conditional centiles as good. FiLM at 3e-3 trains no faster and no
-better (benchmarks/RESULTS.md, "Fit profile", learning rate)."""
+(at 20 IDPs its validation loss still fell at the 8,000-step cap); at 3e-3 it gets as far
+in fewer steps at 20 IDPs, and further in the same steps at 100. FiLM at 3e-3 trains no
+faster and no better (benchmarks/RESULTS.md, "Fit profile", learning rate)."""
 
 
 @dataclass(frozen=True)
