@@ -34,8 +34,13 @@ from scipy import stats
 
 from normcore.demo import SCHEMA, SETTINGS
 from normcore.first_stage import fit_model_stages, level_counts
-from normcore.model import NormativeModel, _calibrate_deviation, _idp_values, _reference_z
-from normcore.reference import DeviationCalibration, deviation_calibration
+from normcore.model import NormativeModel, _idp_values, _reference_z, deviation_measurements
+from normcore.reference import (
+    DeviationCalibration,
+    calibration_standard_errors,
+    corrected_calibration,
+    deviation_calibration,
+)
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate
 from normcore.train import validation_split
@@ -74,30 +79,19 @@ def rules(model: NormativeModel, train: pd.DataFrame) -> dict[str, DeviationCali
     )
     split_scores = split.transform(values, age_z, codes)
     table = model.reference_
-    weighed = _calibrate_deviation(
+    start, measured = deviation_measurements(
         table, schema, split_scores, new_scores, ages, codes, rows_train, val, spread,
         encoder.n_levels,
     )  # fmt: skip
-    sites = DeviationCalibration(
-        site_column=weighed.site_column, site_shifts=weighed.site_shifts
-    )
+    sites = DeviationCalibration(site_column=start.site_column, site_shifts=start.site_shifts)
     counts = level_counts(codes[rows_train], encoder.n_levels) if spread.site_term else ()
     factor = spread._replace(level_counts=counts).site_factor(codes[val])
     z_val, _ = _reference_z(table, split_scores[val] / factor[:, None], ages[val], codes[val])
     alone = deviation_calibration(table, codes[val], ages[val], z_val, sites)
-    rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1))
-    z_oof, _ = _reference_z(table, new_scores[rows], ages[rows], codes[rows])
-    age_range = (float(ages.min()), float(ages.max()))
-    start = deviation_calibration(
-        table, codes[rows], ages[rows], z_oof, sites, age_range, beyond_noise=0.0
-    )
-    measured = deviation_calibration(
-        table, codes[val], ages[val], z_val, sites, age_range, beyond_noise=0.0
-    )
     return {
         "validation people only": alone,
         "out of fold unless 3 SE": _unless_beyond(start, measured, ages[val]),
-        "weighed (the model's)": weighed,
+        "weighed (the model's)": corrected_calibration(start, measured, ages[val]),
     }
 
 
@@ -105,23 +99,19 @@ def _unless_beyond(
     start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray
 ) -> DeviationCalibration:
     """`start`'s numbers, each replaced by `measured`'s where they differ by more than 3
-    of its standard errors (the standard errors `reference.corrected_calibration` uses)."""
-    lo, hi = measured.ages
-    x = np.clip(ages, lo, hi) - 0.5 * (lo + hi)
-    n, sxx = len(x), float(((x - x.mean()) ** 2).sum())
+    of its standard errors (`reference.calibration_standard_errors`, as the weighing)."""
+    se = calibration_standard_errors(measured, ages)
 
     def pick(a: float, b: float, se: float) -> float:
         return b if abs(b - a) > 3 * se else a
 
     return dataclasses.replace(
         start,
-        shift=pick(start.shift, measured.shift, measured.spread / np.sqrt(n)),
-        spread=float(np.exp(pick(
-            np.log(start.spread), np.log(measured.spread), 1 / np.sqrt(2 * (n - 1))
-        ))),
-        shift_slope=pick(start.shift_slope, measured.shift_slope, measured.spread / np.sqrt(sxx)),
+        shift=pick(start.shift, measured.shift, se.shift),
+        spread=float(np.exp(pick(np.log(start.spread), np.log(measured.spread), se.log_spread))),
+        shift_slope=pick(start.shift_slope, measured.shift_slope, se.shift_slope),
         log_spread_slope=pick(
-            start.log_spread_slope, measured.log_spread_slope, np.sqrt(np.pi**2 / 8 / sxx)
+            start.log_spread_slope, measured.log_spread_slope, se.log_spread_slope
         ),
     )  # fmt: skip
 

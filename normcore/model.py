@@ -534,21 +534,34 @@ def _calibrate_deviation(
     new_scores: np.ndarray | None, ages: np.ndarray, codes: np.ndarray,
     train_rows: np.ndarray, val_rows: np.ndarray, spread: NewPersonSpread, n_levels: list[int],
 ) -> DeviationCalibration:  # fmt: skip
-    """The deviation centile's correction (`reference.DeviationCalibration`), measured
-    twice and weighed (`reference.corrected_calibration`).
+    """The deviation centile's correction (`reference.DeviationCalibration`): the two
+    measurements of `deviation_measurements`, the first moved towards the second by as
+    much as the second's noise allows (`reference.corrected_calibration`); the first alone
+    from too few validation people."""
+    start, measured = deviation_measurements(
+        reference, schema, split_scores, new_scores, ages, codes, train_rows, val_rows,
+        spread, n_levels,
+    )  # fmt: skip
+    return start if measured is None else corrected_calibration(start, measured, ages[val_rows])
+
+
+def deviation_measurements(
+    reference: ReferenceTable, schema: Schema, split_scores: np.ndarray,
+    new_scores: np.ndarray | None, ages: np.ndarray, codes: np.ndarray,
+    train_rows: np.ndarray, val_rows: np.ndarray, spread: NewPersonSpread, n_levels: list[int],
+) -> tuple[DeviationCalibration, DeviationCalibration | None]:  # fmt: skip
+    """The deviation centile's shift and spread measured twice, each as measured (not
+    tested against none):
 
     1. On every training person, scored by a first stage fitted without them
        (`new_scores`): the site shifts (`reference.deviation_site_shifts`; a site's
        shift needs that site's people, and the validation people are a few per site),
-       then the shift and spread in age (`reference.deviation_calibration`), each as
-       measured (hundreds of people). Most of these people trained the network, which
-       can make them look more typical than new people.
+       then the shift and spread in age (`reference.deviation_calibration`; hundreds of
+       people). Most of these people trained the network, which can make them look more
+       typical than new people.
     2. On the validation people, whom the network did not train on, scored by the split
        stage that has not seen them and read as a new person's are (the site factor with
-       the training split's counts), after the same site shifts.
-
-    Step 1's numbers move towards step 2's by as much as step 2's noise allows. None
-    from too few validation people."""
+       the training split's counts), after the same site shifts; None from too few."""
     start = DeviationCalibration()
     age_range = _age_range(ages)
     rows = np.flatnonzero(np.isfinite(new_scores).all(axis=1)) if new_scores is not None else []
@@ -561,7 +574,7 @@ def _calibrate_deviation(
             reference, codes[rows], ages[rows], z, start, age_range, beyond_noise=0.0
         )
     if len(val_rows) < MIN_DEVIATION_ROWS:
-        return start
+        return start, None
     v = val_rows
     counts = level_counts(codes[train_rows], n_levels) if spread.site_term else ()
     factor = spread._replace(level_counts=counts).site_factor(codes[v])
@@ -569,7 +582,7 @@ def _calibrate_deviation(
     measured = deviation_calibration(
         reference, codes[v], ages[v], z, start, age_range, beyond_noise=0.0
     )
-    return corrected_calibration(start, measured, ages[v])
+    return start, measured
 
 
 def _known(n_levels: list[int]) -> np.ndarray:

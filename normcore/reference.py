@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import special
@@ -1308,24 +1308,45 @@ def corrected_calibration(
     synthetic truth's optimism at 100 IDPs uncorrected (benchmarks/RESULTS.md, "How the
     deviation's calibration is measured").
     """
-    lo, hi = measured.ages
-    x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)
-    n, sxx = len(x), max(float(((x - x.mean()) ** 2).sum()), 1e-12)
+    se = calibration_standard_errors(measured, ages)
 
     def toward(a: float, b: float, se: float) -> float:
         d = b - a
         return a + d * d * d / (d * d + se * se) if d else a
 
-    # standard errors as `deviation_calibration` tests them; var(log|e|) = pi^2 / 8
-    log_spread = toward(
-        np.log(start.spread), np.log(measured.spread), 1.0 / np.sqrt(2.0 * max(n - 1, 1))
-    )
+    log_spread = toward(np.log(start.spread), np.log(measured.spread), se.log_spread)
     return dataclasses.replace(
         start,
-        shift=toward(start.shift, measured.shift, measured.spread / np.sqrt(n)),
+        shift=toward(start.shift, measured.shift, se.shift),
         spread=float(np.exp(log_spread)),
-        shift_slope=toward(start.shift_slope, measured.shift_slope, measured.spread / np.sqrt(sxx)),
+        shift_slope=toward(start.shift_slope, measured.shift_slope, se.shift_slope),
         log_spread_slope=toward(
-            start.log_spread_slope, measured.log_spread_slope, np.sqrt(np.pi**2 / 8 / sxx)
+            start.log_spread_slope, measured.log_spread_slope, se.log_spread_slope
         ),
+    )
+
+
+class CalibrationErrors(NamedTuple):
+    """Standard errors of a `DeviationCalibration`'s four numbers (the spread's on the
+    log scale)."""
+
+    shift: float
+    log_spread: float
+    shift_slope: float
+    log_spread_slope: float
+
+
+def calibration_standard_errors(
+    measured: DeviationCalibration, ages: np.ndarray
+) -> CalibrationErrors:
+    """The standard errors of `measured`'s numbers, measured on people aged `ages`, as
+    `deviation_calibration` tests them (var(log|e|) = pi^2 / 8 for normal e)."""
+    lo, hi = measured.ages
+    x = np.clip(np.asarray(ages, dtype=np.float64), lo, hi) - 0.5 * (lo + hi)
+    n, sxx = len(x), max(float(((x - x.mean()) ** 2).sum()), 1e-12)
+    return CalibrationErrors(
+        shift=measured.spread / np.sqrt(n),
+        log_spread=1.0 / np.sqrt(2.0 * max(n - 1, 1)),
+        shift_slope=measured.spread / np.sqrt(sxx),
+        log_spread_slope=float(np.sqrt(np.pi**2 / 8 / sxx)),
     )
