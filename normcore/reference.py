@@ -788,6 +788,10 @@ def build_reference(
     whose margins are not tabled; with `rescore` its deviation reference is that of the
     mixture (`with_mixture_deviations`), else its own draws'.
 
+    A mixture with `rescore` is not sampled at all: nothing of its own draws would be
+    read (its margins and its deviation reference are its components'), and on a table
+    of many sites the mixtures of unknown sex were most of a fit's draws.
+
     With `parallel` each process samples every world_size-th combination and the parts
     are gathered, so every process returns the table one process would have built.
     """
@@ -797,7 +801,9 @@ def build_reference(
     if first_stage_margins is None:
         first_stage_margins = np.zeros(n_combo, dtype=bool)
     plans = [_plan(grid, h, samples_per_combination, rng) for _ in range(n_combo)]
-    mine = range(n_combo) if parallel is None else parallel.my_items(n_combo)
+    unsampled = _unsampled_mixtures(n_levels, people, closed_columns, rescore is not None)
+    sampled = [ci for ci in range(n_combo) if not unsampled[ci]]
+    mine = sampled if parallel is None else [sampled[i] for i in parallel.my_items(len(sampled))]
     own = {}
     for done, ci in enumerate(mine):
         codes = (
@@ -814,7 +820,8 @@ def build_reference(
         if progress is not None:
             progress((done + 1) / len(mine))
     everything = own if parallel is None else parallel.gather_dicts(own)
-    parts = [everything[ci] for ci in range(n_combo)]
+    dims = everything[sampled[0]][0].shape[-1]
+    parts = [everything.get(ci) or _unsampled(grid, dims) for ci in range(n_combo)]
     precision = age_precisions(
         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]), grid, h
     )
@@ -825,7 +832,11 @@ def build_reference(
         n_eff=np.stack([p[1] for p in parts]),
         bandwidth=h,
         precision=precision,
-        mahalanobis=np.stack([deviation_reference(p[2], p[3], precision, grid, h) for p in parts]),
+        mahalanobis=np.stack([
+            deviation_reference(p[2], p[3], precision, grid, h) if len(p[3])
+            else np.full((len(grid), len(PROBABILITY_LEVELS)), np.nan)
+            for p in parts
+        ]),  # fmt: skip
         level_counts=None if people is None else people_per_combination(n_levels, people),
         closed_columns=closed_columns,
         draw_offsets=np.stack([p[4] for p in parts]),
@@ -836,6 +847,33 @@ def build_reference(
         return table
     draws = {ci: (p[2], p[3]) for ci, p in enumerate(parts)}
     return with_mixture_deviations(table, rescore, draws, seed)
+
+
+def _unsampled_mixtures(
+    n_levels: list[int], people: np.ndarray | None, closed: np.ndarray | None, rescore: bool
+) -> np.ndarray:
+    """(C,) bool: combinations `build_reference` leaves unsampled, the mixtures whose
+    deviation reference is made from their components (`with_mixture_deviations`)."""
+    n_combo = int(np.prod(n_levels)) if n_levels else 1
+    if not rescore or people is None or closed is None:
+        return np.zeros(n_combo, dtype=bool)
+    counts = people_per_combination(n_levels, people)
+    return np.array([m is not None for m in _mixtures(n_levels, counts, closed)], dtype=bool)
+
+
+def _unsampled(
+    grid: np.ndarray, dims: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A mixture's part of the table, in `_tabulate`'s layout: no quantiles (NaN, as a
+    mixture's are once stored), no draws, no offsets."""
+    n_q = len(PROBABILITY_LEVELS)
+    return (
+        np.full((len(grid), n_q, dims), np.nan),
+        np.full(len(grid), np.nan),
+        np.zeros((0, dims)),
+        np.zeros(0),
+        np.zeros((OFFSET_TERMS, dims)),
+    )
 
 
 def with_level(
@@ -880,18 +918,26 @@ def with_level(
         offsets = np.pad(offsets, pad + [(0, 0)] * 2)
     if people is not None:
         counts = counts + people_per_combination(new_levels, people).reshape(new_levels)
+    c = int(np.prod(new_levels))
+    unsampled = np.zeros(c, dtype=bool)
+    if rescore is not None:
+        mixtures = _mixtures(new_levels, counts.reshape(c), table.closed_columns)
+        unsampled = np.array([m is not None for m in mixtures], dtype=bool)
     draws: Draws = {}
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
-        draw_seed = _combination_seed(seed, int(np.ravel_multi_index(tuple(codes), new_levels)))
+        ci = int(np.ravel_multi_index(tuple(codes), new_levels))
+        if unsampled[ci]:  # its deviation reference is its components' (below)
+            qc, nc, _, _, oc = _unsampled(table.ages, q.shape[-1])
+            q[tuple(codes)], n_eff[tuple(codes)], offsets[tuple(codes)] = qc, nc, oc
+            continue
         qc, nc, zc, ac, oc = _tabulate(
-            sampler, codes, table.ages, table.bandwidth, plan, prior, draw_seed
+            sampler, codes, table.ages, table.bandwidth, plan, prior, _combination_seed(seed, ci)
         )
         idx = tuple(codes)
         q[idx], n_eff[idx], offsets[idx] = qc, nc, oc
         maha[idx] = deviation_reference(zc, ac, table.precision, table.ages, table.bandwidth)
-        draws[int(np.ravel_multi_index(idx, new_levels))] = (zc, ac)
-    c = int(np.prod(new_levels))
+        draws[ci] = (zc, ac)
     out = ReferenceTable(
         table.ages,
         new_levels,

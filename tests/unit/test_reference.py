@@ -582,12 +582,29 @@ def test_mixing_leaves_known_and_unknown_site_combinations_as_they_were():
     a, a_n = mixing.lookup(codes, ages, rescore=_rescore)
     b, b_n = tabled.lookup(codes, ages)
     assert np.array_equal(a, b) and np.array_equal(a_n, b_n)
-    unmixed = ~mixing.mixed_combinations()
-    assert np.array_equal(mixing.mahalanobis[unmixed], tabled.mahalanobis[unmixed])
-    assert np.array_equal(mixing.precision, tabled.precision)
     assert tabled.to_arrays()["reference.quantiles"].shape[0] == 5  # sex or site unknown
     with pytest.raises(ValueError, match="rescore"):
         mixing.lookup(np.array([[0, 1]]), np.array([50.0]))
+
+
+def test_mixtures_are_not_sampled_and_their_deviation_is_their_components():
+    sampled = []
+
+    def sampler(ages, codes, seed):
+        sampled.append(tuple(codes[0]))
+        return _seeded_sampler(ages, codes, seed)
+
+    known = np.array([s > 0 and j > 0 for s in range(3) for j in range(3)])
+    table = build_reference(
+        sampler, (20, 80), [3, 3], NORMAL, 2000, 7, seed=3, first_stage_margins=known,
+        people=SEX_SITE_PEOPLE, closed_columns=np.array([True, False]), rescore=_rescore,
+    )  # fmt: skip
+    assert sorted(sampled) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert np.all(np.isfinite(table.mahalanobis)) and np.all(np.diff(table.mahalanobis) >= 0)
+    z, ages = np.zeros((2, 2)), np.array([40.0, 60.0])
+    for site in (1, 2):  # unknown sex: ranked among the mixture's people, as a known sex is
+        codes = np.array([[0, site]] * 2)
+        assert np.all(np.isfinite(mahalanobis_centile(table, codes, ages, z)[1]))
 
 
 def test_mixed_tables_round_trip_and_tables_without_people_still_load():
