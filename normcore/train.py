@@ -199,6 +199,7 @@ def train_denoiser(
     step, epoch, running = 0, 0, []
     tr = torch.as_tensor(tr_idx)
     stop = False
+    net.train()  # validation runs the EMA copy, so the network stays in training mode
     while not stop and epoch < max_epochs:
         epoch += 1
         perm = tr[torch.randperm(len(tr), generator=g)]
@@ -224,7 +225,6 @@ def train_denoiser(
             if parallel is not None:
                 x0, a, c, t, noise, m = (parallel.shard(v) for v in (x0, a, c, t, noise, m))
             observed = m if masked else None
-            net.train()
             with training_autocast(device):
                 xt = _observe(q_sample(x0, t, noise, alpha_bar), x0, observed)
                 v = predict(xt, t, net.embed(a, c), *([observed] if masked else []))
