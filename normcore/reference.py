@@ -496,10 +496,19 @@ def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray,
     return np.linspace(lo, hi, n_points), BANDWIDTH * (hi - lo)
 
 
+DRAWS_PER_AGE = 10
+"""The table's draws come in runs of this many at one age: the network then reads a run's
+covariates once per sampling step (`joint.shared_runs`), about half of FiLM's work per
+draw. Ten runs per kernel bandwidth or more remain at the table's default sizes, so the
+kernel estimates see ages as finely spread as before."""
+
+
 def _spread_ages(lo: float, hi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n ages spread evenly over [lo, hi], one in each of n equal slices at a random place
-    in it (stratified: no gaps or clumps that a kernel would feel)."""
-    return lo + (np.arange(n) + rng.random(n)) / n * (hi - lo)
+    """At least n ages spread evenly over [lo, hi] in runs of DRAWS_PER_AGE equal ones,
+    one run in each of as many equal slices at a random place in it (stratified: no gaps
+    or clumps that a kernel would feel), in increasing order."""
+    m = -(-n // DRAWS_PER_AGE)
+    return np.repeat(lo + (np.arange(m) + rng.random(m)) / m * (hi - lo), DRAWS_PER_AGE)
 
 
 def _plan(

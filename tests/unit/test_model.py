@@ -291,3 +291,23 @@ def test_check_names_sites_learned_from_few_people(fitted, test_df):
     assert len(named) == 1 and f"'{small}'" in named[0] and "1.18 times" in named[0]
     assert not report.errors
     assert not any("training people" in p.message for p in fitted.check(test_df).problems)
+
+
+def test_draws_in_runs_of_one_age_read_the_covariates_once_and_draw_the_same(
+    fitted, monkeypatch
+):
+    """Rows in runs of equal covariates (the reference table's draws, the moment matching's
+    draws per validation person) share the network's reading of them: the draws are those
+    of the per-row path to rounding."""
+    from normcore import joint as joint_module
+
+    codes = np.repeat(np.array([[1, 1], [2, 0], [0, 2]]), 4, axis=0)
+    ages = np.repeat(np.array([-1.0, 0.2, 1.5], dtype=np.float32), 4)
+    assert joint_module.shared_runs(ages, codes) == 4
+    assert joint_module.shared_runs(ages[1:], codes[1:]) == 1  # runs of 3, 4, 4
+    assert joint_module.shared_runs(ages[:4], codes[:4]) == 4
+    shared = fitted.joint_.raw_draws(ages, codes, seed=5)
+    monkeypatch.setattr(joint_module, "shared_runs", lambda a, c: 1)
+    per_row = fitted.joint_.raw_draws(ages, codes, seed=5)
+    assert np.abs(per_row).max() > 0.1
+    np.testing.assert_allclose(shared, per_row, atol=1e-5, rtol=1e-5)
