@@ -318,7 +318,7 @@ class ReferenceTable:
                     f"the reference table marks {from_prior.shape} combinations for "
                     f"{n_combo} level combinations"
                 )
-            mixed = np.array([m is not None for m in _mixtures(n_levels, counts, closed)])
+            mixed = _mixed(n_levels, counts, closed)
             tabled = ~from_prior & ~mixed
             if quantiles.ndim != 4 or len(quantiles) != int(tabled.sum()):
                 raise ValueError(
@@ -374,6 +374,11 @@ def _mixtures(
         parts = np.flatnonzero(weights > 0)
         out.append((parts, weights[parts] / weights[parts].sum()) if len(parts) else None)
     return out
+
+
+def _mixed(n_levels: list[int], counts: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """(C,) bool: the combinations `_mixtures` makes mixtures."""
+    return np.array([m is not None for m in _mixtures(n_levels, counts, closed)], dtype=bool)
 
 
 def people_per_combination(n_levels: list[int], codes: np.ndarray) -> np.ndarray:
@@ -499,8 +504,10 @@ def age_grid(age_range: tuple[float, float], n_points: int) -> tuple[np.ndarray,
 DRAWS_PER_AGE = 10
 """The table's draws come in runs of this many at one age: the network then reads a run's
 covariates once per sampling step (`joint.shared_runs`), about half of FiLM's work per
-draw. Ten runs per kernel bandwidth or more remain at the table's default sizes, so the
-kernel estimates see ages as finely spread as before."""
+draw. The draws at one age are independent, so only the ages are coarser: a
+combination's 2,600 or so deviation draws still fall at about 19 ages per kernel
+bandwidth (`_kept_count`, `BANDWIDTH`), enough for the kernel estimates to see them as
+spread evenly."""
 
 
 def _spread_ages(lo: float, hi: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -868,15 +875,14 @@ def _unsampled_mixtures(
     n_combo = int(np.prod(n_levels)) if n_levels else 1
     if not rescore or people is None or closed is None:
         return np.zeros(n_combo, dtype=bool)
-    counts = people_per_combination(n_levels, people)
-    return np.array([m is not None for m in _mixtures(n_levels, counts, closed)], dtype=bool)
+    return _mixed(n_levels, people_per_combination(n_levels, people), closed)
 
 
 def _unsampled(
     grid: np.ndarray, dims: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A mixture's part of the table, in `_tabulate`'s layout: no quantiles (NaN, as a
-    mixture's are once stored), no draws, no offsets."""
+    stored table holds a mixture's), no draws, no offsets."""
     n_q = len(PROBABILITY_LEVELS)
     return (
         np.full((len(grid), n_q, dims), np.nan),
@@ -932,8 +938,7 @@ def with_level(
     c = int(np.prod(new_levels))
     unsampled = np.zeros(c, dtype=bool)
     if rescore is not None:
-        mixtures = _mixtures(new_levels, counts.reshape(c), table.closed_columns)
-        unsampled = np.array([m is not None for m in mixtures], dtype=bool)
+        unsampled = _mixed(new_levels, counts.reshape(c), table.closed_columns)
     draws: Draws = {}
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
