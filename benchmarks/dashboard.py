@@ -5,7 +5,8 @@ deployed command, with `--server serve`) on a free port, waits for its health ch
 drives it with headless Debian Chromium (Playwright, as tests/e2e does):
 
 - first chart: from `page.goto` of the root URL to the first Plotly chart of the Centile
-  fans page being drawn (`.js-plotly-plot` inside an element that is not stale), and to
+  fans page being drawn with its data (`.js-plotly-plot` with traces, inside an element
+  that is not stale), and to
   the app being idle (script finished, nothing left to render);
 - page switches: a click on each sidebar link to the page's own heading and its first
   fresh chart (or, for a page without a chart, to the app being idle), then to idle;
@@ -70,12 +71,14 @@ FRESH_CHART = (
     '[data-testid="stPlotlyChart"] .js-plotly-plot'
 )
 # The page's own heading, drawn by this run (not a stale one left by the previous page),
-# and then its first fresh chart or, for a page without charts, the app being idle.
+# and then its first fresh chart with data (not an empty frame drawn while the data is
+# computed) or, for a page without charts, the app being idle.
 _CONTENT_JS = """([title, chart]) => {
   const heads = [...document.querySelectorAll(
       '[data-testid="stElementContainer"]:not([data-stale="true"]) [data-testid="stHeading"]')];
   if (!heads.some(h => h.innerText.trim().startsWith(title))) return false;
-  if (chart) return document.querySelector(arguments_chart) !== null;
+  if (chart) return [...document.querySelectorAll(arguments_chart)].some(
+      gd => (gd.data || []).length > 0);
   return (IDLE)();
 }""".replace("arguments_chart", json.dumps(FRESH_CHART)).replace("IDLE", _APP_IDLE_JS)
 
