@@ -10,7 +10,7 @@ SAFE_CONTROLS_PER_SEX = 10
 """Below this many controls per sex an adaptation is flagged (BrainChart's rule of thumb;
 see benchmarks/RESULTS.md for the calibration measured at 5, 10, 20 and 50 controls)."""
 
-MEASURED_COVERAGE_95 = {5: (93.7, 94.3), 10: (94.3, 96.4), 20: (94.6, 96.1), 50: (95.0, 95.9)}
+MEASURED_COVERAGE_95 = {5: (93.3, 94.6), 10: (94.6, 96.6), 20: (95.0, 96.5), 50: (95.5, 95.6)}
 """Controls -> (lowest, highest) share (%) of a held-out site's other people inside the
 adapted model's central 95 % bands: fcon1000 sites ICBM and Cambridge_Buckner, mean of 3
 draws of controls each (benchmarks/RESULTS.md, site adaptation; rerun benchmarks/adapt.py
