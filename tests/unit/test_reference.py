@@ -644,6 +644,24 @@ def test_a_site_with_one_sex_mixes_nothing_and_a_new_site_mixes_its_controls():
     assert extended.level_counts.reshape(3, 4)[:, 1:3].tolist() == [[0, 0], [4, 0], [0, 6]]
 
 
+def test_a_new_site_with_both_sexes_samples_them_but_not_their_mixture():
+    sampled = []
+
+    def sampler(ages, codes, seed):
+        sampled.append(tuple(codes[0]))
+        return _seeded_sampler(ages, codes, seed)
+
+    table = _sex_site_table()
+    controls = np.array([[1, 3]] * 2 + [[2, 3]] * 6)
+    extended = with_level(
+        table, sampler, column=1, code=3, prior=NORMAL, samples_per_combination=1000,
+        people=controls, rescore=_rescore,
+    )  # fmt: skip
+    assert sorted(sampled) == [(1, 3), (2, 3)]
+    assert extended.mixed_combinations()[3]  # sex unknown at the new site
+    assert np.all(np.isfinite(extended.mahalanobis[3]))
+
+
 def test_the_deviation_of_an_unknown_sex_ranks_among_people_of_the_mixture():
     """People of unknown sex at site 2, drawn from its mixture (sex 1 or 2 in the site's
     proportions, the model's IDP correlation within each sex) and scored within it: their
