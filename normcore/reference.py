@@ -943,9 +943,7 @@ def with_level(
     for codes in np.array(np.meshgrid(*other, indexing="ij")).reshape(len(levels), -1).T:
         plan = _plan(table.ages, table.bandwidth, samples_per_combination, rng)
         ci = int(np.ravel_multi_index(tuple(codes), new_levels))
-        if unsampled[ci]:  # its deviation reference is its components' (below)
-            qc, nc, _, _, oc = _unsampled(table.ages, q.shape[-1])
-            q[tuple(codes)], n_eff[tuple(codes)], offsets[tuple(codes)] = qc, nc, oc
+        if unsampled[ci]:  # a mixture: no table of its own, its deviation its components'
             continue
         qc, nc, zc, ac, oc = _tabulate(
             sampler, codes, table.ages, table.bandwidth, plan, prior, _combination_seed(seed, ci)
