@@ -14,8 +14,10 @@ find), then runs the same Streamlit command.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import sys
+import threading
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -80,14 +82,52 @@ def few_malloc_arenas() -> None:
         pass
 
 
+TIDY_EVERY_S = 30.0
+"""Seconds between two passes of `tidy_memory` (`tidy_memory_every`)."""
+
+
+def tidy_memory() -> None:
+    """Collect cyclic garbage and hand the C heap's free pages back to the system
+    (glibc's `malloc_trim`; on other C libraries only the collection).
+
+    Why: Streamlit collects garbage after every script run of every session
+    (`runner.postScriptGC`), a full pass over every object of the process (the demo
+    model, torch, pandas, plotly: 0.1-0.25 s of CPU each time), which made it the largest
+    single cost of a page under load (benchmarks/RESULTS.md, "Load"). The repository's
+    config turns that off; this pass, on a clock instead of per run, is what still
+    returns the memory of ended sessions once the server is quiet."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def tidy_memory_every(seconds: float = TIDY_EVERY_S) -> threading.Event:
+    """Run `tidy_memory` every `seconds` on a daemon thread; setting the returned event
+    stops it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(seconds):
+            tidy_memory()
+
+    threading.Thread(target=run, name="normcore-tidy-memory", daemon=True).start()
+    return stop
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Cap malloc's arenas, stop the address lookup, prepare the demo, then `streamlit
-    run app.py` with `argv`'s options."""
+    """Cap malloc's arenas, stop the address lookup, prepare the demo, keep what it made
+    out of the garbage collector's passes, tidy memory on a clock, then `streamlit run
+    app.py` with `argv`'s options."""
     from streamlit.web import cli
 
     few_malloc_arenas()
     no_address_lookup()
     warm()
+    # What exists now lives as long as the server: no collection needs to walk it again.
+    gc.freeze()
+    tidy_memory_every()
     options = sys.argv[1:] if argv is None else argv
     cli.main(["run", str(APP), *options], prog_name="streamlit")
 

@@ -438,7 +438,11 @@ def _scale_and_load() -> list[str]:
     if (RESULTS / "scale.md").exists():
         lines += [(RESULTS / "scale.md").read_text(), ""]
     if (RESULTS / "load.md").exists():
-        lines += ["## Load (`benchmarks/load.py`, issue 6)", "", (RESULTS / "load.md").read_text()]
+        lines += ["## Load (`benchmarks/load.py`, issues 6 and 19)", "",
+                  (RESULTS / "load.md").read_text(), ""]
+    if (RESULTS / "load_browser.md").exists():
+        lines += ["### Load with ten browsers on the server's CPU (`load.py --client browser`)",
+                  "", (RESULTS / "load_browser.md").read_text()]
     return lines
 
 

@@ -1,21 +1,25 @@
 """Load: N people at once scoring a 1,000-person cohort each against the demo model.
 
 Starts `python serve.py` (the deployed command, repository config) on a free port,
-then runs `--rounds` rounds; in each, `--sessions` browser contexts (headless Debian
-Chromium via Playwright's async API, all at once) open the dashboard, upload their own
-1,000-person cohort on the Data page and open the Cohort page, which scores it. Every
-session's cohort is different (fresh ids, jittered values), so no one is served from
-another's cache. Measured: each step's response time (click/upload until the app is
-idle), the slowest response, and the server's resident memory (VmRSS from
-/proc/<pid>/status) before, at its peak during, and after each round, once the round's
-browser contexts are closed and the server has dropped their sessions (`--settle`, past
-Streamlit's disconnected-session TTL). Results: benchmarks/results/load.json and a
-markdown table.
+then runs `--rounds` rounds; in each, `--sessions` people (all at once) open the
+dashboard, open the Data page, upload their own 1,000-person cohort there and open the
+Cohort page, which scores it. Every session's cohort is different (fresh ids, jittered
+values), so no one is served from another's cache. Measured: each step's response time
+(request until the page's script has finished), the slowest response, and the server's
+resident memory (VmRSS from /proc/<pid>/status) before, at its peak during, and after each
+round, once the round's sessions are closed and the server has dropped them (`--settle`,
+past Streamlit's disconnected-session TTL).
 
-The browsers run on the same CPU as the server, so the times include rendering the
-Cohort page's charts in ten browsers: an upper bound on what a server alone would show.
+Two kinds of people (`--client`):
+- `server` (default; results/load.json): `ServerSession` sends the page's own websocket
+  messages and HTTP upload, without a browser: what the server answers ten people whose
+  browsers run on their own computers.
+- `browser` (results/load_browser.json): headless Debian Chromium contexts via
+  Playwright, on this same CPU, so the times include ten browsers loading Plotly and
+  drawing the Cohort page's charts on the server's cores: an upper bound.
 
     .venv/bin/python benchmarks/load.py                 # 10 sessions x 3 rounds
+    .venv/bin/python benchmarks/load.py --client browser
     .venv/bin/python benchmarks/load.py --sessions 2 --rounds 1
 """
 
@@ -44,6 +48,11 @@ SESSION_TTL_S = 120.0
 """Streamlit keeps a closed browser's session (its state and session-scoped caches) this
 long for a reconnection (server.disconnectedSessionTTL, default), then drops it: memory
 read sooner still holds the round's sessions."""
+CLIENTS = {
+    "server": "sessions speaking Streamlit's websocket protocol (ServerSession: the page's "
+              "own messages, no browser)",
+    "browser": "browser sessions (Playwright contexts, headless Chromium)",
+}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
@@ -178,8 +187,161 @@ async def one_session(
         await context.close()
 
 
+class ServerSession:
+    """One person talking to the server the way Streamlit's own page does, without a browser.
+
+    Why: the browser sessions of `one_session` run on the server's two cores, so ten of
+    them opening at once measure mostly ten Chromiums compiling Plotly. This client sends
+    the same messages the page sends over the same websocket (`BackMsg` protobufs: rerun a
+    page, ask for upload URLs; the file itself by HTTP PUT with the XSRF token, as the page
+    does) and waits, like the browser's idle test, until the server says the page's script
+    has finished. So it measures what ten users on their own computers would wait for on
+    the server, rendering excluded.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base, self.ws, self.session_id, self.xsrf = base, None, "", ""
+        self.pages: dict[str, tuple[str, str]] = {}
+        self.uploader = ""
+
+    async def connect(self) -> None:
+        from websockets.asyncio.client import connect
+
+        def cookie() -> str:
+            with urllib.request.urlopen(self.base + "/_stcore/health", timeout=60) as response:
+                for header in response.headers.get_all("Set-Cookie") or []:
+                    name, _, rest = header.partition("=")
+                    if name.strip() == "_streamlit_xsrf":
+                        return rest.split(";", 1)[0]
+            return ""
+
+        self.xsrf = await asyncio.to_thread(cookie)
+        self.ws = await connect(
+            self.base.replace("http", "ws", 1) + "/_stcore/stream",
+            subprotocols=["streamlit", self.xsrf] if self.xsrf else ["streamlit"],
+            additional_headers={"Cookie": f"_streamlit_xsrf={self.xsrf}"},
+            origin=self.base, max_size=None, open_timeout=600,
+        )
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def run(self, page: str = "", widgets: list | None = None) -> list:
+        """Rerun `page` (title; '' = the default page) with these widget states; return
+        the elements the server sent, once its script has finished."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        msg = BackMsg()
+        state = msg.rerun_script
+        state.SetInParent()  # an empty ClientState is still a rerun
+        if page:
+            state.page_script_hash, state.page_name = self.pages[page]
+        for widget in widgets or []:
+            state.widget_states.widgets.append(widget)
+        await self.ws.send(msg.SerializeToString())
+        elements = []
+        while True:
+            forward = ForwardMsg()
+            forward.ParseFromString(await self.ws.recv())
+            kind = forward.WhichOneof("type")
+            if kind == "new_session":
+                self.session_id = forward.new_session.initialize.session_id
+            elif kind == "navigation":
+                for app_page in forward.navigation.app_pages:
+                    self.pages[app_page.page_name] = (
+                        app_page.page_script_hash, app_page.url_pathname
+                    )
+            elif kind == "delta" and forward.delta.WhichOneof("type") == "new_element":
+                element = forward.delta.new_element
+                elements.append(element)
+                if element.WhichOneof("type") == "file_uploader":
+                    self.uploader = element.file_uploader.id
+            elif kind == "script_finished" and forward.script_finished in (
+                ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR
+            ):
+                return elements
+
+    async def upload(self, name: str, data: bytes) -> list:
+        """Upload one file to the page's uploader and rerun the page with it."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        msg = BackMsg()
+        msg.file_urls_request.request_id = name
+        msg.file_urls_request.file_names.append(name)
+        msg.file_urls_request.session_id = self.session_id
+        await self.ws.send(msg.SerializeToString())
+        while True:
+            forward = ForwardMsg()
+            forward.ParseFromString(await self.ws.recv())
+            if forward.WhichOneof("type") == "file_urls_response":
+                urls = forward.file_urls_response.file_urls[0]
+                break
+        boundary = "normcoreloadboundary"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
+            f"\r\nContent-Type: text/csv\r\n\r\n"
+        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            self.base + urls.upload_url, data=body, method="PUT",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                     "X-Xsrftoken": self.xsrf, "Cookie": f"_streamlit_xsrf={self.xsrf}"},
+        )
+        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=600).read())
+        widget = WidgetState(id=self.uploader)
+        info = widget.file_uploader_state_value.uploaded_file_info.add()
+        info.name, info.size, info.file_id = name, len(data), urls.file_id
+        info.file_urls.CopyFrom(urls)
+        return await self.run("Data", [widget])
+
+
+def _texts(elements: list) -> str:
+    """The text of every markdown and alert element, one per line."""
+    out = []
+    for element in elements:
+        kind = element.WhichOneof("type")
+        if kind == "markdown":
+            out.append(element.markdown.body)
+        elif kind == "alert":
+            out.append(element.alert.body)
+    return "\n".join(out)
+
+
+async def one_server_session(url: str, data: bytes, name: str, n: int,
+                             step_timeout: float = 600.0) -> dict:
+    """`one_session`'s four steps by `ServerSession`: the server's answer times."""
+    person = ServerSession(url)
+    times: dict[str, float] = {}
+
+    async def step(label: str, action, expect: str | None = None) -> list:
+        start = time.monotonic()
+        elements = await asyncio.wait_for(action, step_timeout)
+        times[label] = time.monotonic() - start
+        if expect is not None and expect not in _texts(elements).replace("*", ""):
+            raise RuntimeError(f"{label}: no '{expect}' on the page")
+        return elements
+
+    try:
+        start = time.monotonic()
+        await asyncio.wait_for(person.connect(), step_timeout)
+        elements = await person.run()
+        times["open"] = time.monotonic() - start
+        await step("data_page", person.run("Data"))
+        await step("upload_and_check", person.upload(name, data), f"Ready to score {n} people")
+        elements = await step("score_cohort", person.run("Cohort"), f"Scoring {n} people")
+        errors = sum(e.WhichOneof("type") == "exception" for e in elements)
+        return {"seconds": times, "exceptions": errors}
+    except Exception as err:  # a failed session is a result to report, not a crash
+        return {"seconds": times, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    finally:
+        await person.close()
+
+
 async def run(args: argparse.Namespace) -> dict:
-    from playwright.async_api import async_playwright
+    from contextlib import AsyncExitStack
 
     base = pd.read_csv(ROOT / "assets" / "demo" / "fcon1000_test.csv")
     port = free_port()
@@ -189,13 +351,25 @@ async def run(args: argparse.Namespace) -> dict:
     watch = MemoryWatch(server.pid)
     rounds = []
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
+        async with AsyncExitStack() as stack:
+            if args.client == "browser":
+                from playwright.async_api import async_playwright
+
+                playwright = await stack.enter_async_context(async_playwright())
+                browser = await playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                stack.push_async_callback(browser.close)
+
+                def session(data: bytes, name: str, n: int):
+                    return one_session(browser, url, data, name, n, args.step_timeout)
+            else:
+
+                def session(data: bytes, name: str, n: int):
+                    return one_server_session(url, data, name, n, args.step_timeout)
+
             # one warm-up visit loads the demo model into the shared cache
-            warm = await one_session(browser, url, cohort(base, 50, 0, "WARM"), "warm.csv", 50,
-                                     args.step_timeout)
+            warm = await session(cohort(base, 50, 0, "WARM"), "warm.csv", 50)
             rss_start = rss_mb(server.pid)
             for r in range(args.rounds):
                 payloads = [
@@ -207,8 +381,7 @@ async def run(args: argparse.Namespace) -> dict:
                 cpu_before = cpu_seconds(server.pid)
                 start = time.monotonic()
                 results = await asyncio.gather(*[
-                    one_session(browser, url, data, f"round{r}_session{s}.csv", args.people,
-                                args.step_timeout)
+                    session(data, f"round{r}_session{s}.csv", args.people)
                     for s, data in enumerate(payloads)
                 ])
                 wall = time.monotonic() - start
@@ -225,7 +398,6 @@ async def run(args: argparse.Namespace) -> dict:
                 })
                 print(json.dumps({k: v for k, v in rounds[-1].items() if k != "sessions"}),
                       flush=True)
-            await browser.close()
     finally:
         watch.stop()
         server.terminate()
@@ -241,9 +413,10 @@ async def run(args: argparse.Namespace) -> dict:
         for step in slowest
     }
     return {
-        "what": f"{args.sessions} concurrent browser sessions (Playwright contexts, headless "
-                f"Chromium) x {args.rounds} rounds, each uploading and scoring its own "
-                f"{args.people}-person cohort against the demo model",
+        "what": f"{args.sessions} concurrent {CLIENTS[args.client]} x {args.rounds} rounds, "
+                f"each uploading and scoring its own {args.people}-person cohort against the "
+                "demo model",
+        "client": args.client,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "warm_up": warm,
@@ -288,8 +461,16 @@ def main() -> None:
                              "until the server has dropped the round's closed sessions)")
     parser.add_argument("--step-timeout", type=float, default=600.0,
                         help="seconds after which a step fails its session")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default="server",
+                        help="server: the page's messages without a browser (what the server "
+                             "answers); browser: headless Chromium on this same CPU")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/load.json (server client) or "
+                             "load_browser.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "benchmarks" / "results" / (
+        "load.json" if args.client == "server" else "load_browser.json"
+    )
     result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

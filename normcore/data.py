@@ -517,6 +517,12 @@ def _convert_column(series: pd.Series, decimal_comma: bool) -> pd.Series:
         return series
     if pd.api.types.is_string_dtype(series) and not pd.api.types.is_object_dtype(series):
         stripped = series.str.strip()
+        numbers = pd.to_numeric(stripped, errors="coerce")
+        converted = numbers.notna()
+        if converted.any() and bool((converted | stripped.isna()).all()):
+            # Every filled cell is a number, so none is a missing-value word: the common
+            # case, without the word test below (half the cost of reading a table).
+            return numbers
         cells = stripped.mask(stripped.str.lower().isin(MISSING_TOKENS) | stripped.isna())
     else:
         cells = series.astype(object).map(_cell_text)

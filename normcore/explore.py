@@ -518,9 +518,9 @@ def z_matrix(
     s = scores if idps is None else scores[scores["idp"].isin(list(idps))]
     first = s["row"].drop_duplicates().to_numpy()[:max_people]
     s = s[s["row"].isin(first)]
-    wide = s.pivot_table(
-        index=["row", key] if key != "row" else "row", columns="idp", values="z", sort=False
-    )
+    # groupby-unstack, not pivot_table: the same table at a fraction of the cost.
+    by = ["row", key, "idp"] if key != "row" else ["row", "idp"]
+    wide = s.groupby(by, sort=False)["z"].mean().unstack("idp")
     if key != "row":
         wide.index = wide.index.get_level_values(key)
     order = [i for i in dict.fromkeys(s["idp"]) if i in wide.columns]

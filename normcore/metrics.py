@@ -18,6 +18,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 from typing import Literal
@@ -815,15 +816,21 @@ def pair_of_pair_mantel(
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k / n (no continuity correction).
+    """Wilson score interval for a binomial proportion k / n (no continuity correction;
+    Wilson, JASA 1927).
 
     Unlike the normal (Wald) interval it stays inside [0, 1] and keeps its coverage near
-    0 and 1. Computed by `scipy.stats.binomtest(...).proportion_ci(method="wilson")`.
+    0 and 1. Its closed form, the same as `scipy.stats.binomtest(k, n).proportion_ci(
+    method="wilson")`, which also computes a p-value by search: the Cohort page calls
+    this for every IDP of every scored cohort.
     """
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p, z2n = k / n, z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
 
 
 def memorisation(
