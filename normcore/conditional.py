@@ -269,7 +269,15 @@ def score_table_given(
     missing: it is neither conditioned on (a value no real person has would drag every
     other IDP's conditional law with it) nor scored, and it gets its imputed band.
     """
-    scores = np.where(implausible, np.nan, stage.transform(values, age_z, codes))
+    present = np.isfinite(values) & ~implausible
+    # Only rows that are drawn from (everyone with a given set, else those lacking an
+    # IDP) need their first-stage scores; of the others `score_given` reads only which
+    # IDPs are present, so the first stage is not run for them.
+    drawn = np.full(len(values), chosen.any()) | ~present.all(axis=1)
+    scores = np.where(present, 0.0, np.nan)
+    if drawn.any():
+        mapped = stage.transform(values[drawn], age_z[drawn], codes[drawn])
+        scores[drawn] = np.where(present[drawn], mapped, np.nan)
     result = score_given(joint, age_z, codes, scores, chosen, probs, seed=seed)
     n, p, d = result.bands.shape
     at = np.repeat(np.arange(n), p)

@@ -316,7 +316,7 @@ class NormativeModel(FittedViews):
             sites = coerce_categories(df[site_ages[0]]).tolist()
             out_of_site = plausibility.outside_site_ages(ages, sites, site_ages[1])
         return outputs.PlacedRows(
-            y, z, n_eff, codes, out_of_age_range=out,
+            y, ages, z, n_eff, codes, out_of_age_range=out,
             unseen_levels=outputs.unseen_text(list(self.encoder_.levels), unseen),
             out_of_site_age_range=out_of_site, beyond_reference=beyond, implausible=implausible,
         )  # fmt: skip
@@ -343,7 +343,7 @@ class NormativeModel(FittedViews):
         """
         placed = self._place(df)
         chosen = conditional.given_set(self.idps, given)
-        ages, codes, _ = _covariates(df, self.schema_, self.encoder_)
+        ages, codes = placed.ages, placed.codes
         lacking = placed.implausible | ~np.isfinite(placed.values)
         # Only a given set or a missing IDP draws from the network; everyone else is
         # scored from the reference table, without torch.
@@ -366,9 +366,8 @@ class NormativeModel(FittedViews):
         `reference.deviation_over_present`).
         """
         placed = self._place(df)
-        ages, _, _ = _covariates(df, self.schema_, self.encoder_)
         d2, centile = deviation_over_present(
-            self.reference_, placed.codes, ages, placed.z, np.isfinite(placed.values),
+            self.reference_, placed.codes, placed.ages, placed.z, np.isfinite(placed.values),
             self.deviation_calibration_,
         )  # fmt: skip
         return outputs.deviation_table(df, self.schema_, placed, d2, centile)

@@ -22,6 +22,8 @@ class PlacedRows:
 
     values: np.ndarray
     """(n, D) raw values of the IDPs."""
+    ages: np.ndarray
+    """(n,) ages in years."""
     z: np.ndarray
     """(n, D) z of each value within the reference table."""
     n_eff: np.ndarray

@@ -655,10 +655,15 @@ def coerce_categories(series: pd.Series) -> pd.Series:
     A site coded 1 in a CSV, 1.0 in Excel and '1' after an edit must not become three
     sites. Missing cells stay missing (NaN); the index is kept.
     """
-    return pd.Series(
-        [_category_text(v) for v in series.astype(object)],
-        index=series.index, name=series.name, dtype="str",
-    )
+    if series.dtype == object:  # mixed types: 1 and True are equal keys, but not one label
+        texts = [_category_text(v) for v in series]
+    else:  # one type: each distinct value's text once (a column has few levels)
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        labels = np.array(
+            [*(_category_text(v) for v in uniques.astype(object)), np.nan], dtype=object
+        )
+        texts = labels[codes]
+    return pd.Series(texts, index=series.index, name=series.name, dtype="str")
 
 
 def parse_coding(text: str) -> dict[str, str]:

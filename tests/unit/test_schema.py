@@ -305,6 +305,23 @@ def test_coerce_categories() -> None:
     assert coerce_categories(pd.Series([0, 1], index=[5, 6])).index.tolist() == [5, 6]
 
 
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series([2.0, 1.0, np.nan, 2.5, 1.0]),
+        pd.Series([" 1 ", "1.0", None, "F", "NA", "F", "2"], dtype="str"),
+        pd.Series([3, 1, 3, 2], index=[9, 4, 7, 1]),
+        pd.Series([True, False, True]),
+    ],
+)
+def test_coerce_categories_of_one_type_labels_each_cell_as_a_mixed_column_would(series) -> None:
+    """A typed column is labelled once per distinct value; every cell must still get the
+    label the cell-by-cell reading of the same values gives."""
+    out = coerce_categories(series)
+    cell_by_cell = coerce_categories(series.astype(object))
+    pd.testing.assert_series_equal(out, cell_by_cell)
+
+
 def test_numeric_columns() -> None:
     df = pd.DataFrame({
         "num": [1.0, 2.0, 3.0],
