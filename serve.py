@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -116,6 +117,15 @@ def tidy_memory_every(seconds: float = TIDY_EVERY_S) -> threading.Event:
     return stop
 
 
+def arrow_on_malloc() -> None:
+    """Make pyarrow allocate with the C library's malloc instead of its bundled mimalloc.
+
+    Why: pandas keeps text columns, as in every uploaded table, in Arrow arrays; memory
+    that mimalloc gets back stays with it, out of reach of `tidy_memory`'s trim.
+    Read by pyarrow when it is first imported, so this runs before anything imports it."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Cap malloc's arenas, stop the address lookup, prepare the demo, keep what it made
     out of the garbage collector's passes, tidy memory on a clock, then `streamlit run
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     from streamlit.web import cli
 
     few_malloc_arenas()
+    arrow_on_malloc()
     no_address_lookup()
     warm()
     # What exists now lives as long as the server: no collection needs to walk it again.

@@ -2,6 +2,9 @@
 repository's config, so serve.py's own pass must be what frees ended sessions' cycles."""
 
 import gc
+import os
+import subprocess
+import sys
 import time
 import tomllib
 import weakref
@@ -52,3 +55,19 @@ def test_tidy_memory_every_runs_the_pass_on_its_clock_until_stopped(monkeypatch)
     time.sleep(0.1)
     assert done >= 3
     assert len(passes) == done  # stopped: no pass after the event is set
+
+
+def test_arrow_allocates_with_malloc_once_serve_has_run(tmp_path) -> None:
+    """Memory pyarrow's bundled allocator gets back stays with it; serve.py hands Arrow
+    to malloc, whose free pages `tidy_memory` returns. Checked in a fresh interpreter:
+    pyarrow reads the choice when it is first imported."""
+    script = (
+        "import serve; serve.arrow_on_malloc(); import pyarrow; "
+        "print(pyarrow.default_memory_pool().backend_name)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=True, timeout=120,
+    )
+    assert out.stdout.strip() == "system"
