@@ -332,21 +332,29 @@ def ks_uniform(pit: ArrayLike) -> pd.DataFrame:
     """One-sample Kolmogorov-Smirnov test of each IDP's PIT values against Uniform(0, 1).
 
     Definition: statistic = sup_u |F_n(u) - u| (F_n the empirical CDF of the PIT values);
-    p_value from `scipy.stats.ks_1samp` (exact for small n). Valid for held-out people;
-    PIT values of the training people are pulled towards uniform by the fit itself.
+    p_value from its exact distribution (`scipy.stats.kstwo`), as `scipy.stats.ks_1samp`
+    gives it. The statistic is computed here, all IDPs at once where they have the same people:
+    `ks_1samp` costs about a millisecond per call, and the Diagnostics page tests every
+    IDP in every stratum (`calibration_by_stratum`). Valid for held-out people; PIT
+    values of the training people are pulled towards uniform by the fit itself.
 
     Returns columns idp, n, statistic, p_value (NaN for an IDP without values).
     """
     values, names = _pit_matrix(pit)
-    rows = []
-    for j, name in enumerate(names):
-        x = values[:, j][np.isfinite(values[:, j])]
-        if x.size == 0:
-            rows.append((name, 0, np.nan, np.nan))
-            continue
-        res = stats.ks_1samp(x, stats.uniform.cdf)
-        rows.append((name, int(x.size), float(res.statistic), float(res.pvalue)))
-    return pd.DataFrame(rows, columns=["idp", "n", "statistic", "p_value"])
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0)
+    statistic = np.full(len(names), np.nan)
+    for count in np.unique(n[n > 0]):
+        cols = np.flatnonzero(n == count)
+        x = np.sort(np.column_stack([values[finite[:, j], j] for j in cols]), axis=0)
+        steps = np.arange(1, count + 1)[:, None] / count
+        statistic[cols] = np.maximum(steps - x, x - (steps - 1 / count)).max(axis=0)
+    p_value = np.full(len(names), np.nan)
+    p_value[n > 0] = stats.kstwo.sf(statistic[n > 0], n[n > 0])
+    return pd.DataFrame({
+        "idp": names, "n": n.astype(int), "statistic": statistic,
+        "p_value": np.clip(p_value, 0.0, 1.0),
+    })
 
 
 def ks_by_age_bin(

@@ -152,6 +152,25 @@ def test_ks_uniform_exact_grid_and_squared_pit():
     assert off["p_value"].iloc[0] < 1e-10
 
 
+def test_ks_uniform_is_scipys_test_per_idp_whatever_cells_are_missing():
+    """All IDPs are tested at once where they have the same number of people; each must
+    still be tested on its own values, wherever its blank cells are."""
+    rng = np.random.default_rng(8)
+    shapes = [1.0, 1.2, 0.8, 1.0, 1.5]
+    pit = pd.DataFrame(rng.uniform(size=(60, 5)) ** shapes, columns=list("abcde"))
+    pit.iloc[[0, 3, 7], 1] = np.nan
+    pit.iloc[[10, 20, 30], 2] = np.nan  # as many blanks as b, in other rows
+    pit.iloc[:, 4] = np.nan
+    table = metrics.ks_uniform(pit)
+    for j, name in enumerate("abcd"):
+        x = pit[name].dropna().to_numpy()
+        want = stats.ks_1samp(x, stats.uniform.cdf)
+        assert table["n"].iloc[j] == len(x)
+        assert table["statistic"].iloc[j] == pytest.approx(want.statistic, abs=1e-12)
+        assert table["p_value"].iloc[j] == pytest.approx(want.pvalue, abs=1e-12)
+    assert table["n"].iloc[4] == 0 and table[["statistic", "p_value"]].iloc[4].isna().all()
+
+
 # ------------------------------------------------------------------- two-sample KS
 
 
