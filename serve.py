@@ -1,6 +1,6 @@
 """`python serve.py [streamlit options]`: the dashboard, the demo ready before it opens,
-memory that settles after sessions end (`few_malloc_arenas`), and no request off the
-machine (`no_address_lookup`).
+memory that settles after sessions end (`few_malloc_arenas`, `arrow_on_malloc`,
+`tidy_memory_every`), and no request off the machine (`no_address_lookup`).
 
 `streamlit run app.py` imports what the pages need when the first browser session runs
 the script, and that session then computes the demo's first chart, so the first visitor
@@ -92,11 +92,11 @@ def tidy_memory() -> None:
     (glibc's `malloc_trim`; on other C libraries only the collection).
 
     Why: Streamlit collects garbage after every script run of every session
-    (`runner.postScriptGC`), a full pass over every object of the process (the demo
-    model, torch, pandas, plotly: 0.1-0.25 s of CPU each time), which made it the largest
-    single cost of a page under load (benchmarks/RESULTS.md, "Load"). The repository's
-    config turns that off; this pass, on a clock instead of per run, is what still
-    returns the memory of ended sessions once the server is quiet."""
+    (`runner.postScriptGC`), a full pass over every object of a process that holds the
+    demo model, torch, pandas and plotly; under load that was the largest single cost of
+    a page (benchmarks/RESULTS.md, "Load"). The repository's config turns it off; this
+    pass, on a clock instead of per run, is what still returns the memory of ended
+    sessions once the server is quiet."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

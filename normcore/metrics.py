@@ -333,10 +333,10 @@ def ks_uniform(pit: ArrayLike) -> pd.DataFrame:
 
     Definition: statistic = sup_u |F_n(u) - u| (F_n the empirical CDF of the PIT values);
     p_value from its exact distribution (`scipy.stats.kstwo`), as `scipy.stats.ks_1samp`
-    gives it. The statistic is computed here, all IDPs at once where they have the same people:
-    `ks_1samp` costs about a millisecond per call, and the Diagnostics page tests every
-    IDP in every stratum (`calibration_by_stratum`). Valid for held-out people; PIT
-    values of the training people are pulled towards uniform by the fit itself.
+    gives it. The statistic is computed here, for all IDPs with the same number of people
+    at once: called per IDP, `ks_1samp` was most of the Diagnostics page's evaluation,
+    which tests every IDP in every stratum (`calibration_by_stratum`). Valid for held-out
+    people; PIT values of the training people are pulled towards uniform by the fit itself.
 
     Returns columns idp, n, statistic, p_value (NaN for an IDP without values).
     """
