@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 APP = Path(__file__).resolve().parent / "app.py"
 
@@ -70,6 +71,15 @@ M_ARENA_MAX = -8
 """glibc's `mallopt` parameter for the most malloc arenas a process may have (malloc.h)."""
 
 
+def _glibc(function: str) -> Any:
+    """A glibc function, or None on a system without glibc (its memory tuning is then
+    skipped)."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None
+
+
 def few_malloc_arenas() -> None:
     """Let glibc's malloc keep at most two arenas (on other C libraries: nothing).
 
@@ -77,10 +87,9 @@ def few_malloc_arenas() -> None:
     core, and Streamlit runs every session's script in its own thread; what sessions
     free when they end then stays scattered over many arenas, and the server's memory
     grows round after round of the same work (benchmarks/RESULTS.md, "Load")."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 2)
 
 
 TIDY_EVERY_S = 30.0
@@ -98,10 +107,9 @@ def tidy_memory() -> None:
     pass, on a clock instead of per run, is what still returns the memory of ended
     sessions once the server is quiet."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 def tidy_memory_every(seconds: float = TIDY_EVERY_S) -> threading.Event:

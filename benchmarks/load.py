@@ -227,6 +227,19 @@ class ServerSession:
         if self.ws is not None:
             await self.ws.close()
 
+    async def open(self) -> list:
+        """Connect and run the default page, as a browser opening the dashboard does."""
+        await self.connect()
+        return await self.run()
+
+    async def _receive(self):
+        """The server's next message (a `ForwardMsg`)."""
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        forward = ForwardMsg()
+        forward.ParseFromString(await self.ws.recv())
+        return forward
+
     async def run(self, page: str = "", widgets: list | None = None) -> list:
         """Rerun `page` (title; '' = the default page) with these widget states; return
         the elements the server sent, once its script has finished."""
@@ -243,8 +256,7 @@ class ServerSession:
         await self.ws.send(msg.SerializeToString())
         elements = []
         while True:
-            forward = ForwardMsg()
-            forward.ParseFromString(await self.ws.recv())
+            forward = await self._receive()
             kind = forward.WhichOneof("type")
             if kind == "new_session":
                 self.session_id = forward.new_session.initialize.session_id
@@ -266,7 +278,6 @@ class ServerSession:
     async def upload(self, name: str, data: bytes) -> list:
         """Upload one file to the page's uploader and rerun the page with it."""
         from streamlit.proto.BackMsg_pb2 import BackMsg
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
         from streamlit.proto.WidgetStates_pb2 import WidgetState
 
         msg = BackMsg()
@@ -274,12 +285,10 @@ class ServerSession:
         msg.file_urls_request.file_names.append(name)
         msg.file_urls_request.session_id = self.session_id
         await self.ws.send(msg.SerializeToString())
-        while True:
-            forward = ForwardMsg()
-            forward.ParseFromString(await self.ws.recv())
-            if forward.WhichOneof("type") == "file_urls_response":
-                urls = forward.file_urls_response.file_urls[0]
-                break
+        forward = await self._receive()
+        while forward.WhichOneof("type") != "file_urls_response":
+            forward = await self._receive()
+        urls = forward.file_urls_response.file_urls[0]
         boundary = "normcoreloadboundary"
         body = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
@@ -325,10 +334,7 @@ async def one_server_session(url: str, data: bytes, name: str, n: int,
         return elements
 
     try:
-        start = time.monotonic()
-        await asyncio.wait_for(person.connect(), step_timeout)
-        elements = await person.run()
-        times["open"] = time.monotonic() - start
+        await step("open", person.open())
         await step("data_page", person.run("Data"))
         await step("upload_and_check", person.upload(name, data), f"Ready to score {n} people")
         elements = await step("score_cohort", person.run("Cohort"), f"Scoring {n} people")
