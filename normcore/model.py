@@ -161,6 +161,7 @@ class NormativeModel(FittedViews):
                 values, age_z, codes, n_levels, train_rows, cfg.seed
             )
             split_scores = split_stage.transform(values, age_z, codes)
+            val_rows, train_rows = _scored_rows(split_scores, val_rows, train_rows)
             schedule = Schedule(cfg.schedule, cfg.diffusion_steps)
             net = DenoiserSpec.of(cfg, len(schema.idps), n_levels).untrained().to(device)
             if net.prior is not None:
@@ -458,6 +459,23 @@ def _covariates(
         )
     codes, unseen = encoder.encode_categories(df)
     return ages, codes, unseen
+
+
+def _scored_rows(
+    split_scores: np.ndarray, val_rows: np.ndarray, train_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, training rows) without the people of whom the split first stage
+    could not score every IDP.
+
+    Why: a value kept with `keep_outliers` that cannot be real (a negative volume) gets no
+    score from a first stage that did not see it (its IDP is log-transformed), and one nan
+    in a validation row makes the validation loss, the sampler's x0 covariance and the
+    moment matching nan: training would run to its cap and the fit end in a linear-algebra
+    failure. The person still counts for the kept first stage; the validation report has
+    already named the value.
+    """
+    scored = np.isfinite(split_scores).all(axis=1)
+    return val_rows[scored[val_rows]], train_rows[scored[train_rows]]
 
 
 def _idp_values(df: pd.DataFrame, schema: Schema) -> np.ndarray:

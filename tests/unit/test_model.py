@@ -311,3 +311,24 @@ def test_draws_in_runs_of_one_age_read_the_covariates_once_and_draw_the_same(
     per_row = fitted.joint_.raw_draws(ages, codes, seed=5)
     assert np.abs(per_row).max() > 0.1
     np.testing.assert_allclose(shared, per_row, atol=1e-5, rtol=1e-5)
+
+
+def test_a_validation_person_the_split_first_stage_cannot_score_is_left_out(
+    train_df, schema, tiny_settings
+):
+    """With `keep_outliers`, an impossible value (a negative volume) is kept. When it falls
+    in a validation row, the first stage fitted without that row maps it to no score
+    (the IDP is log-transformed), and that row must not reach the validation loss, the
+    sampler's x0 covariance or the moment matching: it once made all three nan, so
+    training ran to its cap and the fit failed with an unrelated "SVD did not converge"."""
+    from normcore.train import validation_split
+
+    model = NormativeModel(seed=3, **tiny_settings)
+    val, _ = validation_split(len(train_df), model.config.train, model.config.seed)
+    bad = train_df.copy()
+    idp = schema.idps[0]
+    bad.loc[bad.index[val[0]], idp] = -50 * train_df[idp].abs().max()
+    model.fit(bad, schema, keep_outliers=True)
+    assert all(np.isfinite(h["val_loss"]) for h in model.history_)
+    assert np.isfinite(model.joint_.x0_cov).all()
+    assert np.isfinite(model.sample(train_df.head(20), n=2)[list(schema.idps)].to_numpy()).all()
