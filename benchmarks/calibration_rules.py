@@ -1,4 +1,4 @@
-"""How the deviation's calibration is measured: three rules on the same fitted models.
+"""How the deviation's calibration is measured: four rules on the same fitted models.
 
 The model measures the deviation centile's shift and spread (and their age slopes) twice:
 on its out-of-fold training people (many, but the network trained on most of them) and on
@@ -11,7 +11,10 @@ the same held-out people, what each way of using them gives (normcore.model's
 - *out of fold unless 3 SE*: the out-of-fold numbers, replaced by the validation people's
   where they differ by more than 3 standard errors (code 5c2ec4a);
 - *weighed*: the out-of-fold numbers moved towards the validation people's by
-  d^2 / (d^2 + se^2) of their difference (`reference.corrected_calibration`, the model's).
+  d^2 / (d^2 + se^2) of their difference (the composite estimator; the model's rule from
+  code e5e635d to 2424a96);
+- *garrote*: moved by max(0, 1 - (2 se)^2 / d^2) of it: nothing within two standard
+  errors (`reference.corrected_calibration`, the model's since).
 
 Truths: the side by side's copula truth at 2, 20 and 100 IDPs (`compare.py`'s fits), the
 joint benchmark's subgroup truth at 100 IDPs (`joint.py`'s fit), and fcon1000 with the
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 
 import common
 import numpy as np
@@ -42,6 +46,7 @@ from normcore.demo import SCHEMA, SETTINGS
 from normcore.first_stage import fit_model_stages, level_counts
 from normcore.model import NormativeModel, _idp_values, _reference_z, deviation_measurements
 from normcore.reference import (
+    CalibrationErrors,
     DeviationCalibration,
     calibration_standard_errors,
     corrected_calibration,
@@ -75,7 +80,7 @@ def truths(seed: int) -> dict[str, tuple[NormativeModel, pd.DataFrame, pd.DataFr
 
 
 def rules(model: NormativeModel, train: pd.DataFrame) -> dict[str, DeviationCalibration]:
-    """The three calibrations of one fitted model, from its own training table."""
+    """The four calibrations of one fitted model, from its own training table."""
     schema, encoder, config = model.schema, model.encoder_, model.config
     values = _idp_values(train, schema)
     ages = train[schema.age].to_numpy(float)
@@ -98,8 +103,23 @@ def rules(model: NormativeModel, train: pd.DataFrame) -> dict[str, DeviationCali
     return {
         "validation people only": alone,
         "out of fold unless 3 SE": _unless_beyond(start, measured, ages[val]),
-        "weighed (the model's)": corrected_calibration(start, measured, ages[val]),
+        "weighed": _weighed(start, measured, ages[val]),
+        "garrote at 2 SE (the model's)": corrected_calibration(start, measured, ages[val]),
     }
+
+
+def _weighed(
+    start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray
+) -> DeviationCalibration:
+    """`start`'s numbers moved towards `measured`'s by d^2 / (d^2 + se^2) of their
+    difference d (the composite estimator the model used before the garrote)."""
+    se = calibration_standard_errors(measured, ages)
+
+    def toward(a: float, b: float, se: float) -> float:
+        d = b - a
+        return a + d * d * d / (d * d + se * se) if d else a
+
+    return _each(start, measured, se, toward)
 
 
 def _unless_beyond(
@@ -112,15 +132,25 @@ def _unless_beyond(
     def pick(a: float, b: float, se: float) -> float:
         return b if abs(b - a) > 3 * se else a
 
+    return _each(start, measured, se, pick)
+
+
+def _each(
+    start: DeviationCalibration, measured: DeviationCalibration, se: CalibrationErrors,
+    rule: Callable[[float, float, float], float],
+) -> DeviationCalibration:  # fmt: skip
+    """`start` with each of its four numbers replaced by rule(start's, measured's, se)
+    (the spread's on the log scale)."""
+    log_spread = rule(np.log(start.spread), np.log(measured.spread), se.log_spread)
     return dataclasses.replace(
         start,
-        shift=pick(start.shift, measured.shift, se.shift),
-        spread=float(np.exp(pick(np.log(start.spread), np.log(measured.spread), se.log_spread))),
-        shift_slope=pick(start.shift_slope, measured.shift_slope, se.shift_slope),
-        log_spread_slope=pick(
+        shift=rule(start.shift, measured.shift, se.shift),
+        spread=float(np.exp(log_spread)),
+        shift_slope=rule(start.shift_slope, measured.shift_slope, se.shift_slope),
+        log_spread_slope=rule(
             start.log_spread_slope, measured.log_spread_slope, se.log_spread_slope
         ),
-    )  # fmt: skip
+    )
 
 
 def measure(seed: int) -> list[dict]:
@@ -149,7 +179,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "## How the deviation's calibration is measured (`benchmarks/calibration_rules.py`)",
         "",
-        "Three rules for the deviation centile's shift and spread, on the same fitted "
+        "Four rules for the deviation centile's shift and spread, on the same fitted "
         "models and held-out people (the script's docstring): held-out KS to uniform "
         "(5 % critical value), share above the 95th centile, and the age fifths beyond "
         f"their critical value (of {BANDS}; the worst band's KS and critical value). "

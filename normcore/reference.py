@@ -1345,34 +1345,40 @@ def deviation_calibration(
     )  # fmt: skip
 
 
+NOISE_SE = 2.0
+"""Differences between the deviation calibration's two measurements within this many of
+the validation people's standard errors are taken as their noise (`corrected_calibration`)."""
+
+
 def corrected_calibration(
     start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray
 ) -> DeviationCalibration:
     """`start` moved towards `measured`, number by number, by the share
-    d^2 / (d^2 + se^2) of their difference d, se being the standard error of
-    `measured`'s number over people aged `ages`: the composite estimator's weight, with
-    the start's squared bias taken as d^2 (Rao & Molina 2015, *Small Area Estimation*,
-    2nd ed., sec. 3.3; estimated as d^2 - se^2 instead, it moved fcon1000's shift not
-    at all but its spread most of the way, and held-out calibration was worse:
-    benchmarks/RESULTS.md, "How the deviation's calibration is measured").
-    Both must share their site shifts and age range.
+    max(0, 1 - (NOISE_SE se)^2 / d^2) of their difference d, se being the standard error
+    of `measured`'s number over people aged `ages`: a difference within NOISE_SE standard
+    errors is taken as the validation people's noise and moves nothing, and beyond it the
+    share grows to the whole (Breiman's non-negative garrote, Technometrics 37:373, 1995,
+    with its threshold at NOISE_SE standard errors). Both must share their site shifts
+    and age range.
 
     Why: the model measures the calibration twice (`_calibrate_deviation` in
     normcore.model). Its out-of-fold training people (`start`) are many but can look more
     typical than new people, as the network trained on most of them; its validation
-    people (`measured`) are new to the network but few. A difference far beyond the
-    validation people's noise is the training optimism and is taken nearly whole; one
-    within it is mostly their noise and is taken in part. Either one alone failed somewhere: the
-    validation people alone over-corrected fcon1000's oldest fifth (78 of them), and
-    a start kept unless the validation people differed by 3 standard errors left a
-    synthetic truth's optimism at 100 IDPs uncorrected (benchmarks/RESULTS.md, "How the
-    deviation's calibration is measured").
+    people (`measured`) are new to the network but few. Each alone failed somewhere: the
+    validation people alone over-corrected fcon1000's oldest fifth (78 of them), and a
+    start kept unless the validation people differed by 3 standard errors left a
+    synthetic truth's optimism at 100 IDPs uncorrected. The composite estimator's share
+    d^2 / (d^2 + se^2) (Rao & Molina 2015, *Small Area Estimation*, 2nd ed., sec. 3.3),
+    used before, took most of a difference of two standard errors, which at 2 IDPs was
+    the validation people's chance and put four of five fits beyond noise
+    (benchmarks/RESULTS.md, "How the deviation's calibration is measured", over five
+    seeds of every truth).
     """
     se = calibration_standard_errors(measured, ages)
 
     def toward(a: float, b: float, se: float) -> float:
         d = b - a
-        return a + d * d * d / (d * d + se * se) if d else a
+        return a + d * max(0.0, 1.0 - (NOISE_SE * se) ** 2 / (d * d)) if d else a
 
     log_spread = toward(np.log(start.spread), np.log(measured.spread), se.log_spread)
     return dataclasses.replace(

@@ -198,9 +198,10 @@ def test_deviation_calibration_follows_a_miscalibration_that_changes_with_age():
 def test_validation_people_move_the_start_by_as_much_as_their_noise_allows():
     """The model measures the deviation's correction on its many out-of-fold people (the
     start) and on its few validation people, and moves the start towards the latter by
-    d^2 / (d^2 + se^2) of their difference d: a difference of half the validation
-    people's standard error moves it a fifth of the way, one of twice it four fifths, one
-    far beyond it almost all the way; the site shifts and age range stay the start's."""
+    max(0, 1 - (2 se)^2 / d^2) of their difference d: a difference within two of the
+    validation people's standard errors does not move it, one of four moves it three
+    quarters of the way, one far beyond it almost all the way; the site shifts and age
+    range stay the start's."""
     rng = np.random.default_rng(5)
     n = 3080
     table, codes, ages, z, _ = _people_spread_unlike_the_model(
@@ -215,21 +216,22 @@ def test_validation_people_move_the_start_by_as_much_as_their_noise_allows():
     assert measured.ages == start.ages
     se = measured.spread / np.sqrt(80)
     near = dataclasses.replace(measured, shift=start.shift + 0.5 * se)
-    twice = dataclasses.replace(measured, shift=start.shift + 2 * se)
+    within = dataclasses.replace(measured, shift=start.shift - 1.9 * se)
+    four = dataclasses.replace(measured, shift=start.shift + 4 * se)
     far = dataclasses.replace(measured, shift=start.shift + 10 * se)
-    moved = corrected_calibration(start, near, ages[few]).shift - start.shift
-    assert moved == pytest.approx(0.5 * se / 5)
-    moved = corrected_calibration(start, twice, ages[few]).shift - start.shift
-    assert moved == pytest.approx(2 * se * 4 / 5)
-    assert corrected_calibration(start, far, ages[few]).shift == pytest.approx(
-        far.shift, abs=0.02 * se * 10
-    )
+    for noise in (near, within):
+        assert corrected_calibration(start, noise, ages[few]).shift == start.shift
+    moved = corrected_calibration(start, four, ages[few]).shift - start.shift
+    assert moved == pytest.approx(4 * se * 3 / 4)
+    moved = corrected_calibration(start, far, ages[few]).shift - start.shift
+    assert moved == pytest.approx(10 * se * 0.96)
     same = dataclasses.replace(measured, shift=start.shift)
     kept = corrected_calibration(start, same, ages[few])
     assert kept.shift == start.shift and kept.ages == start.ages
     spread_far = dataclasses.replace(measured, spread=start.spread * 2)
+    d, se_log = np.log(2.0), 1.0 / np.sqrt(2.0 * 79)
     assert corrected_calibration(start, spread_far, ages[few]).spread == pytest.approx(
-        2 * start.spread, rel=0.02
+        start.spread * np.exp(d * (1 - (2 * se_log / d) ** 2))
     )
 
 
