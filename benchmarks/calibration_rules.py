@@ -31,9 +31,7 @@ beside what a perfectly calibrated deviation would give by chance alone (5 % of 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-from collections.abc import Callable
 
 import common
 import numpy as np
@@ -46,11 +44,10 @@ from normcore.demo import SCHEMA, SETTINGS
 from normcore.first_stage import fit_model_stages, level_counts
 from normcore.model import NormativeModel, _idp_values, _reference_z, deviation_measurements
 from normcore.reference import (
-    CalibrationErrors,
     DeviationCalibration,
-    calibration_standard_errors,
     corrected_calibration,
     deviation_calibration,
+    moved_calibration,
 )
 from normcore.schema import Schema
 from normcore.synthetic import SyntheticSpec, idp_names, simulate
@@ -113,13 +110,7 @@ def _weighed(
 ) -> DeviationCalibration:
     """`start`'s numbers moved towards `measured`'s by d^2 / (d^2 + se^2) of their
     difference d (the composite estimator the model used before the garrote)."""
-    se = calibration_standard_errors(measured, ages)
-
-    def toward(a: float, b: float, se: float) -> float:
-        d = b - a
-        return a + d * d * d / (d * d + se * se) if d else a
-
-    return _each(start, measured, se, toward)
+    return moved_calibration(start, measured, ages, lambda d, se: d * d / (d * d + se * se))
 
 
 def _unless_beyond(
@@ -127,30 +118,7 @@ def _unless_beyond(
 ) -> DeviationCalibration:
     """`start`'s numbers, each replaced by `measured`'s where they differ by more than 3
     of its standard errors (`reference.calibration_standard_errors`, as the weighing)."""
-    se = calibration_standard_errors(measured, ages)
-
-    def pick(a: float, b: float, se: float) -> float:
-        return b if abs(b - a) > 3 * se else a
-
-    return _each(start, measured, se, pick)
-
-
-def _each(
-    start: DeviationCalibration, measured: DeviationCalibration, se: CalibrationErrors,
-    rule: Callable[[float, float, float], float],
-) -> DeviationCalibration:  # fmt: skip
-    """`start` with each of its four numbers replaced by rule(start's, measured's, se)
-    (the spread's on the log scale)."""
-    log_spread = rule(np.log(start.spread), np.log(measured.spread), se.log_spread)
-    return dataclasses.replace(
-        start,
-        shift=rule(start.shift, measured.shift, se.shift),
-        spread=float(np.exp(log_spread)),
-        shift_slope=rule(start.shift_slope, measured.shift_slope, se.shift_slope),
-        log_spread_slope=rule(
-            start.log_spread_slope, measured.log_spread_slope, se.log_spread_slope
-        ),
-    )
+    return moved_calibration(start, measured, ages, lambda d, se: float(abs(d) > 3 * se))
 
 
 def measure(seed: int) -> list[dict]:

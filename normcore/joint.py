@@ -201,10 +201,10 @@ class JointModel:
             net, schedule, sampling_steps, eta, np.empty(0, np.float32), identity, spread,
             device, seed,
         )  # fmt: skip
-        rows = val_rows
-        if len(rows) < MIN_COVARIANCE_ROWS:  # every scored person, in table order (its noise
-            # draws follow the rows)
-            rows = np.sort(np.r_[val_rows, train_rows])
+        # Too few validation rows: every scored person, in table order (the noise follows
+        # the rows, so the same people give the same estimate).
+        everyone = np.sort(np.r_[val_rows, train_rows])
+        rows = val_rows if len(val_rows) >= MIN_COVARIANCE_ROWS else everyone
         joint.x0_cov = joint._estimate_x0_covariance(split_scores[rows], age_z[rows], codes[rows])
         some = val_rows[:MAX_VALIDATION_ROWS]
         draws = joint._draws_at(age_z[some], codes[some])

@@ -1374,11 +1374,28 @@ def corrected_calibration(
     (benchmarks/RESULTS.md, "How the deviation's calibration is measured", over five
     seeds of every truth).
     """
+    return moved_calibration(start, measured, ages, garrote_share)
+
+
+def garrote_share(d: float, se: float) -> float:
+    """The share of a difference d (of standard error se) that `corrected_calibration`
+    takes: none within NOISE_SE standard errors, then growing to the whole."""
+    return max(0.0, 1.0 - (NOISE_SE * se) ** 2 / (d * d))
+
+
+def moved_calibration(
+    start: DeviationCalibration, measured: DeviationCalibration, ages: np.ndarray,
+    share: Callable[[float, float], float],
+) -> DeviationCalibration:  # fmt: skip
+    """`start` with each of its four numbers moved towards `measured`'s by share(d, se) of
+    their difference d (the spread's on the log scale), se being the standard error of
+    `measured`'s number over people aged `ages`: the one way the model, and the
+    benchmark's other rules, combine the calibration's two measurements."""
     se = calibration_standard_errors(measured, ages)
 
     def toward(a: float, b: float, se: float) -> float:
         d = b - a
-        return a + d * max(0.0, 1.0 - (NOISE_SE * se) ** 2 / (d * d)) if d else a
+        return a + d * share(d, se) if d else a
 
     log_spread = toward(np.log(start.spread), np.log(measured.spread), se.log_spread)
     return dataclasses.replace(
